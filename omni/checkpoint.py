@@ -1,0 +1,116 @@
+"""Checkpoint folders (DESIGN.md): atomic writes, strict loads, metrics.jsonl.
+
+``train_state.pt`` carries everything ``--resume`` needs in one atomically replaced file (weights,
+optimizer, scaler, step, RNG, data position), so a kill at any moment of a save leaves the
+previous, consistent checkpoint. ``model.safetensors`` is the weights-only export later stages read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.chmod(tmp, 0o644)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(model: nn.Module, ckpt_dir: Path, metadata: dict[str, str] | None = None) -> None:
+    """Weights only, from the uncompiled, unwrapped module."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(ckpt_dir / MODEL_FILE, lambda p: save_file(state, str(p), metadata=metadata))
+
+
+def load_weights(model: nn.Module, ckpt_dir: str | Path) -> None:
+    """Strictly load ``model.safetensors``; a missing file or any key/shape mismatch is an error."""
+    path = Path(ckpt_dir) / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no weights at {path}: train that stage first, or fix the path")
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the model built from its config: {e}") from e
+
+
+def save_config(cfg: dict[str, Any], ckpt_dir: Path) -> None:
+    text = json.dumps(cfg, indent=2) + "\n"
+    atomic_write(ckpt_dir / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG_FILE} in {ckpt_dir}: not a μOmni checkpoint folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_train_state(state: dict[str, Any], ckpt_dir: Path) -> None:
+    atomic_write(ckpt_dir / STATE_FILE, lambda p: torch.save(state, p))
+
+
+def load_train_state(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no {STATE_FILE} in {ckpt_dir}; run without --resume to start")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def has_train_state(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / STATE_FILE).is_file()
+
+
+def append_metrics(ckpt_dir: Path, record: dict[str, Any]) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with open(ckpt_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(ckpt_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(ckpt_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            # a kill mid-append leaves one torn last line; anything else is real corruption
+            if n != len(lines):
+                raise CheckpointError(f"{path}:{n}: corrupt metrics line") from e
+            log.warning("%s:%d: dropping a torn final line", path, n)
+    return records
+
+
+def truncate_metrics(ckpt_dir: Path, step: int) -> None:
+    """On resume, drop events logged after the checkpoint's step by the interrupted run."""
+    records = [r for r in read_metrics(ckpt_dir) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(ckpt_dir / METRICS_FILE, lambda p: p.write_text(text, encoding="utf-8"))

@@ -1,0 +1,208 @@
+"""Offset-indexed files and the packed text dataset.
+
+Random access into a data file goes through an index built once with numpy over the raw bytes and
+cached beside the file (``<file>.line_offsets.npy``). Each cache starts with a 32-byte stamp
+(magic, source size, source mtime_ns, key) so it is reused only while the source is unchanged,
+rebuilt otherwise, and always loaded with ``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+_MAGIC = 0x6D4F6D6E69  # "mOmni"
+_STAMP_BYTES = 32
+_CHUNK = 1 << 24
+
+
+class DataError(ValueError):
+    """A data file is missing, empty or unusable; the message names the file."""
+
+
+def _stamp(src: Path, key: str) -> np.ndarray:
+    st = src.stat()
+    key_int = int(hashlib.sha1(key.encode()).hexdigest()[:15], 16)
+    return np.array([_MAGIC, st.st_size, st.st_mtime_ns, key_int], dtype="<i8")
+
+
+def cached_array(src: Path, suffix: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load ``<src><suffix>`` if its stamp matches ``src`` and ``key``, else build, save, return.
+
+    The returned array is memory-mapped read-only (the stamp is stripped).
+    """
+    cache = Path(str(src) + suffix)
+    stamp = _stamp(src, key)
+    if cache.is_file():
+        arr = np.load(cache, mmap_mode="r", allow_pickle=False)
+        n = _STAMP_BYTES // arr.dtype.itemsize
+        if arr.shape[0] >= n and np.array_equal(np.asarray(arr[:n]).view("<i8"), stamp):
+            return arr[n:]
+        log.info("%s is stale (source changed); rebuilding", cache)
+    data = np.ascontiguousarray(build())
+    full = np.concatenate([stamp.view(data.dtype), data])
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, full, allow_pickle=False)
+    os.replace(tmp, cache)
+    return np.load(cache, mmap_mode="r", allow_pickle=False)[_STAMP_BYTES // data.dtype.itemsize:]
+
+
+def build_line_offsets(path: Path) -> np.ndarray:
+    """Byte offset of every line start plus the end of file: (n_lines + 1,) int64.
+
+    A final line without a trailing newline still counts; an empty file has zero lines.
+    """
+    size = path.stat().st_size
+    parts = [np.zeros(1, dtype=np.int64)]
+    with open(path, "rb") as f:
+        pos = 0
+        while chunk := f.read(_CHUNK):
+            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            parts.append(nl.astype(np.int64) + pos + 1)
+            pos += len(chunk)
+    offsets = np.concatenate(parts)
+    if offsets[-1] != size:  # last line has no newline
+        offsets = np.append(offsets, size)
+    return offsets
+
+
+class LineFile:
+    """Random access to the lines of a text file: ``lf[i]`` -> bytes without the newline."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"data file not found: {self.path}")
+        self.offsets = cached_array(self.path, ".line_offsets.npy", "lines-v1",
+                                    lambda: build_line_offsets(self.path))
+        self._mm = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        if self._mm is None:
+            if self.path.stat().st_size == 0:
+                return b""
+            with open(self.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return bytes(self._mm[int(self.offsets[i]):int(self.offsets[i + 1])]).rstrip(b"\r\n")
+
+    def iter_text(self, indices: np.ndarray | None = None) -> Iterator[tuple[int, str | None]]:
+        """(line number, text) for each line; text None when the line is empty or not UTF-8."""
+        for i in (range(len(self)) if indices is None else indices):
+            raw = self[int(i)]
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                text = None
+            yield int(i), text or None
+
+
+def is_val_line(n_lines: int, val_fraction: float, seed: int = 0) -> np.ndarray:
+    """Deterministic held-out mask over lines: (n_lines,) bool, ~val_fraction True, spread evenly."""
+    h = (np.arange(n_lines, dtype=np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    return (h >> np.uint64(40)).astype(np.float64) / float(1 << 24) < val_fraction
+
+
+@dataclass
+class TokenizedCorpus:
+    tokens: np.ndarray       # (N,) uint32, every good line followed by EOS
+    line_starts: np.ndarray  # (n_lines + 1,) int64 index into tokens; empty range = skipped line
+
+    @property
+    def n_skipped(self) -> int:
+        return int((np.diff(self.line_starts) == 0).sum())
+
+    def select(self, keep: np.ndarray) -> np.ndarray:
+        """Concatenate the token ranges of the lines where ``keep`` (n_lines,) is True."""
+        starts, ends = self.line_starts[:-1][keep], self.line_starts[1:][keep]
+        if len(starts) == 0:
+            return np.zeros(0, dtype=np.uint32)
+        idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        return np.asarray(self.tokens[idx])
+
+
+def tokenize_lines(lines: LineFile, encode_batch: Callable[[list[str]], list[list[int]]],
+                   eos_id: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize every line of ``lines``; bad lines (empty, invalid UTF-8) get no tokens."""
+    pieces, lengths = [], np.zeros(len(lines), dtype=np.int64)
+    buf_idx, buf_text = [], []
+    bad = 0
+    for i, text in tqdm(lines.iter_text(), total=len(lines), desc=f"tokenize {lines.path.name}",
+                        unit="line", mininterval=1.0, leave=False):
+        if text is None:
+            bad += 1
+            continue
+        buf_idx.append(i)
+        buf_text.append(text)
+        if len(buf_text) == batch:
+            _flush(buf_idx, buf_text, encode_batch, eos_id, pieces, lengths)
+            buf_idx, buf_text = [], []
+    _flush(buf_idx, buf_text, encode_batch, eos_id, pieces, lengths)
+    if bad:
+        log.warning("%s: %d of %d lines skipped (empty or not UTF-8)", lines.path, bad, len(lines))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint32)
+    return tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def _flush(idx: list[int], texts: list[str], encode_batch: Callable, eos_id: int,
+           pieces: list[np.ndarray], lengths: np.ndarray) -> None:
+    if not texts:
+        return
+    for i, ids in zip(idx, encode_batch(texts)):
+        pieces.append(np.asarray(ids + [eos_id], dtype=np.uint32))
+        lengths[i] = len(ids) + 1
+
+
+def tokenize_corpus(path: str | Path, tokenizer, eos_id: int) -> TokenizedCorpus:
+    """Token ids of a one-document-per-line file, cached beside it per tokenizer fingerprint."""
+    lines = LineFile(path)
+    key = f"tokens-v1-{tokenizer.fingerprint()}-{eos_id}"
+    result: dict[str, np.ndarray] = {}
+
+    def build_tokens() -> np.ndarray:
+        result["tokens"], result["starts"] = tokenize_lines(lines, tokenizer.encode_batch, eos_id)
+        return result["tokens"]
+
+    def build_starts() -> np.ndarray:
+        if "starts" not in result:
+            build_tokens()
+        return result["starts"]
+
+    tokens = cached_array(lines.path, ".tokens.npy", key, build_tokens)
+    starts = cached_array(lines.path, ".token_starts.npy", key, build_starts)
+    corpus = TokenizedCorpus(tokens, starts)
+    if corpus.n_skipped:
+        log.warning("%s: %d lines carry no text (empty or not UTF-8) and were skipped", path, corpus.n_skipped)
+    return corpus
+
+
+class PackedTokens(torch.utils.data.Dataset):
+    """Non-overlapping windows of ctx_len + 1 tokens over a packed stream (no padding):
+    item i -> (x (ctx_len,), y (ctx_len,)) int64 with y = x shifted by one."""
+
+    def __init__(self, tokens: np.ndarray, ctx_len: int, name: str) -> None:
+        if len(tokens) < ctx_len + 1:
+            raise DataError(f"{name}: {len(tokens)} tokens, fewer than one window of ctx_len + 1 = "
+                            f"{ctx_len + 1}; use more text or a smaller model.ctx_len")
+        self.tokens, self.ctx_len = tokens, ctx_len
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.ctx_len
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = i * self.ctx_len
+        chunk = torch.from_numpy(np.asarray(self.tokens[s:s + self.ctx_len + 1], dtype=np.int64))
+        return chunk[:-1], chunk[1:]

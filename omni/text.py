@@ -1,0 +1,104 @@
+"""Stage A pieces shared by train_text.py and scripts/evaluate.py: tokenizer preparation, the
+packed train/val streams, the LM loss and perplexity / bits-per-byte evaluation."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.config import TextDataConfig
+from omni.data import DataError, LineFile, PackedTokens, is_val_line, tokenize_corpus
+from omni.tokenizer import Tokenizer, load_tokenizer, train_bpe
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def tokenizer_in(ckpt_dir: str | Path) -> Tokenizer:
+    """The tokenizer saved in a checkpoint folder (tokenizer.json, or a SentencePiece model)."""
+    for name in TOKENIZER_FILES:
+        if (Path(ckpt_dir) / name).is_file():
+            return load_tokenizer(Path(ckpt_dir) / name)
+    raise DataError(f"no tokenizer.json or tokenizer.model in {ckpt_dir}: train Stage A first "
+                    "(python train_text.py --config configs/thinker_tiny.json)")
+
+
+def save_tokenizer(tok: Tokenizer, ckpt_dir: Path) -> None:
+    name = "tokenizer.model" if tok.__class__.__name__ == "SentencePieceTokenizer" else "tokenizer.json"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(ckpt_dir / name)
+
+
+def prepare_tokenizer(data: TextDataConfig, vocab_size: int, save_dir: Path) -> Tokenizer:
+    """``data.tokenizer`` if set; else the one already in save_dir; else train BPE on the corpus."""
+    if data.tokenizer:
+        return load_tokenizer(data.tokenizer)
+    if any((save_dir / n).is_file() for n in TOKENIZER_FILES):
+        return tokenizer_in(save_dir)
+    lines = LineFile(data.train_file)
+    log.info("training a %d-token byte-level BPE on %s (%d lines)", vocab_size, lines.path, len(lines))
+    tok = train_bpe((t for _, t in lines.iter_text() if t is not None), vocab_size)
+    save_tokenizer(tok, save_dir)
+    return tok
+
+
+@dataclass
+class TextStreams:
+    train: np.ndarray  # (N,) uint32 packed tokens, EOS between documents
+    val: np.ndarray
+
+
+def load_streams(data: TextDataConfig, tok: Tokenizer, seed: int) -> TextStreams:
+    """Tokenize (cached) and split: a separate val_file, or a deterministic held-out fraction."""
+    eos = tok.special["<|eos|>"]
+    corpus = tokenize_corpus(data.train_file, tok, eos)
+    n_lines = len(corpus.line_starts) - 1
+    if n_lines == 0 or len(corpus.tokens) == 0:
+        raise DataError(f"{data.train_file}: no usable text (empty file, or every line empty / not UTF-8)")
+    if data.val_file:
+        train = np.asarray(corpus.tokens)
+        val = np.asarray(tokenize_corpus(data.val_file, tok, eos).tokens)
+    else:
+        held = is_val_line(n_lines, data.val_fraction, seed)
+        train, val = corpus.select(~held), corpus.select(held)
+    log.info("%s: %d lines, %d train tokens, %d val tokens, %d lines skipped", data.train_file,
+             n_lines, len(train), len(val), corpus.n_skipped)
+    return TextStreams(train, val)
+
+
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy; batch x, y (B, T)."""
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), {}
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, windows: PackedTokens, batch_size: int,
+                max_batches: int | None) -> dict[str, float]:
+    """Mean next-token loss and perplexity over the first ``max_batches`` batches (all if None)."""
+    device = next(model.parameters()).device
+    n = len(windows) if max_batches is None else min(len(windows), max_batches * batch_size)
+    total, count = 0.0, 0
+    for lo in range(0, n, batch_size):
+        x, y = (torch.stack(t) for t in zip(*(windows[i] for i in range(lo, min(lo + batch_size, n)))))
+        logits = model(x.to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").item()
+        count += y.numel()
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
+
+
+def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of val under the add-one-smoothed unigram of train: the
+    baseline a language model must beat by using context."""
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[val].mean())

@@ -1,0 +1,367 @@
+"""One training loop for every stage: ``fit(stage, cfg)``.
+
+A stage supplies a model, a dataset (+ collate), ``loss_fn(model, batch) -> (loss, logs)`` and
+optionally ``evaluate(model) -> metrics``. The engine does the rest: device and precision,
+gradient accumulation (counted in micro-batches), clipping, warmup + cosine, evaluation, tqdm,
+metrics.jsonl, atomic checkpoints, exact resume, a non-finite-loss guard, torch.compile and DDP.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm import tqdm
+
+from omni import checkpoint as ckpt
+from omni.config import TrainConfig
+from omni.runtime import Runtime, all_mean, any_rank, setup_runtime
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class Stage:
+    """What a stage hands to ``fit``. ``config`` is the resolved config saved as config.json."""
+    name: str
+    model: nn.Module
+    train_set: Dataset
+    loss_fn: LossFn
+    config: dict[str, Any]
+    collate: Callable[[list], Any] = default_collate
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    count_items: Callable[[Any], int] = lambda batch: 0  # tokens/frames per micro-batch, for speed
+    items_unit: str = "items"
+    best_metric: str | None = None  # a key of evaluate()'s result; lower is better unless best_max
+    best_max: bool = False
+    save_extra: Callable[[Path], None] = lambda ckpt_dir: None  # e.g. the tokenizer
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Micro-batch indices of one epoch from ``start`` on: a permutation fixed by (seed, epoch),
+    cut into global batches of batch_size * world; this rank takes its slice of each."""
+
+    def __init__(self, n: int, batch_size: int, rt: Runtime, seed: int, epoch: int, start: int) -> None:
+        self.batch_size, self.rank, self.world = batch_size, rt.rank, rt.world_size
+        self.per_epoch = n // (batch_size * rt.world_size)
+        self.perm = np.random.default_rng([seed, epoch]).permutation(n)
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, self.per_epoch - self.start)
+
+    def __iter__(self):
+        g = self.batch_size * self.world
+        for m in range(self.start, self.per_epoch):
+            lo = m * g + self.rank * self.batch_size
+            yield self.perm[lo:lo + self.batch_size].tolist()
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not norms, biases or gains)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    step: int = 0       # optimizer steps done
+    epoch: int = 0
+    micro: int = 0      # micro-batches of this epoch already consumed (global, all ranks)
+    bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
+    best: float | None = None
+    skipped_total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, stage: Stage, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+        self.stage, self.cfg = stage, cfg
+        self.rt = setup_runtime(cfg.device, cfg.use_amp)
+        self.save_dir = Path(cfg.save_dir)
+        self.raw = stage.model.to(self.rt.device)
+        self.opt = make_optimizer(self.raw, cfg, self.rt.device)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.needs_scaler())
+        self.p = Progress()
+        self.stop_requested = False
+        torch.manual_seed(cfg.seed + 1_000_003 * self.rt.rank)  # dropout differs per rank
+        self._prepare_dir(resume, overwrite)
+        model: nn.Module = torch.compile(self.raw) if cfg.compile else self.raw
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            model = DDP(model, device_ids=ids)
+        self.model = model
+
+    def _prepare_dir(self, resume: bool, overwrite: bool) -> None:
+        exists = ckpt.has_train_state(self.save_dir)
+        if resume:
+            self._restore(ckpt.load_train_state(self.save_dir))
+            if self.rt.is_main:
+                ckpt.truncate_metrics(self.save_dir, self.p.step)
+            log.info("resumed %s at step %d (epoch %d, micro-batch %d)",
+                     self.save_dir, self.p.step, self.p.epoch, self.p.micro)
+        elif exists and not overwrite:
+            raise TrainingError(f"{self.save_dir} already holds a run; pass --resume to continue it, "
+                                f"--overwrite to start over, or set train.save_dir=ANOTHER_DIR")
+        elif self.rt.is_main and (self.save_dir / ckpt.METRICS_FILE).exists():
+            (self.save_dir / ckpt.METRICS_FILE).unlink()
+        self.rt.barrier()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.rt.world_size:
+            raise TrainingError(f"{self.save_dir} was trained on {state['world_size']} processes; resume "
+                                f"with the same number (got {self.rt.world_size}) for an exact continuation")
+        self.raw.load_state_dict(state["model"], strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        p = state["progress"]
+        self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"])
+        self._resume_rng = state["rng"][self.rt.rank]
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        """All ranks call this (RNG states are gathered); rank 0 writes."""
+        rng = _rng_state()
+        rngs = [None] * self.rt.world_size
+        if self.rt.distributed:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        if self.rt.is_main:
+            state = {"model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.rt.world_size,
+                     "progress": {k: v for k, v in vars(self.p).items() if k != "extra"}}
+            ckpt.save_config(self.stage.config, self.save_dir)
+            self.stage.save_extra(self.save_dir)
+            ckpt.save_weights(self.raw, self.save_dir, {"step": str(self.p.step)})
+            ckpt.save_train_state(state, self.save_dir)
+        self.rt.barrier()
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        key = self.stage.best_metric
+        if key is None or key not in metrics or not self.rt.is_main:
+            return
+        value = metrics[key]
+        better = self.p.best is None or (value > self.p.best if self.stage.best_max else value < self.p.best)
+        if better:
+            self.p.best = value
+            best_dir = self.save_dir / "best"
+            ckpt.save_config(self.stage.config, best_dir)
+            self.stage.save_extra(best_dir)
+            ckpt.save_weights(self.raw, best_dir, {"step": str(self.p.step), key: str(value)})
+            log.info("new best %s=%.4f at step %d -> %s", key, value, self.p.step, best_dir)
+
+    # ---------------------------------------------------------------- the loop
+    def _batches(self):
+        """Yield micro-batches forever from the saved position, advancing epoch/micro."""
+        cfg = self.cfg
+        while self.p.epoch < cfg.max_epochs:
+            sampler = EpochBatches(len(self.stage.train_set), cfg.batch_size, self.rt, cfg.seed,
+                                   self.p.epoch, self.p.micro)
+            if sampler.per_epoch == 0:
+                raise TrainingError(f"{self.stage.name}: {len(self.stage.train_set)} training samples "
+                                    f"are fewer than one global batch ({cfg.batch_size} x {self.rt.world_size})")
+            loader = DataLoader(self.stage.train_set, batch_sampler=sampler, collate_fn=self.stage.collate,
+                                num_workers=cfg.num_workers, pin_memory=self.rt.device.type == "cuda",
+                                # its own generator: creating a loader must not draw from the global
+                                # RNG, or a resumed run's dropout masks would drift from the original
+                                generator=torch.Generator().manual_seed(cfg.seed + self.p.epoch))
+            for batch in loader:
+                self.p.micro += 1
+                yield batch
+            self.p.epoch, self.p.micro = self.p.epoch + 1, 0
+
+    def _step(self, batches) -> tuple[float, float, int] | None:
+        """One optimizer step over gradient_accumulation_steps micro-batches.
+        Returns (loss, grad_norm, items) or None when the epochs ran out."""
+        accum = self.cfg.gradient_accumulation_steps
+        total, items, logs = torch.zeros((), device=self.rt.device), 0, {}
+        self.model.train()
+        for k in range(accum):
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            items += self.stage.count_items(batch)
+            batch = to_device(batch, self.rt.device)
+            sync = k == accum - 1 or not self.rt.distributed
+            with (contextlib.nullcontext() if sync else self.model.no_sync()), self.rt.autocast():
+                loss, logs = self.stage.loss_fn(self.model, batch)
+            self.scaler.scale(loss / accum).backward()
+            total += loss.detach().float()
+        self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.max_grad_norm)
+        loss_v = total.item() / accum
+        finite = math.isfinite(loss_v) and (self.rt.needs_scaler() or math.isfinite(gnorm.item()))
+        if any_rank(self.rt, not finite):
+            self._skip_step(loss_v, gnorm.item())
+            return loss_v, gnorm.item(), items
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.p.step, self.cfg)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.p.step += 1
+        self.p.bad_steps = 0
+        self.p.extra = logs
+        return all_mean(self.rt, loss_v), gnorm.item(), items * self.rt.world_size
+
+    def _skip_step(self, loss: float, gnorm: float) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.p.bad_steps += 1
+        self.p.skipped_total += 1
+        log.warning("step %d: non-finite loss %.4g / grad norm %.4g; step skipped (%d in a row)",
+                    self.p.step, loss, gnorm, self.p.bad_steps)
+        if self.rt.is_main:
+            ckpt.append_metrics(self.save_dir, {"event": "skip", "step": self.p.step, "loss": loss})
+        if self.p.bad_steps >= self.cfg.max_bad_steps:
+            raise TrainingError(f"{self.p.bad_steps} steps in a row with a non-finite loss or gradient at "
+                                f"step {self.p.step}; the last good checkpoint is in {self.save_dir}. "
+                                "Lower train.lr, check the data, or set train.use_amp=false")
+
+    def evaluate(self) -> dict[str, float]:
+        if self.stage.evaluate is None:
+            return {}
+        metrics: dict[str, float] = {}
+        if self.rt.is_main:
+            self.raw.eval()
+            with torch.no_grad(), self.rt.autocast():
+                metrics = self.stage.evaluate(self.raw)
+            self.raw.train()
+            ckpt.append_metrics(self.save_dir, {"event": "val", "step": self.p.step, **metrics})
+            log.info("step %d: %s", self.p.step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self._save_best(metrics)
+        self.rt.barrier()
+        return metrics
+
+    def run(self, stop_at: int | None = None) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        last = stop_at if stop_at is not None else cfg.max_steps
+        if hasattr(self, "_resume_rng"):
+            _set_rng_state(self._resume_rng)
+        batches = self._batches()
+        bar = tqdm(total=cfg.max_steps, initial=self.p.step, desc=self.stage.name, disable=not rt.is_main,
+                   dynamic_ncols=True, unit="step")
+        metrics: dict[str, float] = {}
+        t0, window_items, status = time.perf_counter(), 0, "done"
+        with _StopOnSignal(self):
+            while self.p.step < min(last, cfg.max_steps):
+                out = self._step(batches)
+                if out is None:
+                    status = "epochs"
+                    break
+                loss, gnorm, items = out
+                window_items += items
+                if self.p.bad_steps == 0:
+                    bar.update(1)
+                if self.p.step % cfg.log_freq == 0 or self.p.step == 1:
+                    dt = time.perf_counter() - t0
+                    self._log_train(bar, loss, gnorm, window_items / max(dt, 1e-9))
+                    t0, window_items = time.perf_counter(), 0
+                if self.p.step % cfg.val_freq == 0:
+                    metrics = self.evaluate()
+                if self.p.step % cfg.checkpoint_freq == 0:
+                    self.save()
+                if any_rank(rt, self.stop_requested):
+                    status = "interrupted"
+                    break
+        bar.close()
+        if status != "interrupted" and (self.p.step % cfg.val_freq != 0 or not metrics):
+            metrics = self.evaluate()
+        self.save()
+        if status == "interrupted":
+            log.warning("interrupted: checkpoint at step %d in %s; continue with --resume", self.p.step, self.save_dir)
+        return {"status": status, "step": self.p.step, "skipped_steps": self.p.skipped_total, **metrics}
+
+    def _log_train(self, bar: tqdm, loss: float, gnorm: float, speed: float) -> None:
+        lr = lr_at(max(self.p.step - 1, 0), self.cfg)
+        bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{self.stage.items_unit}/s": f"{speed:,.0f}"},
+                       refresh=False)
+        if self.rt.is_main:
+            rec = {"event": "train", "step": self.p.step, "epoch": self.p.epoch, "loss": loss, "lr": lr,
+                   "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **self.p.extra}
+            ckpt.append_metrics(self.save_dir, rec)
+
+
+class _StopOnSignal:
+    """First Ctrl-C / SIGTERM: finish the current step, checkpoint, exit. Second Ctrl-C: abort."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_requested:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+        log.warning("signal %d: stopping after this step with a checkpoint (again to abort)", signum)
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+        stop_at: int | None = None) -> dict[str, Any]:
+    """Train ``stage`` under ``cfg``; returns the final status, step and validation metrics.
+
+    ``stop_at``: stop (with a checkpoint) after that step while the schedule still targets
+    ``cfg.max_steps``, for time-sliced jobs; continue later with ``resume=True``.
+    """
+    trainer = Trainer(stage, cfg, resume, overwrite)
+    return trainer.run(stop_at)
