@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from omni.cli import load_or_exit, print_config, setup_logging, stage_parser
-from omni.config import TextStageConfig, to_dict
+from omni.checkpoint import CheckpointError
+from omni.cli import setup_logging, stage_parser
+from omni.config import ConfigError, TextStageConfig, load_config, to_dict, to_json
 from omni.data import DataError, PackedTokens
 from omni.runtime import setup_runtime, teardown
 from omni.text import evaluate_lm, lm_loss, load_streams, prepare_tokenizer, save_tokenizer
 from omni.thinker import ThinkerLM
-from omni.training import Stage, fit
+from omni.training import Stage, TrainingError, fit
 
 log = logging.getLogger("train_text")
 
@@ -45,7 +46,8 @@ def build_stage(cfg: TextStageConfig, rt, overwrite: bool) -> tuple[Stage, TextS
     val_set = PackedTokens(streams.val, cfg.model.ctx_len, f"{cfg.data.val_file or cfg.data.train_file} (val split)")
     stage = Stage(
         name="thinker", model=model, train_set=train_set, loss_fn=lm_loss, config=to_dict(cfg),
-        evaluate=lambda m: evaluate_lm(m, val_set, cfg.train.batch_size, cfg.train.val_batches),
+        # val_batches counts global batches, so the metric is the same on 1 or N processes
+        evaluate=lambda m: evaluate_lm(m, val_set, cfg.train.batch_size, cfg.train.val_batches * rt.world_size),
         count_items=lambda batch: batch[0].numel(), items_unit="tok", best_metric="val_loss",
         save_extra=lambda d: save_tokenizer(tok, d))
     return stage, cfg
@@ -54,14 +56,19 @@ def build_stage(cfg: TextStageConfig, rt, overwrite: bool) -> tuple[Stage, TextS
 def main(argv: list[str] | None = None) -> int:
     args = stage_parser(__doc__.splitlines()[0], "configs/thinker_tiny.json").parse_args(argv)
     setup_logging(int(os.environ.get("RANK", "0")))
-    cfg = load_or_exit(args.config, TextStageConfig, args.overrides)
+    try:
+        cfg = load_config(args.config, TextStageConfig, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     rt = setup_runtime(cfg.train.device, cfg.train.use_amp)
     try:
         stage, cfg = build_stage(cfg, rt, args.overwrite)
-        print_config(cfg, rt.rank)
+        if rt.is_main:
+            print("resolved config:\n" + to_json(cfg), flush=True)
         result = fit(stage, cfg.train, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
-    except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
+    except (DataError, TrainingError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         teardown(rt)

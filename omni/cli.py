@@ -3,12 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from typing import TypeVar
-
-from omni.config import ConfigError, load_config, to_json
-
-T = TypeVar("T")
 
 
 def stage_parser(description: str, default_config: str) -> argparse.ArgumentParser:
@@ -26,17 +20,3 @@ def stage_parser(description: str, default_config: str) -> argparse.ArgumentPars
 def setup_logging(rank: int = 0) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def load_or_exit(path: str, cls: type[T], overrides: list[str]) -> T:
-    """Load a stage config strictly; on error print the message (path, key, hint) and exit 2."""
-    try:
-        return load_config(path, cls, overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
-
-
-def print_config(cfg, rank: int = 0) -> None:
-    if rank == 0:
-        print("resolved config:\n" + to_json(cfg), flush=True)

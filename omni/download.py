@@ -62,7 +62,8 @@ def _verify(path: Path, sha256: str | None, url: str) -> None:
         )
 
 
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse | None:
+    """GET url from byte offset; None when the server says the .part already holds it all."""
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -70,6 +71,8 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
+        if e.code == 416 and e.headers.get("Content-Range", "") == f"bytes */{offset}":
+            return None
         raise DownloadError(f"HTTP {e.code} {e.reason} fetching {url}") from e
     except urllib.error.URLError as e:
         raise DownloadError(f"cannot reach {url}: {e.reason}; check the URL and the network") from e
@@ -130,8 +133,10 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
     log.info("downloading %s -> %s%s", url, dest, f" (resuming at {offset} B)" if offset else "")
-    with _open(url, offset, timeout) as resp:
-        _copy_body(resp, part, _resume_offset(resp, offset, url), url)
+    resp = _open(url, offset, timeout)
+    if resp is not None:
+        with resp:
+            _copy_body(resp, part, _resume_offset(resp, offset, url), url)
     _verify(part, sha256, url)
     if sha256 is None:
         log.warning("no sha256 given for %s; its integrity was not verified", url)

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.config import TextDataConfig
+from omni.checkpoint import load_weights, read_config
+from omni.config import TextDataConfig, TextStageConfig, config_from_dict
 from omni.data import DataError, LineFile, PackedTokens, is_val_line, tokenize_corpus
+from omni.thinker import ThinkerLM
 from omni.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 log = logging.getLogger(__name__)
@@ -102,3 +104,16 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return float(-logp[val].mean())
+
+
+def load_thinker(ckpt_dir: str | Path, device: torch.device) -> tuple[nn.Module, Tokenizer, TextStageConfig]:
+    """Rebuild the Thinker from a Stage A checkpoint folder (config.json + weights + tokenizer)."""
+    cfg = config_from_dict(read_config(ckpt_dir), TextStageConfig)
+    model = ThinkerLM(cfg.model)
+    load_weights(model, ckpt_dir)
+    return model.to(device).eval(), tokenizer_in(ckpt_dir), cfg
+
+
+def corpus_bytes(path: str | Path) -> int:
+    """UTF-8 bytes of the usable lines, each with its newline (what EOS stands for)."""
+    return sum(len(t.encode("utf-8")) + 1 for _, t in LineFile(path).iter_text() if t is not None)

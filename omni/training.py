@@ -294,6 +294,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.p.step, desc=self.stage.name, disable=not rt.is_main,
                    dynamic_ncols=True, unit="step")
         metrics: dict[str, float] = {}
+        evaluated_at = -1  # same on every rank (only rank 0 gets metrics back)
         t0, window_items, status = time.perf_counter(), 0, "done"
         with _StopOnSignal(self):
             while self.p.step < min(last, cfg.max_steps):
@@ -310,14 +311,14 @@ class Trainer:
                     self._log_train(bar, loss, gnorm, window_items / max(dt, 1e-9))
                     t0, window_items = time.perf_counter(), 0
                 if self.p.step % cfg.val_freq == 0:
-                    metrics = self.evaluate()
+                    metrics, evaluated_at = self.evaluate(), self.p.step
                 if self.p.step % cfg.checkpoint_freq == 0:
                     self.save()
                 if any_rank(rt, self.stop_requested):
                     status = "interrupted"
                     break
         bar.close()
-        if status != "interrupted" and (self.p.step % cfg.val_freq != 0 or not metrics):
+        if status != "interrupted" and evaluated_at != self.p.step:
             metrics = self.evaluate()
         self.save()
         if status == "interrupted":

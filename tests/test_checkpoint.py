@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from omni import checkpoint as ckpt
+from omni.thinker import ThinkerLM
+from tests.test_thinker import tiny
+
+
+def test_weights_round_trip_strict(tmp_path):
+    torch.manual_seed(0)
+    a = ThinkerLM(tiny())
+    ckpt.save_weights(a, tmp_path, {"step": "3"})
+    torch.manual_seed(1)
+    b = ThinkerLM(tiny())
+    ckpt.load_weights(b, tmp_path)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_mismatched_or_missing_weights_are_clear_errors(tmp_path):
+    ckpt.save_weights(ThinkerLM(tiny()), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="does not match"):
+        ckpt.load_weights(ThinkerLM(tiny(d_ff=96)), tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="no weights at"):
+        ckpt.load_weights(ThinkerLM(tiny()), tmp_path / "missing")
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    target = tmp_path / "train_state.pt"
+    ckpt.save_train_state({"step": 1}, tmp_path)
+
+    def crash(path):
+        path.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed in the middle of the save
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write(target, crash)
+    assert ckpt.load_train_state(tmp_path) == {"step": 1}
+
+
+def test_metrics_truncate_and_torn_line(tmp_path):
+    for step in (1, 2, 3, 4):
+        ckpt.append_metrics(tmp_path, {"event": "train", "step": step})
+    with open(tmp_path / ckpt.METRICS_FILE, "a") as f:
+        f.write('{"event": "tra')  # killed mid-append
+    assert [r["step"] for r in ckpt.read_metrics(tmp_path)] == [1, 2, 3, 4]
+    ckpt.truncate_metrics(tmp_path, 2)
+    assert [r["step"] for r in ckpt.read_metrics(tmp_path)] == [1, 2]
+    (tmp_path / ckpt.METRICS_FILE).write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ckpt.CheckpointError, match=":2: corrupt"):
+        ckpt.read_metrics(tmp_path)
+
+
+def test_config_round_trip(tmp_path):
+    ckpt.save_config({"model": {"d_model": 8}}, tmp_path)
+    assert ckpt.read_config(tmp_path) == {"model": {"d_model": 8}}
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 8
+    with pytest.raises(ckpt.CheckpointError, match="not a μOmni checkpoint"):
+        ckpt.read_config(tmp_path / "nope")
