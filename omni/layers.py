@@ -82,9 +82,8 @@ class Attention(nn.Module):
                              f"d_model={d_model} n_heads={n_heads} n_kv_heads={n_kv_heads}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
-        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        # q, k and v in one matmul: rows [0, H*Dh) are q, then Hkv*Dh rows of k, then of v
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
         self.dropout, self.causal, self.rope = dropout, causal, rope
 
@@ -92,9 +91,7 @@ class Attention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D)."""
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.split_heads(self.qkv(x))
         start = cache.pos if cache is not None else 0
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
@@ -105,6 +102,15 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qkv (B, T, (H + 2 Hkv) Dh) -> q (B, H, T, Dh), k and v (B, Hkv, T, Dh)."""
+        B, T, _ = qkv.shape
+        q, k, v = qkv.split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
+                             self.n_kv_heads * self.head_dim], dim=-1)
+        return (q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2),
+                k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2),
+                v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2))
 
     def _mask(self, Tq: int, Tk: int, key_padding_mask: torch.Tensor | None,
               device: torch.device) -> tuple[torch.Tensor | None, bool]:
@@ -122,25 +128,32 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up as one matmul (rows [0, d_ff) are gate)."""
+
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(d_model, d_ff, bias=False)
-        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
         self.down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D)."""
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))).
+
+    ``dropout`` applies to the residual branches. Attention probabilities get ``attn_dropout``
+    (default 0): any dropout there forces SDPA off its fused flash kernels (CPU and GPU), which
+    measured slower, so μOmni regularises through the residual dropout alone.
+    """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_ff: int, dropout: float,
-                 causal: bool, rope: RotaryEmbedding | None) -> None:
+                 causal: bool, rope: RotaryEmbedding | None, attn_dropout: float = 0.0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_heads, n_kv_heads, dropout, causal, rope)
+        self.attn = Attention(d_model, n_heads, n_kv_heads, attn_dropout, causal, rope)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from omni.checkpoint import load_weights, read_config
@@ -78,8 +77,7 @@ def load_streams(data: TextDataConfig, tok: Tokenizer, seed: int) -> TextStreams
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Next-token cross-entropy; batch x, y (B, T)."""
     x, y = batch
-    logits = model(x)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), {}
+    return model(x, targets=y), {}
 
 
 @torch.no_grad()
@@ -91,8 +89,7 @@ def evaluate_lm(model: nn.Module, windows: PackedTokens, batch_size: int,
     total, count = 0.0, 0
     for lo in range(0, n, batch_size):
         x, y = (torch.stack(t) for t in zip(*(windows[i] for i in range(lo, min(lo + batch_size, n)))))
-        logits = model(x.to(device))
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").item()
+        total += model(x.to(device), targets=y.to(device)).item() * y.numel()
         count += y.numel()
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(count)}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import ThinkerConfig
+from omni.losses import linear_cross_entropy
 from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, init_weights
 
 
@@ -45,9 +46,13 @@ class ThinkerLM(nn.Module):
         return self.norm(x)
 
     def forward(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
-        """ids (B, T) or embeds (B, T, D) -> logits (B, T, vocab_size)."""
-        return self.lm_head(self.hidden(ids, embeds, cache))
+                cache: KVCache | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) or embeds (B, T, D) -> logits (B, T, vocab_size); with targets (B, T)
+        (-100 = ignore) -> the mean next-token cross-entropy, computed without full logits."""
+        h = self.hidden(ids, embeds, cache)
+        if targets is not None:
+            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return self.lm_head(h)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.lm_head.weight

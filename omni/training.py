@@ -318,6 +318,8 @@ class Trainer:
                     status = "interrupted"
                     break
         bar.close()
+        if status == "done" and self.p.step < cfg.max_steps:
+            status = "stopped"  # --stop-at
         if status != "interrupted" and evaluated_at != self.p.step:
             metrics = self.evaluate()
         self.save()

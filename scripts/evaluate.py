@@ -14,7 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.data import PackedTokens, tokenize_corpus  # noqa: E402
+from omni.checkpoint import CheckpointError  # noqa: E402
+from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.text import corpus_bytes, evaluate_lm, load_thinker  # noqa: E402
 
@@ -57,4 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")

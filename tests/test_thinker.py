@@ -81,9 +81,10 @@ def _reference_attention(att: Attention, x: torch.Tensor) -> torch.Tensor:
     """Plain softmax attention with K/V heads repeated for each query group."""
     B, T, _ = x.shape
     h, hk, d = att.n_heads, att.n_kv_heads, att.head_dim
-    q = att.rope(att.q(x).view(B, T, h, d).transpose(1, 2), 0)
-    k = att.rope(att.k(x).view(B, T, hk, d).transpose(1, 2), 0).repeat_interleave(h // hk, 1)
-    v = att.v(x).view(B, T, hk, d).transpose(1, 2).repeat_interleave(h // hk, 1)
+    wq, wk, wv = att.qkv.weight.split([h * d, hk * d, hk * d])
+    q = att.rope((x @ wq.T).view(B, T, h, d).transpose(1, 2), 0)
+    k = att.rope((x @ wk.T).view(B, T, hk, d).transpose(1, 2), 0).repeat_interleave(h // hk, 1)
+    v = (x @ wv.T).view(B, T, hk, d).transpose(1, 2).repeat_interleave(h // hk, 1)
     scores = q @ k.transpose(-1, -2) / math.sqrt(d)
     scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
     return att.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1))
@@ -103,7 +104,7 @@ def test_gqa_with_all_heads_equals_plain_multihead():
     att = Attention(64, 4, 4, 0.0, causal=True, rope=None).eval()
     mha = torch.nn.MultiheadAttention(64, 4, bias=False, batch_first=True)
     with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([att.q.weight, att.k.weight, att.v.weight]))
+        mha.in_proj_weight.copy_(att.qkv.weight)  # [q; k; v] rows, the same layout
         mha.out_proj.weight.copy_(att.out.weight)
     x = torch.randn(2, 10, 64)
     mask = torch.triu(torch.ones(10, 10, dtype=torch.bool), 1)
