@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from omni.checkpoint import CheckpointError
-from omni.cli import setup_logging, stage_parser
-from omni.config import ConfigError, TextStageConfig, load_config, to_dict, to_json
-from omni.data import DataError, PackedTokens
-from omni.runtime import setup_runtime, teardown
+from omni.cli import run_stage
+from omni.config import TextStageConfig, to_dict
+from omni.data import PackedTokens
 from omni.text import evaluate_lm, lm_loss, load_streams, prepare_tokenizer, save_tokenizer
 from omni.thinker import ThinkerLM
-from omni.training import Stage, TrainingError, fit
+from omni.training import Stage
 
 log = logging.getLogger("train_text")
 
@@ -54,29 +51,8 @@ def build_stage(cfg: TextStageConfig, rt, overwrite: bool) -> tuple[Stage, TextS
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__.splitlines()[0], "configs/thinker_tiny.json").parse_args(argv)
-    setup_logging(int(os.environ.get("RANK", "0")))
-    try:
-        cfg = load_config(args.config, TextStageConfig, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    rt = setup_runtime(cfg.train.device, cfg.train.use_amp)
-    try:
-        stage, cfg = build_stage(cfg, rt, args.overwrite)
-        if rt.is_main:
-            print("resolved config:\n" + to_json(cfg), flush=True)
-        result = fit(stage, cfg.train, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
-    except (DataError, TrainingError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        teardown(rt)
-    if rt.is_main:
-        print("result: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in result.items()), flush=True)
-        print(f"checkpoint: {cfg.train.save_dir}", flush=True)
-    return 130 if result["status"] == "interrupted" else 0
+    return run_stage(__doc__, "configs/thinker_tiny.json", TextStageConfig,
+                     lambda cfg, rt, args: build_stage(cfg, rt, args.overwrite), argv)
 
 
 if __name__ == "__main__":

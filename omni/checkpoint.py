@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from omni.files import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,6 @@ METRICS_FILE = "metrics.jsonl"
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_weights(model: nn.Module, ckpt_dir: Path, metadata: dict[str, str] | None = None) -> None:
@@ -58,8 +48,7 @@ def load_weights(model: nn.Module, ckpt_dir: str | Path) -> None:
 
 
 def save_config(cfg: dict[str, Any], ckpt_dir: Path) -> None:
-    text = json.dumps(cfg, indent=2) + "\n"
-    atomic_write(ckpt_dir / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(ckpt_dir / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
 
 
 def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -112,5 +101,4 @@ def read_metrics(ckpt_dir: str | Path) -> list[dict[str, Any]]:
 def truncate_metrics(ckpt_dir: Path, step: int) -> None:
     """On resume, drop events logged after the checkpoint's step by the interrupted run."""
     records = [r for r in read_metrics(ckpt_dir) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(ckpt_dir / METRICS_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomic(ckpt_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))

@@ -1,8 +1,17 @@
-"""Command-line plumbing shared by the stage scripts: arguments, logging, the resolved config."""
+"""Command-line plumbing shared by the stage scripts: arguments, logging, the run itself."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+from typing import Any, Callable
+
+from omni.checkpoint import CheckpointError
+from omni.config import ConfigError, load_config, to_json
+from omni.data import DataError
+from omni.runtime import Runtime, setup_runtime, teardown
+from omni.training import Stage, TrainingError, fit
 
 
 def stage_parser(description: str, default_config: str) -> argparse.ArgumentParser:
@@ -20,3 +29,34 @@ def stage_parser(description: str, default_config: str) -> argparse.ArgumentPars
 def setup_logging(rank: int = 0) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_stage(doc: str, default_config: str, cfg_cls: type, build: Callable[[Any, Runtime, argparse.Namespace], tuple[Stage, Any]],
+              argv: list[str] | None = None) -> int:
+    """The whole life of a stage script: arguments, strict config, runtime, build, fit, report.
+
+    Exit status: 0 done, 2 bad config / data / checkpoint, 130 interrupted (resume with --resume).
+    """
+    args = stage_parser(doc.splitlines()[0], default_config).parse_args(argv)
+    setup_logging(int(os.environ.get("RANK", "0")))
+    try:
+        cfg = load_config(args.config, cfg_cls, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    rt = setup_runtime(cfg.train.device, cfg.train.use_amp)
+    try:
+        stage, cfg = build(cfg, rt, args)
+        if rt.is_main:
+            print("resolved config:\n" + to_json(cfg), flush=True)
+        result = fit(stage, cfg.train, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
+    except (DataError, TrainingError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        teardown(rt)
+    if rt.is_main:
+        print("result: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in result.items()), flush=True)
+        print(f"checkpoint: {cfg.train.save_dir}", flush=True)
+    return 130 if result["status"] == "interrupted" else 0

@@ -77,6 +77,37 @@ class TextStageConfig:
     train: TrainConfig
 
 
+@dataclasses.dataclass
+class AudioEncConfig:
+    """AudioEncoderTiny + CTC head. Input: 128-bin log-mel at 100 Hz (omni/audio.py ENCODER_MEL)."""
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    dropout: float
+    max_frames: int = 1024           # encoder positions (12.5 Hz): 1024 = 82 s
+    symbols_per_frame: int = 2       # CTC symbols per 12.5 Hz frame (see omni/ctc.py)
+    spec_augment: bool = True
+    freq_mask: int = 15
+    time_mask: int = 40
+    n_masks: int = 2
+
+
+@dataclasses.dataclass
+class AsrDataConfig:
+    train_csv: str
+    val_csv: str
+    max_seconds: float = 15.0
+    val_items: int = 200             # utterances decoded at each validation
+
+
+@dataclasses.dataclass
+class AsrStageConfig:
+    model: AudioEncConfig
+    data: AsrDataConfig
+    train: TrainConfig
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 

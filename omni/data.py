@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,6 +17,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from omni.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,13 @@ def cached_array(src: Path, suffix: str, key: str, build: Callable[[], np.ndarra
         log.info("%s is stale (source changed); rebuilding", cache)
     data = np.ascontiguousarray(build())
     full = np.concatenate([stamp.view(data.dtype), data])
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, full, allow_pickle=False)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda p: _save_npy(p, full), fsync=False)
     return np.load(cache, mmap_mode="r", allow_pickle=False)[_STAMP_BYTES // data.dtype.itemsize:]
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temp name
+        np.save(f, arr, allow_pickle=False)
 
 
 def build_line_offsets(path: Path) -> np.ndarray:
@@ -80,12 +83,11 @@ def build_line_offsets(path: Path) -> np.ndarray:
 class LineFile:
     """Random access to the lines of a text file: ``lf[i]`` -> bytes without the newline."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, suffix: str = ".line_offsets.npy") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"data file not found: {self.path}")
-        self.offsets = cached_array(self.path, ".line_offsets.npy", "lines-v1",
-                                    lambda: build_line_offsets(self.path))
+        self.offsets = cached_array(self.path, suffix, "lines-v1", lambda: build_line_offsets(self.path))
         self._mm = None
 
     def __len__(self) -> int:
@@ -206,3 +208,34 @@ class PackedTokens(torch.utils.data.Dataset):
         s = i * self.ctx_len
         chunk = torch.from_numpy(np.asarray(self.tokens[s:s + self.ctx_len + 1], dtype=np.int64))
         return chunk[:-1], chunk[1:]
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Micro-batch indices of one epoch from ``start`` on: a permutation fixed by (seed, epoch),
+    cut into global batches of batch_size * world; this rank takes its slice of each."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, start: int,
+                 lengths: np.ndarray | None = None, pool: int = 50) -> None:
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        g = batch_size * world
+        self.per_epoch = n // g
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(n)
+        if lengths is not None and self.per_epoch > 0:
+            # length bucketing: sort pools of `pool` global batches by length, cut them into
+            # batches, shuffle the batch order: similar lengths share a batch, little padding
+            perm = np.concatenate([c[np.argsort(lengths[c], kind="stable")]
+                                   for c in np.array_split(perm, max(1, n // (g * pool)))])
+            order = rng.permutation(self.per_epoch)
+            perm = perm[:self.per_epoch * g].reshape(self.per_epoch, g)[order].reshape(-1)
+        self.perm = perm
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, self.per_epoch - self.start)
+
+    def __iter__(self):
+        g = self.batch_size * self.world
+        for m in range(self.start, self.per_epoch):
+            lo = m * g + self.rank * self.batch_size
+            yield self.perm[lo:lo + self.batch_size].tolist()

@@ -15,6 +15,9 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from omni.files import write_text_atomic
 
 SHAKESPEARE_MIN_CHARS = 200  # speeches shorter than this are merged with the next block
 ENDOFTEXT = b"<|endoftext|>"
@@ -294,3 +297,15 @@ def split_train_val(n_docs: int, val_fraction: float, seed: int) -> tuple[list[i
     if val_fraction > 0 and n_docs >= 2:
         n_val = max(1, n_val)
     return order[n_val:], order[:n_val]
+
+
+def make_synthetic_text(src: Path, out_dir: Path) -> tuple[Path, Path]:
+    """The bundled one-document-per-line fixture -> out_dir/tiny_corpus.txt (train) and
+    tiny_val.txt (every 10th document, held out). Deterministic; rewritten atomically."""
+    docs = [d for d in Path(src).read_text(encoding="utf-8").splitlines() if d.strip()]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / "tiny_corpus.txt", out_dir / "tiny_val.txt"
+    for path, keep in zip(paths, (lambda i: i % 10 != 9, lambda i: i % 10 == 9)):
+        write_text_atomic(path, "\n".join(d for i, d in enumerate(docs) if keep(i)) + "\n")
+    return paths

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from omni import checkpoint as ckpt
 from omni.config import TrainConfig
-from omni.runtime import Runtime, all_mean, any_rank, setup_runtime
+from omni.data import EpochBatches
+from omni.runtime import all_mean, any_rank, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Stage:
     items_unit: str = "items"
     best_metric: str | None = None  # a key of evaluate()'s result; lower is better unless best_max
     best_max: bool = False
+    lengths: np.ndarray | None = None  # per-sample lengths: batches are bucketed by length
+    # samples a dataset skipped this epoch ({"seen": n, "skipped": k, reason: count}); reset on read
+    skip_report: Callable[[], dict[str, int]] | None = None
     save_extra: Callable[[Path], None] = lambda ckpt_dir: None  # e.g. the tokenizer
 
 
@@ -62,26 +66,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Micro-batch indices of one epoch from ``start`` on: a permutation fixed by (seed, epoch),
-    cut into global batches of batch_size * world; this rank takes its slice of each."""
-
-    def __init__(self, n: int, batch_size: int, rt: Runtime, seed: int, epoch: int, start: int) -> None:
-        self.batch_size, self.rank, self.world = batch_size, rt.rank, rt.world_size
-        self.per_epoch = n // (batch_size * rt.world_size)
-        self.perm = np.random.default_rng([seed, epoch]).permutation(n)
-        self.start = start
-
-    def __len__(self) -> int:
-        return max(0, self.per_epoch - self.start)
-
-    def __iter__(self):
-        g = self.batch_size * self.world
-        for m in range(self.start, self.per_epoch):
-            lo = m * g + self.rank * self.batch_size
-            yield self.perm[lo:lo + self.batch_size].tolist()
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -208,8 +192,8 @@ class Trainer:
         """Yield micro-batches forever from the saved position, advancing epoch/micro."""
         cfg = self.cfg
         while self.p.epoch < cfg.max_epochs:
-            sampler = EpochBatches(len(self.stage.train_set), cfg.batch_size, self.rt, cfg.seed,
-                                   self.p.epoch, self.p.micro)
+            sampler = EpochBatches(len(self.stage.train_set), cfg.batch_size, self.rt.rank, self.rt.world_size,
+                                   cfg.seed, self.p.epoch, self.p.micro, self.stage.lengths)
             if sampler.per_epoch == 0:
                 raise TrainingError(f"{self.stage.name}: {len(self.stage.train_set)} training samples "
                                     f"are fewer than one global batch ({cfg.batch_size} x {self.rt.world_size})")
@@ -220,8 +204,25 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(cfg.seed + self.p.epoch))
             for batch in loader:
                 self.p.micro += 1
-                yield batch
+                if batch is not None:  # None: every sample of this micro-batch was unusable
+                    yield batch
+            self._report_skips()
             self.p.epoch, self.p.micro = self.p.epoch + 1, 0
+
+    def _report_skips(self) -> None:
+        """Log the epoch's unusable samples; stop if most of the epoch was unusable."""
+        if self.stage.skip_report is None:
+            return
+        report = self.stage.skip_report()
+        seen, skipped = report.get("seen", 0), report.get("skipped", 0)
+        if skipped:
+            log.warning("epoch %d: skipped %d of %d samples: %s", self.p.epoch, skipped, seen,
+                        {k: v for k, v in report.items() if k not in ("seen", "skipped")})
+        if self.rt.is_main:
+            ckpt.append_metrics(self.save_dir, {"event": "data", "step": self.p.step, "epoch": self.p.epoch, **report})
+        if seen and skipped > seen / 2:
+            raise TrainingError(f"{self.stage.name}: {skipped} of {seen} samples in epoch {self.p.epoch} were "
+                                f"unusable ({report}); fix the data (see the warnings above for files)")
 
     def _step(self, batches) -> tuple[float, float, int] | None:
         """One optimizer step over gradient_accumulation_steps micro-batches.

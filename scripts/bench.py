@@ -240,8 +240,8 @@ def report_training(r: dict[str, Any]) -> None:
     rows = [("model params (matmul / total)", f"{fmt(f['n_matmul_params'])} / {fmt(f['n_params'])}"),
             ("FLOPs per token", f"{fmt(f['flops_per_token'], 'FLOP')} "
                                 f"(attention {fmt(f['attn_flops_per_token'], 'FLOP')})")]
-    for name, peak_key in (("fp32", "fp32"), ("bf16", "bf16")):
-        t, p = r[f"train_{name}"], r["peak"][peak_key]
+    for name in ("fp32", "bf16"):
+        t = r[f"train_{name}"]
         rows += [(f"{name} step time median / mean / min",
                   f"{t['step_s_median'] * 1e3:,.1f} / {t['step_s_mean'] * 1e3:,.1f} / "
                   f"{t['step_s_min'] * 1e3:,.1f} ms"),

@@ -1,9 +1,10 @@
-"""The main job: build the bundled data, train every stage that exists at demo size, show it works.
+"""The main job: build small datasets for every stage, train what exists at demo size, show it works.
 
-    python scripts/demo.py            # about 2 minutes on a 2-core CPU
+    python scripts/demo.py            # about a minute on a 2-core CPU
 
-Stage A today: the Thinker learns Shakespeare's sonnets (bundled, public domain), is evaluated on
-held-out sonnets against a unigram baseline, and writes a sample. Later stages join this script.
+Today: smoke-test data for every stage (scripts/make_synthetic_datasets.py), then Stage A: the
+Thinker learns Shakespeare's sonnets (bundled, public domain), is evaluated on held-out sonnets
+against a unigram baseline, and writes a sample. Later stages join this script as they land.
 """
 from __future__ import annotations
 
@@ -22,18 +23,7 @@ from omni.checkpoint import read_metrics  # noqa: E402
 from omni.config import TextStageConfig, load_config  # noqa: E402
 from omni.text import load_streams, tokenizer_in, unigram_loss  # noqa: E402
 
-SONNETS = ROOT / "assets" / "text" / "sonnets.txt"
 THINKER_CFG = ROOT / "configs" / "thinker_demo.json"
-
-
-def build_text(out_dir: Path) -> tuple[Path, Path]:
-    """Bundled sonnets -> tiny_corpus.txt (train) and tiny_val.txt (every 10th sonnet, held out)."""
-    docs = SONNETS.read_text(encoding="utf-8").splitlines()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train, val = out_dir / "tiny_corpus.txt", out_dir / "tiny_val.txt"
-    train.write_text("\n".join(d for i, d in enumerate(docs) if i % 10 != 9) + "\n", encoding="utf-8")
-    val.write_text("\n".join(d for i, d in enumerate(docs) if i % 10 == 9) + "\n", encoding="utf-8")
-    return train, val
 
 
 def run(cmd: list[str]) -> str:
@@ -68,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="override Stage A max_steps (a faster smoke run)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    train, val = build_text(ROOT / "data" / "text")
-    print(f"data: {train.relative_to(ROOT)}, {val.relative_to(ROOT)} (from {SONNETS.relative_to(ROOT)})")
+    run(["scripts/make_synthetic_datasets.py", "--out", "data"])
     a = stage_a(args.steps)
     learned = a["best_val_loss"] < a["unigram_val_loss"]
     print("\n== μOmni demo summary")

@@ -38,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from omni import download as dl  # noqa: E402
 from omni import textclean as tc  # noqa: E402
+from omni.files import write_text_atomic  # noqa: E402
 
 OFFLINE_SOURCES = ("web", "kjv", "shakespeare", "wikipedia")
 APT_PACKAGES = {"web": ["sword-text-web", "diatheke"], "kjv": ["bible-kjv", "bible-kjv-text"]}
@@ -71,7 +72,7 @@ def cached_command_output(cmd: list[str], path: Path) -> str:
     if proc.returncode != 0 or not proc.stdout.strip():
         raise SourceError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr[-500:]!r}")
     text = proc.stdout.decode("utf-8")
-    write_atomic(path, text)
+    write_text_atomic(path, text)
     return text
 
 
@@ -177,17 +178,6 @@ def cap_and_split(
     return [docs[i] for i in train], [docs[i] for i in val]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temp file beside path, fsync, then os.replace (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, train: list[tuple[str, str]], val: list[tuple[str, str]]) -> None:
     """Both files are built as temp files first and replaced together at the end."""
     for docs in (train, val):
@@ -197,7 +187,7 @@ def write_outputs(out: Path, train: list[tuple[str, str]], val: list[tuple[str, 
     pending = []
     for name, docs in ((TRAIN_NAME, train), (VAL_NAME, val)):
         tmp = out / f"{name}.partial"
-        write_atomic(tmp, "".join(text + "\n" for _, text in docs))
+        write_text_atomic(tmp, "".join(text + "\n" for _, text in docs))
         pending.append((tmp, out / name))
     for tmp, final in pending:
         os.replace(tmp, final)

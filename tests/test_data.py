@@ -98,3 +98,23 @@ def test_select_concatenates_kept_lines(tmp_path):
     keep[[0, 5]] = True
     text = tok.decode(corpus.select(keep).tolist())
     assert text == lines[0].decode() + "<|eos|>" + lines[5].decode() + "<|eos|>"
+
+
+def test_epoch_batches_deterministic_ranked_and_resumable():
+    from omni.data import EpochBatches
+    full = list(EpochBatches(40, 4, 0, 1, seed=3, epoch=1, start=0))
+    assert len(full) == 10 and sorted(i for b in full for i in b) == list(range(40))
+    assert list(EpochBatches(40, 4, 0, 1, seed=3, epoch=1, start=6)) == full[6:]  # resume position
+    r0 = list(EpochBatches(40, 2, 0, 2, seed=3, epoch=1, start=0))
+    r1 = list(EpochBatches(40, 2, 1, 2, seed=3, epoch=1, start=0))
+    assert [a + b for a, b in zip(r0, r1)] == full  # two ranks split the same global batches
+    assert full != list(EpochBatches(40, 4, 0, 1, seed=3, epoch=2, start=0))
+
+
+def test_epoch_batches_bucket_by_length():
+    from omni.data import EpochBatches
+    lengths = np.random.default_rng(0).integers(1, 1000, 400)
+    batches = list(EpochBatches(400, 8, 0, 1, seed=0, epoch=0, start=0, lengths=lengths, pool=50))
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.2 * np.ptp(lengths)  # similar lengths share a batch

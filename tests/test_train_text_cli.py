@@ -1,5 +1,4 @@
 """Stage A as a user runs it: the script, Ctrl-C, --resume, evaluation, and learning on real text."""
-import os
 import signal
 import subprocess
 import sys

@@ -141,3 +141,14 @@ def test_accumulation_matches_bigger_batch(tmp_path):
 def test_too_few_samples_for_a_batch(tmp_path):
     with pytest.raises(TrainingError, match="fewer than one global batch"):
         fit(_toy_stage(tmp_path, _mse, n=3), _toy_cfg(tmp_path))
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_plain_weights(tmp_path):
+    cfg = write_config(tmp_path, model={"dropout": 0.0}, train={"max_steps": 2})
+    assert _train(cfg, f"train.save_dir={tmp_path / 'eager'}") == 0
+    assert _train(cfg, f"train.save_dir={tmp_path / 'compiled'}", "train.compile=true") == 0
+    eager = load_file(str(tmp_path / "eager" / ckpt.MODEL_FILE))
+    compiled = load_file(str(tmp_path / "compiled" / ckpt.MODEL_FILE))
+    assert eager.keys() == compiled.keys()  # no "_orig_mod." prefixes: saved from the raw module
+    assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)

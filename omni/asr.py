@@ -1,0 +1,236 @@
+"""Stage B pieces: the ASR manifest dataset, the CTC model around AudioEncoderTiny, loss, metrics.
+
+A manifest is a CSV with a header naming at least ``wav`` and ``text`` (more columns, e.g.
+``engine,voice``, are kept for per-source reports); wav paths are relative to the CSV.
+Rows are reached through the offset index (``<csv>.row_offsets.npy``). A row that cannot be used
+(missing or corrupt audio, empty transcript, too long, too fast to spell at the CTC rate) is
+skipped and counted by reason; the engine reports the counts every epoch.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.audio import ENCODER_MEL, AudioError, LogMel, load_audio, num_frames
+from omni.audio_encoder import AudioEncoderTiny
+from omni.config import AudioEncConfig
+from omni.ctc import BLANK, CharVocab, error_rates, greedy_decode, normalize_text
+from omni.data import DataError, LineFile
+
+log = logging.getLogger(__name__)
+
+
+class Manifest:
+    """Random access to the rows of a ``wav,text[,...]`` CSV: ``m[i]`` -> dict of the row."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.lines = LineFile(self.path, suffix=".row_offsets.npy")
+        if len(self.lines) < 2:
+            raise DataError(f"{self.path}: no rows (a header line and at least one row are needed)")
+        self.header = next(csv.reader([self.lines[0].decode("utf-8")]))
+        missing = {"wav", "text"} - set(self.header)
+        if missing:
+            raise DataError(f"{self.path}:1: header {self.header} lacks column(s) {sorted(missing)}")
+
+    def __len__(self) -> int:
+        return len(self.lines) - 1
+
+    def __getitem__(self, i: int) -> dict[str, str]:
+        """Row i (0-based, after the header); a malformed row raises DataError with its line."""
+        raw = self.lines[i + 1]
+        try:
+            values = next(csv.reader([raw.decode("utf-8")]))
+        except (UnicodeDecodeError, StopIteration, csv.Error) as e:
+            raise DataError(f"{self.path}:{i + 2}: unreadable row ({e})") from e
+        if len(values) != len(self.header):
+            raise DataError(f"{self.path}:{i + 2}: {len(values)} fields, header has {len(self.header)}")
+        row = dict(zip(self.header, values))
+        row["wav"] = str(self.path.parent / row["wav"])
+        return row
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """item i -> (audio (N,) float32 at 16 kHz, label ids) or None when the row is unusable."""
+
+    def __init__(self, manifest: Manifest, vocab: CharVocab, max_seconds: float, symbols_per_frame: int) -> None:
+        self.m, self.vocab = manifest, vocab
+        self.max_samples = int(max_seconds * 16000)
+        self.symbols_per_frame = symbols_per_frame
+        self.counts: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.m)
+
+    def durations(self) -> np.ndarray:
+        """Seconds per row from the file headers (0 for unreadable files): for length bucketing."""
+        out = np.zeros(len(self), dtype=np.float32)
+        for i in range(len(self)):
+            path = Path(self.m[i]["wav"])
+            if path.is_file():
+                try:
+                    info = sf.info(str(path))
+                except (RuntimeError, sf.LibsndfileError):
+                    continue  # counted when the sample itself is read
+                out[i] = info.frames / info.samplerate
+        return out
+
+    def _skip(self, reason: str, where: str) -> None:
+        self.counts["skipped"] += 1
+        self.counts[reason] += 1
+        log.debug("skip %s: %s", where, reason)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, list[int]] | None:
+        self.counts["seen"] += 1
+        try:
+            row = self.m[i]
+            audio = load_audio(row["wav"])
+        except DataError as e:
+            log.warning("%s", e)
+            return self._skip("malformed_row", f"{self.m.path}:{i + 2}")
+        except AudioError as e:
+            log.warning("%s:%d: %s", self.m.path, i + 2, e)
+            return self._skip(f"audio_{e.reason}", row["wav"])
+        text = normalize_text(row["text"])
+        if not text:
+            return self._skip("empty_text", f"{self.m.path}:{i + 2}")
+        if len(audio) > self.max_samples:
+            return self._skip("too_long", row["wav"])
+        ids = self.vocab.encode(text)
+        frames = -(-num_frames(len(audio), ENCODER_MEL) // 8) * self.symbols_per_frame
+        if len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:
+            return self._skip("too_fast_for_ctc", row["wav"])
+        return audio, ids
+
+    def report(self) -> dict[str, int]:
+        out, self.counts = dict(self.counts), Counter()
+        return out
+
+
+def collate_asr(items: list) -> dict[str, torch.Tensor] | None:
+    """Pad audio to the longest; concatenate labels (CTC's packed targets). None if all unusable."""
+    items = [x for x in items if x is not None]
+    if not items:
+        return None
+    lengths = torch.tensor([len(a) for a, _ in items])
+    audio = torch.zeros(len(items), int(lengths.max()))
+    for k, (a, _) in enumerate(items):
+        audio[k, :len(a)] = torch.from_numpy(a)
+    labels = torch.tensor([t for _, ids in items for t in ids], dtype=torch.long)
+    label_lengths = torch.tensor([len(ids) for _, ids in items])
+    return {"audio": audio, "audio_lengths": lengths, "labels": labels, "label_lengths": label_lengths}
+
+
+class AsrModel(nn.Module):
+    """log-mel front end -> AudioEncoderTiny -> CTC head (symbols_per_frame symbols per frame)."""
+
+    def __init__(self, cfg: AudioEncConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mel = LogMel(ENCODER_MEL)
+        self.encoder = AudioEncoderTiny(ENCODER_MEL.n_mels, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
+                                        cfg.dropout, cfg.max_frames)
+        self.head = nn.Linear(cfg.d_model, vocab_size * cfg.symbols_per_frame)
+        self.vocab_size = vocab_size
+
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, N), lengths (B,) samples -> log-mel (B, T, n_mels), frame lengths (B,)."""
+        mel = self.mel(audio)
+        frames = lengths // ENCODER_MEL.hop_length + 1
+        if self.training and self.cfg.spec_augment:
+            mel = spec_augment(mel, frames, self.cfg.freq_mask, self.cfg.time_mask, self.cfg.n_masks)
+        return mel, frames
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> CTC log-probs (B, T' * symbols_per_frame, V) and their lengths (B,)."""
+        mel, frames = self.features(audio, lengths)
+        states, out_lengths = self.encoder(mel, frames)
+        B, T, _ = states.shape
+        logits = self.head(states).view(B, T * self.cfg.symbols_per_frame, self.vocab_size)
+        return logits.float().log_softmax(-1), out_lengths * self.cfg.symbols_per_frame
+
+
+def spec_augment(mel: torch.Tensor, frames: torch.Tensor, freq_mask: int, time_mask: int,
+                 n_masks: int) -> torch.Tensor:
+    """Zero ``n_masks`` random frequency bands (<= freq_mask bins) and time spans (<= time_mask
+    frames, within each example's length) in normalised-feature space (the per-utterance mean)."""
+    B, T, M = mel.shape
+    mel = mel.clone()
+    fill = mel.mean(dim=(1, 2), keepdim=True)
+    for _ in range(n_masks):
+        f = torch.randint(0, freq_mask + 1, (B,))
+        f0 = (torch.rand(B) * (M - f)).long()
+        t = torch.minimum(torch.randint(0, time_mask + 1, (B,)), frames.cpu() // 5)
+        t0 = (torch.rand(B) * (frames.cpu() - t).clamp(min=1)).long()
+        bins, steps = torch.arange(M), torch.arange(T)
+        fm = (bins[None] >= f0[:, None]) & (bins[None] < (f0 + f)[:, None])
+        tm = (steps[None] >= t0[:, None]) & (steps[None] < (t0 + t)[:, None])
+        mask = (fm[:, None, :] | tm[:, :, None]).to(mel.device)
+        mel = torch.where(mask, fill, mel)
+    return mel
+
+
+def ctc_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    log_probs, out_lengths = model(batch["audio"], batch["audio_lengths"])
+    loss = F.ctc_loss(log_probs.transpose(0, 1), batch["labels"], out_lengths, batch["label_lengths"],
+                      blank=BLANK, reduction="mean", zero_infinity=True)
+    return loss, {}
+
+
+@torch.no_grad()
+def evaluate_asr(model: AsrModel, dataset: AsrDataset, vocab: CharVocab, batch_size: int,
+                 max_items: int | None = None) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
+    """CTC loss, CER and WER with greedy decoding; also (reference, hypothesis, row) per item."""
+    device = next(model.parameters()).device
+    n = len(dataset) if max_items is None else min(len(dataset), max_items)
+    refs, hyps, rows, losses = [], [], [], []
+    for lo in range(0, n, batch_size):
+        idx = [i for i in range(lo, min(lo + batch_size, n))]
+        items = [(i, dataset[i]) for i in idx]
+        kept = [(i, x) for i, x in items if x is not None]
+        batch = collate_asr([x for _, x in kept])
+        if batch is None:
+            continue
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss, _ = ctc_loss(model, batch)
+        log_probs, out_lengths = model(batch["audio"], batch["audio_lengths"])
+        losses.append(loss.item())
+        hyps += greedy_decode(log_probs, out_lengths, vocab)
+        refs += [vocab.decode(ids) for _, (_, ids) in kept]
+        rows += [i for i, _ in kept]
+    dataset.report()  # evaluation skips are not training skips
+    rates = error_rates(refs, hyps) if refs else {"cer": float("nan"), "wer": float("nan")}
+    metrics = {"val_ctc_loss": float(np.mean(losses)) if losses else float("nan"), "val_cer": rates["cer"],
+               "val_wer": rates["wer"], "val_items": float(len(refs))}
+    return metrics, list(zip(refs, hyps, rows))
+
+
+@dataclass
+class MelStats:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def mel_statistics(dataset: AsrDataset, n: int = 200, seed: int = 0) -> MelStats:
+    """Per-bin mean/std of log-mel over up to ``n`` training utterances (the encoder's input norm)."""
+    mel = LogMel(ENCODER_MEL)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in rng.permutation(len(dataset))[:n]:
+        item = dataset[int(i)]
+        if item is not None:
+            frames.append(mel(torch.from_numpy(item[0])[None])[0])
+    dataset.report()
+    if not frames:
+        raise DataError(f"{dataset.m.path}: no readable audio among {n} sampled rows")
+    allf = torch.cat(frames)
+    return MelStats(allf.mean(0), allf.std(0).clamp(min=1e-3))

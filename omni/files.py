@@ -1,0 +1,40 @@
+"""Atomic file writes: every file μOmni writes goes through a temp file in the same folder, is
+fsynced, then renamed over the target, so a kill at any moment leaves the old file or the new one,
+never half of either."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Call ``write(tmp)`` to fill a temp file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text, written exactly as given (no newline translation)."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8", newline=""))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data), fsync)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
