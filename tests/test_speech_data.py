@@ -296,25 +296,3 @@ def test_ljspeech_archive_over_loopback(http_dir, tmp_path: Path, capsys) -> Non
     assert {r["text"] for r in train + val} == {f"Chapter {w} text." for w in words}
     assert script.main(argv + ["--sha256", "0" * 64]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err
-
-
-def test_built_production_manifests_are_consistent() -> None:
-    """data/audio as built by `download_production_audio.py` here (skipped when not built)."""
-    out = ROOT / "data" / "audio"
-    names = ["production_asr.csv", "production_asr_val.csv", "production_tts.csv",
-             "production_tts_val.csv"]
-    if not all((out / n).is_file() for n in names):
-        pytest.skip("data/audio not built: python scripts/download_production_audio.py")
-    rows = {}
-    for name in names:
-        rows[name] = sd.read_csv(out / name)
-        for row in rows[name]:
-            info = sf.info(str(out / row["wav"]))
-            assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
-    asr, val = rows["production_asr.csv"], rows["production_asr_val.csv"]
-    assert not {r["voice"] for r in asr} & {r["voice"] for r in val}
-    train_text = {r["text"] for r in asr} | {sd.normalize_transcript(r["text"])
-                                             for r in rows["production_tts.csv"]}
-    held_text = {r["text"] for r in val} | {sd.normalize_transcript(r["text"])
-                                            for r in rows["production_tts_val.csv"]}
-    assert not train_text & held_text
