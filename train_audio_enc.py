@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from omni.asr import AsrDataset, AsrModel, Manifest, collate_asr, ctc_loss, evaluate_asr, mel_statistics
+from omni.asr import (AsrDataset, AsrModel, Manifest, collate_asr, ctc_loss, evaluate_asr, mel_statistics,
+                      resolve_manifest)
 from omni.cli import run_stage
 from omni.config import AsrStageConfig, to_dict
 from omni.ctc import CharVocab
@@ -22,8 +23,8 @@ log = logging.getLogger("train_audio_enc")
 def build_stage(cfg: AsrStageConfig) -> Stage:
     vocab = CharVocab.default()
     sym = cfg.model.symbols_per_frame
-    train_set = AsrDataset(Manifest(cfg.data.train_csv), vocab, cfg.data.max_seconds, sym)
-    val_set = AsrDataset(Manifest(cfg.data.val_csv), vocab, cfg.data.max_seconds, sym)
+    train_set = AsrDataset(Manifest(resolve_manifest(cfg.data.train_csv, "train")), vocab, cfg.data.max_seconds, sym)
+    val_set = AsrDataset(Manifest(resolve_manifest(cfg.data.val_csv, "val")), vocab, cfg.data.max_seconds, sym)
     torch.manual_seed(cfg.train.seed)
     model = AsrModel(cfg.model, len(vocab))
     stats = mel_statistics(train_set, seed=cfg.train.seed)

@@ -1,7 +1,8 @@
 """Stage B pieces: the ASR manifest dataset, the CTC model around AudioEncoderTiny, loss, metrics.
 
 A manifest is a CSV with a header naming at least ``wav`` and ``text`` (more columns, e.g.
-``engine,voice``, are kept for per-source reports); wav paths are relative to the CSV.
+``engine,voice``, are kept for per-source reports), wav paths relative to the CSV; or the name of a
+dataset registered by scripts/prepare_audio.py (its train/val TSV, transcripts from sidecar files).
 Rows are reached through the offset index (``<csv>.row_offsets.npy``). A row that cannot be used
 (missing or corrupt audio, empty transcript, too long, too fast to spell at the CTC rate) is
 skipped and counted by reason; the engine reports the counts every epoch.
@@ -9,6 +10,7 @@ skipped and counted by reason; the engine reports the counts every epoch.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -29,15 +31,35 @@ from omni.data import DataError, LineFile
 log = logging.getLogger(__name__)
 
 
+REGISTRY = Path("data/datasets.json")  # written by scripts/prepare_audio.py
+
+
+def resolve_manifest(name_or_path: str, split: str, registry: Path = REGISTRY) -> Path:
+    """A CSV path as given, or a dataset registered by prepare_audio.py -> its ``<split>.tsv``."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".csv", ".tsv"):
+        return path
+    if not registry.is_file():
+        raise DataError(f"{name_or_path}: no such manifest, and no dataset registry at {registry} "
+                        "(register a folder with scripts/prepare_audio.py --dataset NAME)")
+    entries = json.loads(registry.read_text(encoding="utf-8"))
+    if name_or_path not in entries:
+        raise DataError(f"{name_or_path}: not a file and not a registered dataset "
+                        f"(registered in {registry}: {', '.join(sorted(entries)) or 'none'})")
+    return registry.parent / entries[name_or_path] / f"{split}.tsv"
+
+
 class Manifest:
-    """Random access to the rows of a ``wav,text[,...]`` CSV: ``m[i]`` -> dict of the row."""
+    """Random access to the rows of a ``wav,text[,...]`` CSV, or of a registered dataset's TSV
+    (``path<TAB>num_samples<TAB>text``): ``m[i]`` -> dict with at least ``wav`` and ``text``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.delimiter = "\t" if self.path.suffix == ".tsv" else ","
         self.lines = LineFile(self.path, suffix=".row_offsets.npy")
         if len(self.lines) < 2:
             raise DataError(f"{self.path}: no rows (a header line and at least one row are needed)")
-        self.header = next(csv.reader([self.lines[0].decode("utf-8")]))
+        self.header = ["wav" if h == "path" else h for h in self._split(self.lines[0].decode("utf-8"))]
         missing = {"wav", "text"} - set(self.header)
         if missing:
             raise DataError(f"{self.path}:1: header {self.header} lacks column(s) {sorted(missing)}")
@@ -49,7 +71,7 @@ class Manifest:
         """Row i (0-based, after the header); a malformed row raises DataError with its line."""
         raw = self.lines[i + 1]
         try:
-            values = next(csv.reader([raw.decode("utf-8")]))
+            values = self._split(raw.decode("utf-8"))
         except (UnicodeDecodeError, StopIteration, csv.Error) as e:
             raise DataError(f"{self.path}:{i + 2}: unreadable row ({e})") from e
         if len(values) != len(self.header):
@@ -57,6 +79,11 @@ class Manifest:
         row = dict(zip(self.header, values))
         row["wav"] = str(self.path.parent / row["wav"])
         return row
+
+    def _split(self, line: str) -> list[str]:
+        if self.delimiter == "\t":
+            return line.split("\t")
+        return next(csv.reader([line]))
 
 
 class AsrDataset(torch.utils.data.Dataset):

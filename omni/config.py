@@ -95,6 +95,7 @@ class AudioEncConfig:
 
 @dataclasses.dataclass
 class AsrDataConfig:
+    """``wav,text`` CSVs, or a dataset name registered by scripts/prepare_audio.py (its train/val TSV)."""
     train_csv: str
     val_csv: str
     max_seconds: float = 15.0

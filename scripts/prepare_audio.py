@@ -4,8 +4,9 @@
 Every .wav/.flac/.ogg/.mp3 under --input-dir (any rate, any channels) is converted to 16-bit
 PCM WAV under <out>/<NAME>/wavs/ (the input's sub-folders are kept), then:
 
-  <out>/<NAME>/train.tsv, val.tsv, test.tsv   header `path<TAB>num_samples`, then one clip a line
-                                              (path relative to the .tsv, samples at 16 kHz)
+  <out>/<NAME>/train.tsv, val.tsv, test.tsv   header `path<TAB>num_samples<TAB>text`, then one clip a line
+                                              (path relative to the .tsv, samples at 16 kHz, text from a
+                                              sidecar NAME.txt / NAME.lab transcript, or empty)
   <out>/<NAME>/metadata.json                  counts, hours, source formats/rates/channels,
                                               skipped files with reasons, ignored non-audio files
   <registry> (default <out>/../datasets.json) {NAME: folder relative to the registry}, merged
@@ -105,11 +106,24 @@ def source_stats(files: list[Path]) -> dict[str, dict[str, int]]:
             "channels": dict(sorted(channels.items()))}
 
 
-def write_splits(root: Path, results: list[sd.JobResult], splits: dict[str, list[int]]) -> None:
-    """train/val/test.tsv: `path<TAB>num_samples` rows, paths relative to root."""
+def transcript(audio: Path) -> str:
+    """The sidecar transcript of an audio file (`NAME.txt` or `NAME.lab` beside it, first line),
+    tabs and newlines folded to spaces; "" when there is none."""
+    for suffix in (".txt", ".lab"):
+        side = audio.with_suffix(suffix)
+        if side.is_file():
+            lines = side.read_text(encoding="utf-8", errors="replace").splitlines()
+            return " ".join(lines[0].split()) if lines else ""
+    return ""
+
+
+def write_splits(root: Path, results: list[sd.JobResult], splits: dict[str, list[int]],
+                 texts: list[str]) -> None:
+    """train/val/test.tsv: `path<TAB>num_samples<TAB>text` rows, paths relative to root, text
+    from sidecar transcripts ("" when a clip has none)."""
     for name in SPLITS:
-        lines = ["path\tnum_samples"]
-        lines += [f"{sd.relpath(results[i].out, root)}\t{results[i].samples}" for i in splits[name]]
+        lines = ["path\tnum_samples\ttext"]
+        lines += [f"{sd.relpath(results[i].out, root)}\t{results[i].samples}\t{texts[i]}" for i in splits[name]]
         sd.write_text_atomic(root / f"{name}.tsv", "\n".join(lines) + "\n")
 
 
@@ -160,8 +174,10 @@ def prepare(args: argparse.Namespace) -> dict:
     good = [i for i, r in enumerate(results) if r.samples is not None]
     cut = split_indices(len(good), args.val_fraction, args.test_fraction, args.seed)
     splits = {s: [good[i] for i in cut[s]] for s in SPLITS}
-    write_splits(root, results, splits)
+    texts = [transcript(f) for f in files]
+    write_splits(root, results, splits, texts)
     meta = build_metadata(args, files, results, splits, ignored)
+    meta["transcribed"] = sum(bool(texts[i]) for i in good)
     sd.write_text_atomic(root / "metadata.json", json.dumps(meta, indent=2) + "\n")
     register(args.registry, args.dataset, root)
     return meta

@@ -120,3 +120,32 @@ def test_overfits_real_clips_to_near_zero_cer(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cer = [m["val_cer"] for m in read_metrics(tmp_path / "ck") if m["event"] == "val"]
     assert cer[-1] < 0.05, cer
+
+
+def test_registered_dataset_with_sidecar_transcripts_feeds_asr(tmp_path):
+    """prepare_audio.py on a folder of clips with NAME.txt transcripts -> a registered dataset name
+    that the ASR stage reads like a CSV."""
+    import csv as csv_mod
+    import shutil
+
+    from omni.asr import resolve_manifest
+    from tests.test_prepare_audio import prepare_script
+
+    src = tmp_path / "clips"
+    src.mkdir()
+    rows = list(csv_mod.DictReader(open(CLIPS)))
+    for row in rows:
+        shutil.copy(CLIPS.parent / row["wav"], src / row["wav"])
+        (src / row["wav"]).with_suffix(".txt").write_text(row["text"] + "\n")
+    registry = tmp_path / "data" / "datasets.json"
+    code = prepare_script().main(["--input-dir", str(src), "--dataset", "myclips", "--out",
+                                  str(tmp_path / "data" / "processed"), "--val-fraction", "0.2",
+                                  "--test-fraction", "0", "--workers", "1"])
+    assert code == 0 and registry.is_file()
+    m = Manifest(resolve_manifest("myclips", "train", registry))
+    texts = {m[i]["text"] for i in range(len(m))}
+    assert len(m) >= 6 and texts <= {r["text"] for r in rows}
+    ds = AsrDataset(m, CharVocab.default(), 15.0, 2)
+    assert all(ds[i] is not None for i in range(len(ds)))
+    with pytest.raises(ValueError, match="not a registered dataset"):
+        resolve_manifest("nope", "train", registry)

@@ -64,8 +64,8 @@ def messy_dir(tmp_path: Path) -> Path:
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "path\tnum_samples"
-    return [(p, int(n)) for p, n in (line.split("\t") for line in lines[1:])]
+    assert lines[0] == "path\tnum_samples\ttext"
+    return [(p, int(n)) for p, n, _ in (line.split("\t") for line in lines[1:])]
 
 
 def test_prepare_mixed_folder(messy_dir: Path, tmp_path: Path, capsys) -> None:
