@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from omni.checkpoint import CheckpointError
@@ -60,3 +61,20 @@ def run_stage(doc: str, default_config: str, cfg_cls: type, build: Callable[[Any
                                      for k, v in result.items()), flush=True)
         print(f"checkpoint: {cfg.train.save_dir}", flush=True)
     return 130 if result["status"] == "interrupted" else 0
+
+
+def data_script(argv: list[str] | None, parse_args: Callable[[list[str] | None], argparse.Namespace],
+                describe_plan: Callable[[argparse.Namespace], None],
+                build: Callable[[argparse.Namespace, float], int], errors: tuple[type[BaseException], ...]) -> int:
+    """The shared life of a dataset builder: arguments, logging, ``--dry-run`` (describe, touch
+    nothing), then ``build(args, start_time)``; an expected failure is one clear line, exit 1."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.dry_run:
+        describe_plan(args)
+        return 0
+    try:
+        return build(args, time.perf_counter())
+    except errors as e:
+        print(f"error: --source {args.source}: {e}", file=sys.stderr)
+        return 1

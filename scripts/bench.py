@@ -247,7 +247,7 @@ def report_training(r: dict[str, Any]) -> None:
                   f"{t['step_s_min'] * 1e3:,.1f} ms"),
                  (f"{name} tokens/s median (mean)", f"{t['tok_s_median']:,.0f} ({t['tok_s_mean']:,.0f})"),
                  (f"{name} achieved FLOP/s", fmt(t["achieved_flops"], "FLOP/s")),
-                 (f"{name} MFU vs {peak_key} matmul peak", f"{t['mfu'] * 100:.1f} %  "
+                 (f"{name} MFU vs {name} matmul peak", f"{t['mfu'] * 100:.1f} %  "
                                                            f"(last loss {t['last_loss']:.3f})")]
     t = r["train_fp32"]
     print_section(f"1-2. training step, batch {t['batch']} x ctx {t['ctx_len']}, "

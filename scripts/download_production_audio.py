@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni import download as dl  # noqa: E402
 from omni import speech_data as sd  # noqa: E402
 from omni.audio import SAMPLE_RATE, load_audio, save_wav  # noqa: E402
+from omni.cli import data_script  # noqa: E402
 
 DEFAULT_URLS = {
     "librispeech": "https://www.openslr.org/resources/12/train-clean-100.tar.gz",
@@ -353,21 +354,15 @@ BUILDERS = {"offline": build_offline, "librispeech": build_librispeech,
 ERRORS = (SourceError, dl.DownloadError, dl.MissingPackageError, FileNotFoundError, ValueError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.dry_run:
-        describe_plan(args)
-        return 0
-    start = time.perf_counter()
-    try:
-        manifests = BUILDERS[args.source](args)
-        write_manifests(manifests, args.out)
-    except ERRORS as e:
-        print(f"error: source {args.source!r} failed: {e}", file=sys.stderr)
-        return 1
+def build(args: argparse.Namespace, start: float) -> int:
+    manifests = BUILDERS[args.source](args)
+    write_manifests(manifests, args.out)
     print_summary(manifests, args.out, time.perf_counter() - start)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return data_script(argv, parse_args, describe_plan, build, ERRORS)
 
 
 if __name__ == "__main__":

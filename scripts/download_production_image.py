@@ -42,6 +42,7 @@ from tqdm import tqdm  # noqa: E402
 
 from omni import download as dl  # noqa: E402
 from omni import image_data as im  # noqa: E402
+from omni.cli import data_script  # noqa: E402
 
 OFFLINE_SOURCES = ("tuxpaint", "emoji", "scenes")
 DEBS = {"tuxpaint": "tuxpaint-stamps-default", "emoji": "fonts-noto-color-emoji"}
@@ -369,23 +370,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.dry_run:
-        describe_plan(args)
-        return 0
-    start = time.perf_counter()
+    return data_script(argv, parse_args, describe_plan, build, (SourceError,))
+
+
+def build(args: argparse.Namespace, start: float) -> int:
     if args.source == "synthetic":
         n = min(args.scenes, args.max_samples or args.scenes)
         paths = im.make_synthetic_images(args.out, n, args.seed, args.val_fraction)
         print(f"wrote {paths[0]} and {paths[1]} ({n} scenes) in {time.perf_counter() - start:.1f} s")
         return 0
     stats = im.ImageStats()
-    try:
-        items = collect(args, stats)
-    except SourceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    items = collect(args, stats)
     rows = materialise(items, args, stats)
     if not rows:
         print("error: no usable images; nothing written", file=sys.stderr)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni import download as dl  # noqa: E402
 from omni import ocr_data as ocr  # noqa: E402
+from omni.cli import data_script  # noqa: E402
 
 FONT_PACKAGES = ["fonts-liberation2", "fonts-freefont-ttf", "fonts-urw-base35", "fonts-open-sans",
                  "fonts-hack", "fonts-lato", "fonts-noto-mono", "fonts-noto-core"]
@@ -215,21 +216,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.dry_run:
-        describe_plan(args)
-        return 0
-    start = time.perf_counter()
-    build = build_offline if args.source == "offline" else build_mjsynth
-    try:
-        result = build(args)
-    except (BuildError, dl.DownloadError, dl.MissingPackageError, OSError, ValueError) as e:
-        print(f"error: {args.source} failed: {e}", file=sys.stderr)
-        return 1
+def build(args: argparse.Namespace, start: float) -> int:
+    result = (build_offline if args.source == "offline" else build_mjsynth)(args)
     print_summary(args, result, time.perf_counter() - start)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return data_script(argv, parse_args, describe_plan, build,
+                       (BuildError, dl.DownloadError, dl.MissingPackageError, OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from omni import download as dl  # noqa: E402
 from omni import textclean as tc  # noqa: E402
 from omni.files import write_text_atomic  # noqa: E402
+from omni.cli import data_script  # noqa: E402
 
 OFFLINE_SOURCES = ("web", "kjv", "shakespeare", "wikipedia")
 APT_PACKAGES = {"web": ["sword-text-web", "diatheke"], "kjv": ["bible-kjv", "bible-kjv-text"]}
@@ -275,17 +276,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.dry_run:
-        describe_plan(args)
-        return 0
-    start = time.perf_counter()
-    try:
-        docs, stats = collect(args)
-    except SourceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return data_script(argv, parse_args, describe_plan, build, (SourceError,))
+
+
+def build(args: argparse.Namespace, start: float) -> int:
+    docs, stats = collect(args)
     if not docs:
         print("error: no documents survived cleaning; nothing written", file=sys.stderr)
         return 1
