@@ -24,7 +24,8 @@ from torch import nn
 
 from omni.audio import ENCODER_MEL, AudioError, LogMel, load_audio, num_frames
 from omni.audio_encoder import AudioEncoderTiny
-from omni.config import AudioEncConfig
+from omni.checkpoint import load_weights, read_config
+from omni.config import AsrStageConfig, AudioEncConfig, config_from_dict
 from omni.ctc import BLANK, CharVocab, error_rates, greedy_decode, normalize_text
 from omni.data import DataError, LineFile
 
@@ -261,3 +262,27 @@ def mel_statistics(dataset: AsrDataset, n: int = 200, seed: int = 0) -> MelStats
         raise DataError(f"{dataset.m.path}: no readable audio among {n} sampled rows")
     allf = torch.cat(frames)
     return MelStats(allf.mean(0), allf.std(0).clamp(min=1e-3))
+
+
+def load_asr(ckpt_dir: str | Path, device: torch.device) -> tuple[AsrModel, CharVocab, AsrStageConfig]:
+    """Rebuild the Stage B model from its checkpoint folder (config.json, vocab.json, weights)."""
+    cfg = config_from_dict(read_config(ckpt_dir), AsrStageConfig)
+    vocab_path = Path(ckpt_dir) / "vocab.json"
+    if not vocab_path.is_file():
+        raise DataError(f"no vocab.json in {ckpt_dir}: not a Stage B checkpoint (train_audio_enc.py writes it)")
+    vocab = CharVocab.load(vocab_path)
+    model = AsrModel(cfg.model, len(vocab))
+    load_weights(model, ckpt_dir)
+    return model.to(device).eval(), vocab, cfg
+
+
+def per_source_report(manifest: Manifest, results: list[tuple[str, str, int]],
+                      key: str) -> dict[str, dict[str, float]]:
+    """CER/WER grouped by a manifest column (e.g. engine or voice); rows without it -> '-'."""
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for ref, hyp, row in results:
+        name = manifest[row].get(key, "-")
+        refs, hyps = groups.setdefault(name, ([], []))
+        refs.append(ref)
+        hyps.append(hyp)
+    return {name: {**error_rates(r, h), "n": float(len(r))} for name, (r, h) in sorted(groups.items())}

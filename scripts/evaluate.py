@@ -1,6 +1,7 @@
 """Evaluate μOmni checkpoints. One subcommand per stage.
 
     python scripts/evaluate.py text --ckpt checkpoints/thinker_tiny --file data/text/production_val.txt
+    python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best --csv data/audio/production_asr_val.csv
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, per_source_report, resolve_manifest  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
 from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
@@ -44,6 +46,26 @@ def eval_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_asr(args: argparse.Namespace) -> int:
+    """CER/WER of a Stage B checkpoint on a manifest, overall and per source, with examples."""
+    device = pick_device(args.device)
+    model, vocab, cfg = load_asr(args.ckpt, device)
+    manifest = Manifest(resolve_manifest(args.csv, "val"))
+    dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
+    t0 = time.perf_counter()
+    metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, args.max_items)
+    print(f"checkpoint   {args.ckpt}")
+    print(f"manifest     {manifest.path}: {int(metrics['val_items'])} of {len(manifest)} rows decoded "
+          f"({time.perf_counter() - t0:.1f} s, greedy CTC)")
+    print(f"overall      CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    for key in [k for k in ("engine", "voice", "speaker") if k in manifest.header]:
+        for name, r in per_source_report(manifest, results, key).items():
+            print(f"  {key:<8} {name:<28} n={int(r['n']):<5} CER {r['cer']:.4f}  WER {r['wer']:.4f}")
+    for ref, hyp, _ in results[:args.examples]:
+        print(f"  ref: {ref}\n  hyp: {hyp}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="task", required=True)
@@ -53,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--device", default="auto")
     t.set_defaults(run=eval_text)
+    a = sub.add_parser("asr", help="CER/WER of the audio encoder (Stage B), per source")
+    a.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
+    a.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--max-items", type=int, default=None)
+    a.add_argument("--examples", type=int, default=5)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(run=eval_asr)
     args = p.parse_args(argv)
     return args.run(args)
 

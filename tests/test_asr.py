@@ -110,6 +110,10 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     for name in ("model.safetensors", "config.json", "vocab.json", "train_state.pt", "metrics.jsonl"):
         assert (tmp_path / "ck" / name).is_file()
     assert any(m["event"] == "val" and "val_cer" in m for m in read_metrics(tmp_path / "ck"))
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr", "--ckpt", str(tmp_path / "ck"),
+                        "--csv", str(CLIPS)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "overall      CER" in r.stdout and "speaker  alsa-utils" in r.stdout and "ref: " in r.stdout
 
 
 @pytest.mark.slow
