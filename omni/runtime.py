@@ -119,13 +119,13 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Weights/KV-cache dtype for generation. ``auto``: bf16 where supported (CPU, Ampere+ GPUs):
-    batch-1 decoding is bound by reading the weights, so halving their size nearly doubles speed
-    (scripts/bench.py, section 4)."""
+    """Weights/KV-cache dtype for generation. ``auto``: fp32 on CPU (exact, and with the
+    transposed output projection as fast as bf16 there: scripts/bench.py section 4), bf16 on
+    Ampere+ GPUs, fp16 on older ones."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype '{name}'; choose from auto, {', '.join(_DTYPES)}")
         return _DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" else torch.float32
+    return torch.float32

@@ -59,6 +59,19 @@ class ThinkerLM(nn.Module):
         return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len or self.cfg.ctx_len,
                        self.cfg.d_model // self.cfg.n_heads, p.device, p.dtype)
 
+    def _decode_head(self):
+        """The output projection for batch-1 decoding: h (B, D) -> logits (B, V).
+
+        fp32 on CPU: a 1-row h @ W^T reads the 33 MB lm_head in its slow direction; h @ W_t with a
+        contiguous (D, V) copy streams it 2.5x faster (1.3 vs 3.2 ms measured here). bf16 kernels
+        behave the other way round and GPUs do not care, so only that case takes the copy.
+        """
+        w = self.lm_head.weight
+        if w.dtype == torch.float32 and w.device.type == "cpu":
+            w_t = w.t().contiguous()
+            return lambda h: h @ w_t
+        return self.lm_head
+
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...] = (),
@@ -74,10 +87,11 @@ class ThinkerLM(nn.Module):
         if total > self.cfg.ctx_len:
             raise ValueError(f"prompt {ids.shape[1]} + {max_new_tokens} new tokens > ctx_len {self.cfg.ctx_len}")
         cache = self.new_cache(ids.shape[0], total) if use_cache else None
+        head = self._decode_head()
         out, step_in = ids, ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            logits = self(step_in if use_cache else out, cache=cache)[:, -1].float()
+            logits = head(self.hidden(step_in if use_cache else out, cache=cache)[:, -1]).float()
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_ids:
                 nxt = torch.where(done, out[:, -1], nxt)
