@@ -12,7 +12,7 @@ import torch
 
 from omni.asr import (AsrDataset, AsrModel, Manifest, collate_asr, ctc_loss, evaluate_asr, mel_statistics,
                       resolve_manifest)
-from omni.cli import run_stage
+from cli import run_stage
 from omni.config import AsrStageConfig, to_dict
 from omni.ctc import CharVocab
 from omni.training import Stage

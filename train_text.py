@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from omni.cli import run_stage
+from cli import run_stage
 from omni.config import TextStageConfig, to_dict
 from omni.data import PackedTokens
 from omni.text import evaluate_lm, lm_loss, load_streams, prepare_tokenizer, save_tokenizer

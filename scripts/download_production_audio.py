@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni import download as dl  # noqa: E402
 from omni import speech_data as sd  # noqa: E402
 from omni.audio import SAMPLE_RATE, load_audio, save_wav  # noqa: E402
-from omni.cli import data_script  # noqa: E402
+from cli import data_script  # noqa: E402
 
 DEFAULT_URLS = {
     "librispeech": "https://www.openslr.org/resources/12/train-clean-100.tar.gz",

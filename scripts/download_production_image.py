@@ -42,7 +42,7 @@ from tqdm import tqdm  # noqa: E402
 
 from omni import download as dl  # noqa: E402
 from omni import image_data as im  # noqa: E402
-from omni.cli import data_script  # noqa: E402
+from cli import data_script  # noqa: E402
 
 OFFLINE_SOURCES = ("tuxpaint", "emoji", "scenes")
 DEBS = {"tuxpaint": "tuxpaint-stamps-default", "emoji": "fonts-noto-color-emoji"}

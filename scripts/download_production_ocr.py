@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni import download as dl  # noqa: E402
 from omni import ocr_data as ocr  # noqa: E402
-from omni.cli import data_script  # noqa: E402
+from cli import data_script  # noqa: E402
 
 FONT_PACKAGES = ["fonts-liberation2", "fonts-freefont-ttf", "fonts-urw-base35", "fonts-open-sans",
                  "fonts-hack", "fonts-lato", "fonts-noto-mono", "fonts-noto-core"]

@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from omni import download as dl  # noqa: E402
 from omni import textclean as tc  # noqa: E402
 from omni.files import write_text_atomic  # noqa: E402
-from omni.cli import data_script  # noqa: E402
+from cli import data_script  # noqa: E402
 
 OFFLINE_SOURCES = ("web", "kjv", "shakespeare", "wikipedia")
 APT_PACKAGES = {"web": ["sword-text-web", "diatheke"], "kjv": ["bible-kjv", "bible-kjv-text"]}

@@ -1,4 +1,6 @@
-"""Command-line plumbing shared by the stage scripts: arguments, logging, the run itself."""
+"""Command-line plumbing shared by the entry points (train_*.py, scripts/): arguments, logging,
+the run itself, and what the user sees on the console. It lives outside omni/ because it prints;
+the library only logs."""
 from __future__ import annotations
 
 import argparse
