@@ -80,3 +80,12 @@ def data_script(argv: list[str] | None, parse_args: Callable[[list[str] | None],
     except errors as e:
         print(f"error: --source {args.source}: {e}", file=sys.stderr)
         return 1
+
+
+def parse_sources(p: argparse.ArgumentParser, text: str, known: tuple[str, ...]) -> list[str]:
+    """``--sources a,b`` -> ["a", "b"]; an unknown name is a usage error listing the known ones."""
+    sources = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(sources) - set(known))
+    if unknown:
+        p.error(f"unknown --sources {unknown}; choose from {','.join(known)}")
+    return sources

@@ -43,7 +43,7 @@ def build_stage(cfg: AsrStageConfig) -> Stage:
         name="audio_enc", model=model, train_set=train_set, loss_fn=ctc_loss, config=to_dict(cfg),
         collate=collate_asr, lengths=lengths, skip_report=train_set.report,
         evaluate=lambda m: evaluate_asr(m, val_set, vocab, cfg.train.batch_size, cfg.data.val_items)[0],
-        count_items=lambda b: int(b["audio_lengths"].sum()) // 16000, items_unit="audio_s",
+        count_items=lambda b: float(b["audio_lengths"].sum()) / 16000, items_unit="audio_s",
         best_metric="val_cer", save_extra=save_extra)
 
 

@@ -44,7 +44,7 @@ class Stage:
     config: dict[str, Any]
     collate: Callable[[list], Any] = default_collate
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
-    count_items: Callable[[Any], int] = lambda batch: 0  # tokens/frames per micro-batch, for speed
+    count_items: Callable[[Any], float] = lambda batch: 0  # tokens/frames per micro-batch, for speed
     items_unit: str = "items"
     best_metric: str | None = None  # a key of evaluate()'s result; lower is better unless best_max
     best_max: bool = False
@@ -224,11 +224,11 @@ class Trainer:
             raise TrainingError(f"{self.stage.name}: {skipped} of {seen} samples in epoch {self.p.epoch} were "
                                 f"unusable ({report}); fix the data (see the warnings above for files)")
 
-    def _step(self, batches) -> tuple[float, float, int] | None:
+    def _step(self, batches) -> tuple[float, float, float] | None:
         """One optimizer step over gradient_accumulation_steps micro-batches.
         Returns (loss, grad_norm, items) or None when the epochs ran out."""
         accum = self.cfg.gradient_accumulation_steps
-        total, items, logs = torch.zeros((), device=self.rt.device), 0, {}
+        total, items, logs = torch.zeros((), device=self.rt.device), 0.0, {}
         self.model.train()
         for k in range(accum):
             batch = next(batches, None)

@@ -42,7 +42,7 @@ from tqdm import tqdm  # noqa: E402
 
 from omni import download as dl  # noqa: E402
 from omni import image_data as im  # noqa: E402
-from cli import data_script  # noqa: E402
+from cli import data_script, parse_sources  # noqa: E402
 
 OFFLINE_SOURCES = ("tuxpaint", "emoji", "scenes")
 DEBS = {"tuxpaint": "tuxpaint-stamps-default", "emoji": "fonts-noto-color-emoji"}
@@ -354,10 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--annotations-sha256", default=None)
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
-    args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    unknown = sorted(set(args.sources) - set(OFFLINE_SOURCES))
-    if unknown:
-        p.error(f"unknown --sources {unknown}; choose from {','.join(OFFLINE_SOURCES)}")
+    args.sources = parse_sources(p, args.sources, OFFLINE_SOURCES)
     if args.source != "coco" and (args.url or args.sha256 or args.annotations_url):
         p.error("--url/--sha256/--annotations-url apply to --source coco only")
     if not 0.0 <= args.val_fraction < 1.0:

@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from omni import download as dl  # noqa: E402
 from omni import textclean as tc  # noqa: E402
 from omni.files import write_text_atomic  # noqa: E402
-from cli import data_script  # noqa: E402
+from cli import data_script, parse_sources  # noqa: E402
 
 OFFLINE_SOURCES = ("web", "kjv", "shakespeare", "wikipedia")
 APT_PACKAGES = {"web": ["sword-text-web", "diatheke"], "kjv": ["bible-kjv", "bible-kjv-text"]}
@@ -262,10 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sha256", default=None, help="internet sources: expected sha256 of --url")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
-    args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    unknown = sorted(set(args.sources) - set(OFFLINE_SOURCES))
-    if unknown:
-        p.error(f"unknown --sources {unknown}; choose from {','.join(OFFLINE_SOURCES)}")
+    args.sources = parse_sources(p, args.sources, OFFLINE_SOURCES)
     if args.source == "offline" and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source tinystories|wikipedia only")
     if not 0.0 <= args.val_fraction < 1.0:
