@@ -282,7 +282,9 @@ class SyntheticSpeech:
     asr_csv: Path
     tts_csv: Path
     source: str
-    n: int
+    n: int                   # utterances written, training + held out
+    asr_val_csv: Path | None = None
+    tts_val_csv: Path | None = None
 
 
 def make_synthetic_speech(out_dir: Path, n: int, seed: int) -> SyntheticSpeech:
@@ -297,10 +299,12 @@ def make_synthetic_speech(out_dir: Path, n: int, seed: int) -> SyntheticSpeech:
         log.warning("espeak-ng not installed (apt-get install -y espeak-ng): using the committed "
                     "clips in %s instead of synthetic speech", CLIPS_CSV.parent)
         return _smoke_from_clips(out_dir, n)
-    rng, voices = random.Random(seed), espeak_voices(held_out=False)
+    rng, voices, held = random.Random(seed), espeak_voices(held_out=False), espeak_voices(held_out=True)
+    n_val = max(1, n // 4)
     jobs = []
-    for i in range(n):
-        text, voice = SMOKE_SENTENCES[i % len(SMOKE_SENTENCES)], rng.choice(voices)
+    for i in range(n + n_val):  # the last n_val rows: held-out voices, for validation
+        text = SMOKE_SENTENCES[i % len(SMOKE_SENTENCES)]
+        voice = rng.choice(voices if i < n else held)
         speed, pitch = rng.randint(*ESPEAK_SPEED), rng.randint(*ESPEAK_PITCH)
         jobs.append(SynthJob(voice, text, speed, pitch,
                              out_dir / "wavs" / clip_name(voice, text, speed, pitch)))
@@ -309,8 +313,8 @@ def make_synthetic_speech(out_dir: Path, n: int, seed: int) -> SyntheticSpeech:
     if failed:
         raise RuntimeError(f"espeak-ng failed on {len(failed)} smoke utterances: {failed[0]}")
     rows = [(relpath(j.out, out_dir), j.text, j.voice.engine, j.voice.name) for j in jobs]
-    log.info("smoke speech: %d espeak-ng utterances in %s", n, out_dir)
-    return _write_smoke(out_dir, rows, ESPEAK)
+    log.info("smoke speech: %d espeak-ng utterances (+%d in held-out voices) in %s", n, n_val, out_dir)
+    return _write_smoke(out_dir, rows, ESPEAK, n_val)
 
 
 def _smoke_from_clips(out_dir: Path, n: int) -> SyntheticSpeech:
@@ -325,11 +329,15 @@ def _smoke_from_clips(out_dir: Path, n: int) -> SyntheticSpeech:
         log.warning("only %d committed clips exist; the smoke set has %d rows, not %d",
                     len(rows), len(rows), n)
     log.info("smoke speech: %d committed real clips in %s", len(rows), out_dir)
-    return _write_smoke(out_dir, rows, "committed-clips")
+    return _write_smoke(out_dir, rows, "committed-clips", max(1, len(rows) // 4))
 
 
-def _write_smoke(out_dir: Path, rows: list[tuple[str, ...]], source: str) -> SyntheticSpeech:
+def _write_smoke(out_dir: Path, rows: list[tuple[str, ...]], source: str, n_val: int) -> SyntheticSpeech:
+    """The last n_val rows go to asr_val.csv / tts_val.csv, the others to asr.csv / tts.csv."""
     asr_rows = [(r[0], normalize_transcript(r[1]), *r[2:]) for r in rows]
-    asr = write_csv(out_dir / "asr.csv", ("wav", "text", "engine", "voice"), asr_rows)
-    tts = write_csv(out_dir / "tts.csv", ("text", "wav"), [(r[1], r[0]) for r in rows])
-    return SyntheticSpeech(asr, tts, source, len(rows))
+    header = ("wav", "text", "engine", "voice")
+    asr = write_csv(out_dir / "asr.csv", header, asr_rows[:-n_val])
+    asr_val = write_csv(out_dir / "asr_val.csv", header, asr_rows[-n_val:])
+    tts = write_csv(out_dir / "tts.csv", ("text", "wav"), [(r[1], r[0]) for r in rows[:-n_val]])
+    tts_val = write_csv(out_dir / "tts_val.csv", ("text", "wav"), [(r[1], r[0]) for r in rows[-n_val:]])
+    return SyntheticSpeech(asr, tts, source, len(rows), asr_val, tts_val)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import ThinkerConfig
-from omni.losses import linear_cross_entropy
+from omni.losses import IGNORE_INDEX, linear_cross_entropy
 from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, init_weights
 
 
@@ -51,7 +51,11 @@ class ThinkerLM(nn.Module):
         (-100 = ignore) -> the mean next-token cross-entropy, computed without full logits."""
         h = self.hidden(ids, embeds, cache)
         if targets is not None:
-            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            h, targets = h.flatten(0, 1), targets.flatten()
+            keep = targets != IGNORE_INDEX
+            if not bool(keep.all()):  # SFT scores few positions: skip the vocab matmul for the rest
+                h, targets = h[keep], targets[keep]
+            return linear_cross_entropy(h, self.lm_head.weight, targets)
         return self.lm_head(h)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:

@@ -52,6 +52,8 @@ class Stage:
     # samples a dataset skipped this epoch ({"seen": n, "skipped": k, reason: count}); reset on read
     skip_report: Callable[[], dict[str, int]] | None = None
     save_extra: Callable[[Path], None] = lambda ckpt_dir: None  # e.g. the tokenizer
+    # DDP: set when some trainable parameters sit out some batches (SFT: a batch without audio)
+    find_unused_parameters: bool = False
 
 
 class TrainingError(RuntimeError):
@@ -125,7 +127,7 @@ class Trainer:
         model: nn.Module = torch.compile(self.raw) if cfg.compile else self.raw
         if self.rt.distributed:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
-            model = DDP(model, device_ids=ids)
+            model = DDP(model, device_ids=ids, find_unused_parameters=stage.find_unused_parameters)
         self.model = model
 
     def _prepare_dir(self, resume: bool, overwrite: bool) -> None:

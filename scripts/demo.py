@@ -1,10 +1,13 @@
-"""The main job: build small datasets for every stage, train what exists at demo size, show it works.
+"""The main job: build small datasets, train every stage at demo size, chat with the result.
 
-    python scripts/demo.py            # about a minute on a 2-core CPU
+    python scripts/demo.py            # about 10 minutes on a 2-core CPU
 
-Today: smoke-test data for every stage (scripts/make_synthetic_datasets.py), then Stage A: the
-Thinker learns Shakespeare's sonnets (bundled, public domain), is evaluated on held-out sonnets
-against a unigram baseline, and writes a sample. Later stages join this script as they land.
+Builds smoke-test data for every stage (scripts/make_synthetic_datasets.py), then trains, each
+for a minute or two: A the Thinker (Shakespeare's sonnets), B the audio encoder (CTC on espeak-ng
+speech), C the vision encoder (CLIP-style on generated scenes), D the speech codec and Talker,
+E multimodal SFT joining them. Then one scripted chat session (an image question and an audio
+clip, replies spoken to WAV) and a held-out report of every modality. Each stage's metric is
+printed beside a baseline it has to beat.
 """
 from __future__ import annotations
 
@@ -23,54 +26,92 @@ from omni.checkpoint import read_metrics  # noqa: E402
 from omni.config import TextStageConfig, load_config  # noqa: E402
 from omni.text import load_streams, tokenizer_in, unigram_loss  # noqa: E402
 
-THINKER_CFG = ROOT / "configs" / "thinker_demo.json"
+DEMO = ROOT / "checkpoints" / "demo"
+CONFIGS = {"A": "configs/thinker_demo.json", "B": "configs/audio_enc_demo.json", "C": "configs/vision_demo.json",
+           "D": "configs/talker_demo.json", "E": "configs/omni_sft_demo.json"}
+SCRIPTS = {"A": "train_text.py", "B": "train_audio_enc.py", "C": "train_vision.py", "D": "train_talker.py",
+           "E": "sft_omni.py"}
 
 
-def run(cmd: list[str]) -> str:
+def run(cmd: list[str], stdin: str | None = None) -> str:
     """Run a project command, echoing it; stop the demo with its output if it fails."""
     print("$ " + " ".join(cmd), flush=True)
-    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, text=True, stdout=subprocess.PIPE, input=stdin)
     print(r.stdout, end="", flush=True)
     if r.returncode != 0:
         raise SystemExit(f"demo step failed (exit {r.returncode}): {' '.join(cmd)}")
     return r.stdout
 
 
-def stage_a(steps: int | None) -> dict[str, float]:
-    cfg = load_config(THINKER_CFG, TextStageConfig)
-    ckpt = ROOT / cfg.train.save_dir
-    extra = [f"train.max_steps={steps}"] if steps else []
-    run(["train_text.py", "--config", str(THINKER_CFG.relative_to(ROOT)), "--overwrite", *extra])
-    tok = tokenizer_in(ckpt)
-    streams = load_streams(cfg.data, tok, cfg.train.seed)
-    baseline = unigram_loss(np.asarray(streams.train), np.asarray(streams.val), tok.vocab_size)
+def last_val(ckpt: Path) -> dict[str, float]:
     vals = [m for m in read_metrics(ckpt) if m["event"] == "val"]
-    best = min(v["val_loss"] for v in vals)
-    run(["scripts/evaluate.py", "text", "--ckpt", str(ckpt / "best"), "--file", cfg.data.val_file])
-    run(["scripts/generate_text.py", "--ckpt", str(ckpt / "best"), "--prompt", "Shall I compare thee",
-         "--max-new-tokens", "60", "--seed", "0"])
-    run(["scripts/plot_metrics.py", str(ckpt)])
-    return {"unigram_val_loss": baseline, "first_val_loss": vals[0]["val_loss"], "best_val_loss": best}
+    if not vals:
+        raise SystemExit(f"{ckpt}: no validation metrics were written")
+    return vals[-1]
+
+
+def train(stage: str, steps: int | None) -> float:
+    t0 = time.perf_counter()
+    extra = [f"train.max_steps={steps}"] if steps and stage != "D" else []
+    run([SCRIPTS[stage], "--config", CONFIGS[stage], "--overwrite", *extra])
+    return time.perf_counter() - t0
+
+
+def thinker_baseline() -> float:
+    cfg = load_config(ROOT / CONFIGS["A"], TextStageConfig)
+    tok = tokenizer_in(ROOT / cfg.train.save_dir)
+    streams = load_streams(cfg.data, tok, cfg.train.seed)
+    return unigram_loss(np.asarray(streams.train), np.asarray(streams.val), tok.vocab_size)
+
+
+def chat_session() -> str:
+    """One scripted REPL session: a held-out scene with a question, then a held-out audio clip."""
+    scene = json.loads((ROOT / "data/images/annotations_val.json").read_text())[0]
+    question, answer = scene["qa"][0]
+    clip = (ROOT / "data/audio/asr_val.csv").read_text().splitlines()[1].split(",")
+    script = (f"/speak on\n/image data/images/{scene['image']}\n{question}\n"
+              f"/audio data/audio/{clip[0]}\nTranscribe the audio.\n/quit\n")
+    print(f"(expected answers: {answer!r}; {clip[1]!r})")
+    return run(["infer_chat.py", "--ckpt_dir", "checkpoints/demo/omni_sft/best", "--talker", "checkpoints/demo/talker",
+                "--audio-out", "checkpoints/demo/reply.wav"], stdin=script)
+
+
+def summary(times: dict[str, float], unigram: float) -> list[str]:
+    a, b, c = last_val(DEMO / "thinker"), last_val(DEMO / "audio_enc"), last_val(DEMO / "vision")
+    d, e = last_val(DEMO / "talker" / "talker"), last_val(DEMO / "omni_sft")
+    return [
+        f"A Thinker    held-out loss {a['val_loss']:.3f} nats/token vs unigram {unigram:.3f}  ({times['A']:.0f} s)",
+        f"B audio enc  held-out CER {b['val_cer']:.3f} (held-out voices; silence would score 1.0)  ({times['B']:.0f} s)",
+        f"C vision     image->text R@1 {c['i2t_r1']:.3f} vs chance {c['chance_r1']:.3f} and colour-histogram "
+        f"{c['hist_i2t_r1']:.3f}  ({times['C']:.0f} s)",
+        f"D Talker     held-out code CE {d['val_loss']:.3f} vs uniform {d.get('uniform_ce', float('nan')):.3f}  "
+        f"({times['D']:.0f} s)",
+        f"E omni SFT   VQA {e['val_vqa_acc']:.3f} vs blind prior {e.get('val_vqa_prior', float('nan')):.3f}, "
+        f"caption keywords {e['val_caption_kw']:.3f}, transcription CER {e['val_asr_cer']:.3f}, "
+        f"text ppl {e['val_text_ppl']:.1f}  ({times['E']:.0f} s)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=None, help="override Stage A max_steps (a faster smoke run)")
+    p.add_argument("--steps", type=int, default=None, help="override max_steps of stages A, B, C, E (a smoke run)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     run(["scripts/make_synthetic_datasets.py", "--out", "data"])
-    a = stage_a(args.steps)
-    learned = a["best_val_loss"] < a["unigram_val_loss"]
-    print("\n== μOmni demo summary")
-    print(f"Stage A Thinker: held-out loss {a['best_val_loss']:.3f} nats/token (first eval "
-          f"{a['first_val_loss']:.3f}; unigram baseline {a['unigram_val_loss']:.3f}) -> "
-          f"{'learning: beats the baseline' if learned else 'NOT better than the unigram baseline'}")
-    print("checkpoints: checkpoints/demo/thinker (latest), checkpoints/demo/thinker/best (best val)")
-    print("loss curve:  checkpoints/demo/thinker/loss.png    metrics: checkpoints/demo/thinker/metrics.jsonl")
+    times = {s: train(s, args.steps) for s in "ABCDE"}
+    unigram = thinker_baseline()
+    run(["scripts/plot_metrics.py", str(DEMO / "omni_sft")])
+    chat_session()
+    run(["test_all_media.py", "--ckpt_dir", "checkpoints/demo/omni_sft/best", "--talker", "checkpoints/demo/talker",
+         "--n", "30", "--speech-n", "3"])
+    lines = summary(times, unigram)
+    print("\n== μOmni demo summary\n" + "\n".join(lines))
+    print("checkpoints: checkpoints/demo/{thinker,audio_enc,vision,talker,omni_sft} (each with best/, "
+          "metrics.jsonl)")
+    print("spoken reply: checkpoints/demo/reply.wav    loss curve: checkpoints/demo/omni_sft/loss.png")
     print(f"total time:  {time.perf_counter() - t0:.0f} s")
-    (ROOT / "checkpoints" / "demo").mkdir(parents=True, exist_ok=True)
-    (ROOT / "checkpoints" / "demo" / "summary.json").write_text(json.dumps(a, indent=2) + "\n")
-    return 0 if learned else 1
+    (DEMO / "summary.txt").write_text("\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ def test_smoke_speech_falls_back_to_committed_clips(tmp_path: Path, monkeypatch)
     made = sd.make_synthetic_speech(tmp_path / "smoke", n=20, seed=0)
     assert made.source == "committed-clips" and made.n == 9
     rows = assert_manifest(made.asr_csv, ["wav", "text", "engine", "voice"])
+    val = assert_manifest(made.asr_val_csv, ["wav", "text", "engine", "voice"])
+    assert len(rows) == 7 and len(val) == 2 and not {r["wav"] for r in rows} & {r["wav"] for r in val}
     assert rows[0]["text"] == "front center" and rows[0]["engine"] == "recorded"
     tts = list(csv.DictReader(open(made.tts_csv, encoding="utf-8")))
     assert tts[0] == {"text": "Front Center", "wav": rows[0]["wav"]}
@@ -167,9 +169,12 @@ def test_smoke_speech_falls_back_to_committed_clips(tmp_path: Path, monkeypatch)
 def test_smoke_speech_uses_espeak_and_is_deterministic(tmp_path: Path) -> None:
     a = sd.make_synthetic_speech(tmp_path / "a", n=3, seed=5)
     b = sd.make_synthetic_speech(tmp_path / "b", n=3, seed=5)
-    assert a.source == "espeak-ng" and a.n == 3
+    assert a.source == "espeak-ng" and a.n == 4  # 3 training + 1 held-out utterance
     rows = assert_manifest(a.asr_csv, ["wav", "text", "engine", "voice"])
-    assert {r["engine"] for r in rows} == {"espeak-ng"}
+    assert {r["engine"] for r in rows} == {"espeak-ng"} and len(rows) == 3
+    val = assert_manifest(a.asr_val_csv, ["wav", "text", "engine", "voice"])
+    held = {v.name for v in sd.espeak_voices(held_out=True)}
+    assert len(val) == 1 and all(r["voice"] in held for r in val) and not any(r["voice"] in held for r in rows)
     assert a.asr_csv.read_bytes() == b.asr_csv.read_bytes()
     assert a.tts_csv.read_bytes() == b.tts_csv.read_bytes()
 

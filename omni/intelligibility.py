@@ -1,0 +1,144 @@
+"""Intelligibility of synthetic speech, measured by an independent recogniser (pocketsphinx).
+
+pocketsphinx (CMU, ships its en-us acoustic model, language model and dictionary) shares nothing
+with our models, so its character error rate against the text that was meant to be spoken says
+how understandable the audio is. Absolute numbers depend on that recogniser (flite's own slt voice
+scores a WER of about 0.37 with it, a real recording of a clear sentence about 0): compare paths,
+not systems.
+
+``report_paths`` runs the same held-out rows through several synthesis paths, each a function
+``(text, reference_audio) -> audio``, and reports CER/WER per path:
+  original                the reference recording itself
+  griffinlim              ground-truth log-mel -> Griffin-Lim (the ceiling of this vocoder)
+  codec_griffinlim        ground-truth log-mel -> codec encode/decode -> Griffin-Lim
+Later paths (text -> Talker -> codec -> Griffin-Lim) plug in the same way.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from pocketsphinx import Decoder
+
+from omni.asr import Manifest
+from omni.audio import SPEECH_OUT_MEL, AudioError, LogMel, load_audio
+from omni.codec import MelCodec
+from omni.ctc import error_rates, normalize_text
+from omni.data import DataError
+from omni.griffinlim import mel_to_wav
+
+log = logging.getLogger(__name__)
+
+SynthPath = Callable[[str, np.ndarray], np.ndarray]  # (text, reference audio (N,)) -> audio (M,) at 16 kHz
+
+
+@functools.lru_cache(maxsize=1)
+def _decoder() -> Decoder:
+    """pocketsphinx's default en-us model (acoustic model, 3-gram LM, dictionary) at 16 kHz."""
+    return Decoder(samprate=16000, loglevel="FATAL")
+
+
+def transcribe(wav: np.ndarray) -> str:
+    """(N,) float audio at 16 kHz in [-1, 1] -> pocketsphinx's best transcript of the whole
+    utterance (lower case words); "" for empty or all-zero audio or when nothing was recognised."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"transcribe expects mono audio (N,), got shape {wav.shape}")
+    if not np.isfinite(wav).all():
+        raise ValueError("transcribe: audio contains NaN or infinite samples")
+    pcm16 = (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+    if not pcm16.any():
+        return ""  # empty or digital silence: full_utt decoding would still force out a word
+    pcm = pcm16.tobytes()
+    dec = _decoder()
+    dec.start_utt()
+    dec.process_raw(pcm, full_utt=True)
+    dec.end_utt()
+    hyp = dec.hyp()
+    return "" if hyp is None else hyp.hypstr.strip()
+
+
+def cer_wer(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus CER and WER after omni.ctc.normalize_text on both sides (case, punctuation)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    return error_rates([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])
+
+
+# ---------------------------------------------------------------- synthesis paths
+def original_path() -> SynthPath:
+    return lambda text, audio: audio
+
+
+def griffinlim_path(n_iter: int = 32, device: torch.device | str = "cpu") -> SynthPath:
+    """Ground-truth speech-out log-mel -> Griffin-Lim."""
+    logmel = LogMel(SPEECH_OUT_MEL).to(device)
+
+    def run(text: str, audio: np.ndarray) -> np.ndarray:
+        mel = logmel(torch.from_numpy(audio).to(device)[None])
+        return mel_to_wav(mel, n_iter=n_iter)[0].cpu().numpy()
+    return run
+
+
+def codec_path(codec: MelCodec, n_iter: int = 32) -> SynthPath:
+    """Ground-truth log-mel -> codec.encode -> codec.decode -> Griffin-Lim (codec's device)."""
+    device = next(codec.parameters()).device
+    logmel = LogMel(SPEECH_OUT_MEL).to(device)
+
+    @torch.no_grad()
+    def run(text: str, audio: np.ndarray) -> np.ndarray:
+        mel = logmel(torch.from_numpy(audio).to(device)[None])
+        recon = codec.decode(codec.encode(mel))[:, :mel.shape[1]]
+        return mel_to_wav(recon, n_iter=n_iter)[0].cpu().numpy()
+    return run
+
+
+def read_rows(csv_path: str | Path, n: int) -> tuple[list[tuple[str, np.ndarray]], dict[str, int]]:
+    """The first n usable rows of a ``text,wav`` CSV as (text, audio); and skip counts by reason."""
+    m = Manifest(csv_path)
+    rows, skipped = [], {}
+    for i in range(len(m)):
+        if len(rows) >= n:
+            break
+        row = m[i]
+        try:
+            audio = load_audio(row["wav"])
+        except AudioError as e:
+            log.warning("%s:%d: %s", csv_path, i + 2, e)
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
+            continue
+        if not normalize_text(row["text"]):
+            skipped["empty_text"] = skipped.get("empty_text", 0) + 1
+            continue
+        rows.append((row["text"], audio))
+    if not rows:
+        raise DataError(f"{csv_path}: no usable rows (skipped: {skipped})")
+    return rows, skipped
+
+
+def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath],
+                 keep_examples: int = 3) -> dict[str, dict]:
+    """Run every row through every path, transcribe with pocketsphinx, score against the text.
+
+    -> {path: {"cer", "wer", "n", "synth_s" (seconds spent synthesising), "audio_s" (seconds of
+    audio produced), "examples": [(reference, hypothesis), ...] (first keep_examples)}}.
+    """
+    out = {}
+    for name, synth in paths.items():
+        refs, hyps, synth_s, audio_s = [], [], 0.0, 0.0
+        for text, audio in rows:
+            t0 = time.perf_counter()
+            wav = synth(text, audio)
+            synth_s += time.perf_counter() - t0
+            audio_s += len(wav) / 16000
+            refs.append(text)
+            hyps.append(transcribe(wav))
+        out[name] = {**cer_wer(refs, hyps), "n": len(rows), "synth_s": synth_s, "audio_s": audio_s,
+                     "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]]}
+        log.info("%s: cer %.3f wer %.3f over %d rows", name, out[name]["cer"], out[name]["wer"], len(rows))
+    return out

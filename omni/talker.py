@@ -1,0 +1,341 @@
+"""The Talker: a decoder-only prefix LM that reads characters and writes codec frames.
+
+Sequence (one row): ``[<s>] [text chars] [BOS] [group_1] ... [group_G]``, right-padded in a
+batch (causal attention: a real position never sees a pad, so a padded row computes exactly what it
+computes alone, and no mask is needed). A *group* is ``frames_per_step`` consecutive codec frames
+(Tacotron's reduction factor: fewer autoregressive steps, and an alignment learnt sooner); its
+input embedding is the sum of one embedding per (frame slot, codebook). The hidden state at the
+BOS / group_j position predicts every codebook of every frame of group_{j+1} and a stop flag (1 at
+the position of the last group).
+
+Text is read as characters (TextVocab): with 2k utterances a 2M model learns to align characters
+to sound within minutes, far sooner than 32k BPE pieces it would see a handful of times each.
+An optional guided-attention loss (DC-TTS) nudges frame queries in the chosen layers towards the
+diagonal of the text, which is what makes a tiny model read the text within a CPU budget.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, init_weights
+
+log = logging.getLogger(__name__)
+
+PAD, START, UNK = 0, 1, 2
+IGNORE = -100
+# what the Talker reads: lowercase letters, digits, space and the punctuation that shapes prosody
+DEFAULT_CHARS = list(" abcdefghijklmnopqrstuvwxyz0123456789'.,?!-:;\"")
+_REPLACE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
+            "(": ",", ")": ",", "&": " and ", "%": " percent "}
+
+
+@dataclass
+class TalkerConfig:
+    """The Talker. ``n_codebooks``/``codebook_size`` must match the codec; ``text_vocab_size`` is
+    filled from the character vocabulary."""
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    ctx_len: int
+    dropout: float
+    frames_per_step: int = 2
+    rope_theta: float = 10000.0
+    n_codebooks: int = 0        # 0: take from the codec
+    codebook_size: int = 0      # 0: take from the codec
+    text_vocab_size: int = 0    # 0: take from the character vocabulary
+    max_text_chars: int = 200   # longer text is split at sentence / clause / word boundaries
+    max_frames_per_char: float = 12.0  # generation stops at this many codec frames per character
+
+
+class TextVocab:
+    """Characters -> ids. 0 pad, 1 start, 2 unknown (never emitted: unknown characters are dropped
+    and counted), then the characters. Saved as JSON beside the Talker weights."""
+
+    def __init__(self, chars: list[str]) -> None:
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise ValueError(f"a character vocabulary needs distinct single characters, got {chars}")
+        self.chars = chars
+        self.index = {c: i + 3 for i, c in enumerate(chars)}
+
+    @classmethod
+    def default(cls) -> "TextVocab":
+        return cls(DEFAULT_CHARS)
+
+    def __len__(self) -> int:
+        return len(self.chars) + 3
+
+    def normalize(self, text: str) -> tuple[str, Counter]:
+        """-> (text with only vocabulary characters and single spaces, Counter of dropped chars)."""
+        for a, b in _REPLACE.items():
+            text = text.replace(a, b)
+        text = unicodedata.normalize("NFKD", text).lower()
+        dropped: Counter = Counter()
+        kept = []
+        for c in text:
+            if c in self.index:
+                kept.append(c)
+            elif c.isspace():
+                kept.append(" ")
+            elif not unicodedata.combining(c):  # accents of NFKD-split letters vanish silently
+                dropped[c] += 1
+                kept.append(" ")
+        return " ".join("".join(kept).split()), dropped
+
+    def encode(self, text: str) -> tuple[list[int], Counter]:
+        """Raw text -> (ids, dropped characters). Unknown characters never raise."""
+        clean, dropped = self.normalize(text)
+        return [self.index[c] for c in clean], dropped
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"pad": PAD, "start": START, "unk": UNK, "chars": self.chars}) + "\n",
+                              encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TextVocab":
+        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["chars"])
+
+
+def make_targets(codes: torch.Tensor, lengths: torch.Tensor, r: int) -> dict[str, torch.Tensor]:
+    """Teacher-forcing tensors with exactly one shift.
+
+    codes (B, T, n_q) long, lengths (B,) -> groups (B, G, r, n_q) (the inputs; frames past a
+    row's length repeat its last frame), targets (B, G+1, r, n_q) (targets[:, j] = groups[:, j]:
+    the position holding group j predicts group j+1; IGNORE past the length), stop (B, G+1) float
+    (1 at position G_b, 0 before, -1 after).
+    """
+    B, T, n_q = codes.shape
+    G = -(-T // r)
+    t = torch.arange(G * r, device=codes.device)
+    real = t[None, :] < lengths[:, None]                                  # (B, G r)
+    src = torch.minimum(t[None, :], (lengths[:, None] - 1).clamp(min=0))  # repeat the last frame
+    groups = codes.gather(1, src[..., None].expand(B, G * r, n_q))
+    tgt = groups.masked_fill(~real[..., None], IGNORE).view(B, G, r, n_q)
+    targets = torch.cat([tgt, torch.full_like(tgt[:, :1], IGNORE)], dim=1)
+    n_groups = -(-lengths // r)                                            # (B,)
+    j = torch.arange(G + 1, device=codes.device)[None, :]
+    stop = (j == n_groups[:, None]).float() - (j > n_groups[:, None]).float()
+    return {"groups": groups.view(B, G, r, n_q), "targets": targets, "stop": stop, "n_groups": n_groups}
+
+
+class Talker(nn.Module):
+    def __init__(self, cfg: TalkerConfig) -> None:
+        super().__init__()
+        if min(cfg.n_codebooks, cfg.codebook_size, cfg.text_vocab_size) <= 0:
+            raise ValueError("TalkerConfig needs n_codebooks, codebook_size and text_vocab_size > 0 "
+                             "(filled from the codec and the vocabulary when building the stage)")
+        self.cfg = cfg
+        r, n_q, K = cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size
+        self.rope = RotaryEmbedding(cfg.d_model // cfg.n_heads, cfg.ctx_len, cfg.rope_theta)
+        self.text_emb = nn.Embedding(cfg.text_vocab_size, cfg.d_model)
+        self.code_emb = nn.Embedding(r * n_q * K, cfg.d_model)  # one table per (slot, codebook)
+        self.bos = nn.Parameter(torch.zeros(cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.dropout, causal=True, rope=self.rope)
+            for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, r * n_q * K + 1, bias=False)  # codes of the next group + stop
+        self.register_buffer("offsets", (torch.arange(r * n_q) * K).view(r, n_q), persistent=False)
+        init_weights(self, cfg.n_layers)
+        nn.init.normal_(self.bos, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed_groups(self, groups: torch.Tensor) -> torch.Tensor:
+        """groups (B, G, r, n_q) code ids -> (B, G, D): the sum of the slot/codebook embeddings."""
+        return self.code_emb(groups + self.offsets).sum(dim=(2, 3))
+
+    def embed_prefix(self, text: torch.Tensor) -> torch.Tensor:
+        """text (1, L) ids ``[<s>, chars]`` -> (1, L + 1, D) with BOS appended (generation)."""
+        x = self.text_emb(text)
+        return torch.cat([x, self.bos.expand(x.shape[0], 1, -1).to(x.dtype)], dim=1)
+
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None, probe=None) -> torch.Tensor:
+        """x (B, S, D) embeddings -> final-norm hidden states (B, S, D). ``probe(i, block, h)`` sees
+        each block's input (guided attention)."""
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            if probe is not None:
+                probe(i, block, x)
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += x.shape[1]
+        return self.norm(x)
+
+    def split_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (..., D) -> code logits (..., r, n_q, K) and stop logits (...)."""
+        cfg = self.cfg
+        out = self.head(h)
+        return (out[..., :-1].unflatten(-1, (cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size)),
+                out[..., -1])
+
+    def forward(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor, probe=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """text (B, L) ``[<s>, chars, pads]``, text_lens (B,) (with <s>), groups (B, G, r, n_q) ->
+        code logits (B, G+1, r, n_q, K) and stop logits (B, G+1), one per position from BOS on."""
+        B, G = text.shape[0], groups.shape[1]
+        speech = torch.cat([self.bos.expand(B, 1, -1), self.embed_groups(groups)], dim=1)  # (B, G+1, D)
+        # row b's speech starts right after its own text: positions text_lens[b] .. text_lens[b] + G
+        index = (text_lens[:, None] + torch.arange(G + 1, device=text.device))[..., None].expand_as(speech)
+        x = torch.cat([self.text_emb(text), speech.new_zeros(speech.shape)], dim=1).scatter(1, index, speech)
+        h = self.hidden(x, probe=probe)
+        return self.split_logits(h.gather(1, index))
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.head.weight
+        return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len,
+                       self.cfg.d_model // self.cfg.n_heads, p.device, p.dtype)
+
+    def max_groups(self, n_chars: int) -> int:
+        """Generation limit for a text of n_chars characters, in groups."""
+        frames = math.ceil(self.cfg.max_frames_per_char * max(n_chars, 1)) + 8
+        return -(-frames // self.cfg.frames_per_step)
+
+    @torch.no_grad()
+    def generate(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
+                 max_groups: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step.
+
+        Stops when the stop flag's probability passes 0.5 or after ``max_groups`` (default from the
+        text length). temperature 0 is greedy per codebook; otherwise sampled, top_k 0 = all codes.
+        Without the cache each step re-runs the whole sequence (the reference path).
+        """
+        if not text_ids:
+            raise ValueError("generate: empty text (nothing to say)")
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        text = torch.tensor([[START] + list(text_ids)], device=device)
+        limit = max_groups if max_groups is not None else self.max_groups(len(text_ids))
+        total = text.shape[1] + 1 + limit
+        if total > self.cfg.ctx_len:
+            limit = self.cfg.ctx_len - text.shape[1] - 1
+            if limit < 1:
+                raise ValueError(f"text of {len(text_ids)} characters leaves no room in ctx_len {self.cfg.ctx_len}")
+            log.warning("generation limited to %d groups by ctx_len %d", limit, self.cfg.ctx_len)
+        cache = self.new_cache(1, text.shape[1] + 1 + limit) if use_cache else None
+        x = self.embed_prefix(text)
+        step_in, out = x, []
+        for _ in range(limit):
+            h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
+            code_logits, stop_logit = self.split_logits(h.float())
+            if out and torch.sigmoid(stop_logit).item() > 0.5:
+                break
+            group = sample_codes(code_logits[0], temperature, top_k, generator)  # (r, n_q)
+            out.append(group)
+            emb = self.embed_groups(group[None, None])
+            step_in = emb
+            x = torch.cat([x, emb], dim=1)
+        self.train(was_training)
+        return torch.cat(out, dim=0)
+
+
+def sample_codes(logits: torch.Tensor, temperature: float, top_k: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (..., K) -> ids (...): argmax for temperature 0, else (top-k) sampling per codebook."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    flat = logits.reshape(-1, logits.shape[-1]) / temperature
+    if top_k > 0:
+        kth = torch.topk(flat, min(top_k, flat.shape[-1])).values[:, -1:]
+        flat = flat.masked_fill(flat < kth, float("-inf"))
+    ids = torch.multinomial(F.softmax(flat, -1), 1, generator=generator)[:, 0]
+    return ids.view(logits.shape[:-1])
+
+
+@dataclass
+class TalkerLossConfig:
+    """Loss weights: CE over codes (mean over codebooks and frames) + stop BCE + guided attention."""
+    stop_weight: float = 1.0
+    stop_pos_weight: float = 5.0        # one end per utterance against ~100 non-ends
+    guided_weight: float = 1.0          # 0 turns the guided-attention loss off
+    guided_sigma: float = 0.2           # DC-TTS's g: width of the allowed band around the diagonal
+    guided_layers: tuple[int, ...] = (1, 2)
+
+
+class GuidedAttention:
+    """DC-TTS guided attention for a prefix LM: each frame query's attention over the *text* keys
+    (softmax over text positions only) is penalised by 1 - exp(-(n/N - t/T)^2 / 2g^2).
+
+    Used as ``Talker.hidden``'s probe: for the chosen layers it recomputes q and k from the block's
+    own (normed) input with the block's own weights, so the penalty is on the real attention."""
+
+    def __init__(self, text_lens: torch.Tensor, n_groups: torch.Tensor, layers: tuple[int, ...],
+                 sigma: float) -> None:
+        self.layers = set(layers)
+        device = text_lens.device
+        n_chars = text_lens - 1                                                   # without <s>
+        self.L = int(text_lens.max())
+        col = torch.arange(self.L - 1, device=device)[None, :]
+        self.key_ok = col < n_chars[:, None]                                      # (B, L-1)
+        text_pos = (col + 0.5) / n_chars.clamp(min=1)[:, None]
+        G = int(n_groups.max()) + 1
+        j = torch.arange(G, device=device)[None, :]
+        self.index = text_lens[:, None] + j                                       # (B, G+1) query positions
+        self.q_ok = j <= n_groups[:, None]
+        speech_pos = ((j + 0.5) / n_groups.clamp(min=1)[:, None]).clamp(max=1.0)
+        diff = speech_pos[:, :, None] - text_pos[:, None, :]                      # (B, G+1, L-1)
+        self.weight = 1.0 - torch.exp(-diff.pow(2) / (2 * sigma ** 2))
+        self.losses: list[torch.Tensor] = []
+
+    def __call__(self, i: int, block: Block, x: torch.Tensor) -> None:
+        if i not in self.layers:
+            return
+        attn = block.attn
+        q, k, _ = attn.split_heads(attn.qkv(block.attn_norm(x)))
+        q, k = attn.rope(q, 0), attn.rope(k, 0)
+        H = q.shape[1]
+        q = q.gather(2, self.index[:, None, :, None].expand(-1, H, -1, q.shape[-1]))   # frame queries
+        k = k[:, :, 1:self.L].repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # text keys
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
+        probs = scores.masked_fill(~self.key_ok[:, None, None, :], float("-inf")).softmax(-1)
+        per_query = (probs * self.weight[:, None]).sum(-1)                         # (B, H, G+1)
+        mask = self.q_ok[:, None].float()
+        self.losses.append((per_query * mask).sum() / (mask.sum() * H))
+
+    def loss(self) -> torch.Tensor:
+        return torch.stack(self.losses).mean()
+
+
+def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig,
+                r: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
+
+    logs: ce (mean over codebooks), ce_q<i> per codebook, acc (top-1 over codes), stop_bce,
+    stop_acc (at each row's true end), guided (the attention penalty, also when its weight is 0)."""
+    t = make_targets(batch["codes"], batch["code_lens"], r)
+    probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
+    code_logits, stop_logits = model(batch["text"], batch["text_lens"], t["groups"], probe=probe)
+    K = code_logits.shape[-1]
+    tgt = t["targets"]
+    ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
+                             reduction="none").view(tgt.shape)
+    valid = tgt != IGNORE
+    per_q = (ce_all * valid).sum(dim=(0, 1, 2)) / valid.sum(dim=(0, 1, 2)).clamp(min=1)  # (n_q,)
+    ce = per_q.mean()
+    stop_ok = t["stop"] >= 0
+    stop_bce = F.binary_cross_entropy_with_logits(
+        stop_logits.float()[stop_ok], t["stop"][stop_ok],
+        pos_weight=torch.tensor(cfg.stop_pos_weight, device=stop_logits.device))
+    guided = probe.loss() if probe.losses else torch.zeros((), device=ce.device)
+    loss = ce + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
+    with torch.no_grad():
+        acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
+        at_end = stop_logits.gather(1, t["n_groups"][:, None])[:, 0] > 0
+    logs = {"ce": ce.item(), "acc": acc.item(), "stop_bce": stop_bce.item(), "guided": guided.item(),
+            "stop_acc": at_end.float().mean().item(), **{f"ce_q{i}": v for i, v in enumerate(per_q.tolist())}}
+    return loss, logs

@@ -1,0 +1,128 @@
+"""Quality of a Stage E model on held-out examples of every modality, through the chat code path.
+
+    python test_all_media.py --ckpt_dir checkpoints/omni_sft_tiny [--n 100] [--speech-n 10]
+
+Reports VQA accuracy and caption keyword accuracy on held-out images, transcription CER through
+chat next to the Stage B model alone on the same clips, text perplexity after SFT next to the
+Stage A Thinker on the same text (the "omni tax"), and the intelligibility of spoken replies
+(Talker -> codec -> vocoder, transcribed by pocketsphinx). Numbers, not exit codes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import numpy as np
+
+from cli import setup_logging
+from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, resolve_manifest
+from omni.checkpoint import CheckpointError
+from omni.data import DataError
+from omni.runtime import pick_device
+from omni.sft import answer_examples, answer_key, held_out, load_omni, task_metrics, text_windows, vqa_prior
+from omni.sft_data import Sources
+from omni.text import evaluate_lm, load_thinker
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--ckpt_dir", "--ckpt-dir", default="checkpoints/omni_sft_tiny/best")
+    p.add_argument("--n", type=int, default=100, help="held-out examples per task")
+    p.add_argument("--text-batches", type=int, default=50, help="validation text batches for perplexity")
+    p.add_argument("--talker", default="checkpoints/talker_tiny", help="Stage D checkpoint for spoken replies")
+    p.add_argument("--speech-n", type=int, default=10, help="replies to speak and transcribe (0: skip)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--examples", type=int, default=3, help="example answers to print per task")
+    return p.parse_args(argv)
+
+
+def show(task: str, exs, hyps, k: int) -> None:
+    for ex, hyp in list(zip(exs, hyps))[:k]:
+        print(f"    [{task}] {ex.prompt!r} -> {hyp!r} (reference {ex.answer!r})")
+
+
+def media_tasks(model, tok, cfg, val: Sources, args) -> tuple[dict[str, float], list[str]]:
+    out: dict[str, float] = {}
+    replies: list[str] = []
+    for task in ("vqa", "caption", "asr"):
+        exs = held_out(val, task, args.n, cfg.data, cfg.train.seed)
+        t0 = time.perf_counter()
+        hyps = answer_examples(model, tok, exs)
+        m = task_metrics(task, [e.answer for e in exs], hyps)
+        if task == "vqa":
+            prior = vqa_prior(Sources(cfg.data.image_manifest, cfg.data.asr_csv, cfg.data.text_file, "train"))
+            m["vqa_blind_prior"] = float(np.mean([prior.get(e.prompt) == answer_key(e.answer) for e in exs]))
+        out.update(m)
+        replies += hyps
+        print(f"  {task:<8} n={len(exs):<4} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+              + f"   ({time.perf_counter() - t0:.1f} s)")
+        show(task, exs, hyps, args.examples)
+    return out, replies
+
+
+def stage_b_alone(cfg, device, n: int) -> dict[str, float]:
+    """The Stage B recogniser on the same first n clips of the same validation manifest."""
+    asr, vocab, acfg = load_asr(cfg.model.audio_ckpt, device)
+    ds = AsrDataset(Manifest(resolve_manifest(cfg.data.asr_val_csv, "val")), vocab, acfg.data.max_seconds,
+                    acfg.model.symbols_per_frame)
+    return evaluate_asr(asr, ds, vocab, 16, n)[0]
+
+
+def omni_tax(model, tok, cfg, device, batches: int) -> tuple[float, float]:
+    windows = text_windows(cfg.data.text_val_file, tok, model.thinker.cfg.ctx_len)
+    after = evaluate_lm(model.thinker, windows, 8, batches)["val_ppl"]
+    thinker, _, _ = load_thinker(cfg.model.thinker_ckpt, device)
+    before = evaluate_lm(thinker, windows, 8, batches)["val_ppl"]
+    return before, after
+
+
+def spoken(replies: list[str], talker: str, device, n: int) -> dict[str, float]:
+    from omni.intelligibility import cer_wer, transcribe
+    from omni.tts import Synthesizer
+    voice = Synthesizer.load(talker, device)
+    refs, hyps, secs, spent = [], [], 0.0, 0.0
+    for text in [r for r in replies if r.strip()][:n]:
+        t0 = time.perf_counter()
+        wav = voice.synthesize(text, seed=0)
+        spent += time.perf_counter() - t0
+        secs += len(wav) / 16000
+        refs.append(text)
+        hyps.append(transcribe(wav) if len(wav) else "")
+    out = cer_wer(refs, hyps)
+    out["rtf"] = spent / max(secs, 1e-9)
+    out["n"] = float(len(refs))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    logging.getLogger().setLevel(logging.WARNING)
+    device = pick_device(args.device)
+    try:
+        model, tok, cfg = load_omni(args.ckpt_dir, device)
+        val = Sources(cfg.data.image_val_manifest, cfg.data.asr_val_csv, cfg.data.text_val_file, "val")
+        print(f"checkpoint {args.ckpt_dir}; held-out: {cfg.data.image_val_manifest}, {cfg.data.asr_val_csv}, "
+              f"{cfg.data.text_val_file}")
+        m, replies = media_tasks(model, tok, cfg, val, args)
+        b = stage_b_alone(cfg, device, args.n)
+        print(f"  Stage B alone on the same clips: CER {b['val_cer']:.4f}  WER {b['val_wer']:.4f} "
+              f"(chat - Stage B: {m['asr_cer'] - b['val_cer']:+.4f})")
+        before, after = omni_tax(model, tok, cfg, device, args.text_batches)
+        print(f"  text perplexity: Stage A {before:.2f} -> after SFT {after:.2f} "
+              f"(omni tax {100 * (after / before - 1):+.1f}%)")
+        if args.speech_n > 0:
+            s = spoken(replies, args.talker, device, args.speech_n)
+            print(f"  spoken replies: n={int(s['n'])} pocketsphinx CER {s['cer']:.4f} WER {s['wer']:.4f} "
+                  f"vs the reply text; synthesis RTF {s['rtf']:.2f}")
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

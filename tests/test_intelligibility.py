@@ -1,0 +1,54 @@
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from omni.audio import load_audio
+from omni.intelligibility import cer_wer, original_path, report_paths, transcribe
+from tests.conftest import ROOT
+
+ARCTIC = ROOT / "examples" / "audio" / "arctic_a0007.wav"
+ARCTIC_TEXT = "and you always want to see it in the superlative degree"
+
+
+def test_real_recording_is_recognised():
+    hyp = transcribe(load_audio(ARCTIC))
+    assert cer_wer([ARCTIC_TEXT], [hyp])["wer"] <= 0.2, hyp
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="apt install flite")
+def test_flite_speech_is_mostly_recognised(tmp_path):
+    text = "The weather is nice today and we will go for a walk in the park."
+    wav = tmp_path / "flite.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", text, "-o", str(wav)], check=True)
+    rates = cer_wer([text], [transcribe(load_audio(wav))])
+    assert rates["cer"] < 0.5
+    noise = np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32)
+    assert cer_wer([text], [transcribe(noise)])["cer"] > rates["cer"]  # the measure can fail
+
+
+def test_silence_and_empty_audio():
+    assert transcribe(np.zeros(0, dtype=np.float32)) == ""
+    assert transcribe(np.zeros(16000, dtype=np.float32)) == ""
+    with pytest.raises(ValueError, match="mono"):
+        transcribe(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        transcribe(np.full(100, np.nan, dtype=np.float32))
+
+
+def test_cer_wer_normalises_and_counts():
+    assert cer_wer(["Hello, World!"], ["hello world"]) == {"cer": 0.0, "wer": 0.0}
+    assert cer_wer(["abc"], ["abd"])["cer"] == pytest.approx(1 / 3)
+    assert cer_wer(["a b"], [""]) == {"cer": 1.0, "wer": 1.0}
+    with pytest.raises(ValueError):
+        cer_wer(["a"], [])
+
+
+def test_report_paths_scores_each_path():
+    rows = [(ARCTIC_TEXT, load_audio(ARCTIC))]
+    silent = lambda text, audio: np.zeros_like(audio)  # noqa: E731
+    report = report_paths(rows, {"original": original_path(), "silent": silent})
+    assert report["original"]["cer"] < 0.2
+    assert report["silent"]["cer"] == 1.0
+    assert report["original"]["n"] == 1 and report["original"]["audio_s"] == pytest.approx(len(rows[0][1]) / 16000)

@@ -1,0 +1,175 @@
+"""Stage D data + synthesis: the code cache, bad rows, the Synthesizer's text handling, and
+train_talker.py end to end (codec phase, then Talker phase) on the committed clips."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from omni.asr import Manifest
+from omni.checkpoint import read_metrics
+from omni.talker import Talker, TalkerConfig, TextVocab
+from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker
+import train_talker
+from tests.conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("tts_cli", ROOT / "scripts" / "tts.py")
+tts_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tts_cli)
+
+CLIPS = ROOT / "assets" / "audio" / "clips.csv"
+N_Q, K = 2, 8
+
+
+class StandInCodec(nn.Module):
+    """The codec interface (encode / decode / sizes) with a fixed, untrained mapping: tests only."""
+
+    def __init__(self, frames_per_code: int = 2) -> None:
+        super().__init__()
+        self.n_codebooks, self.codebook_size, self.frames_per_code = N_Q, K, frames_per_code
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def encode(self, log_mel: torch.Tensor, lengths=None) -> torch.Tensor:
+        x = log_mel[:, ::self.frames_per_code]                         # (B, T', 128)
+        base = (x.mean(-1) * 3).long() % K
+        return torch.stack([base, (x[..., :8].mean(-1) * 7).long() % K], dim=-1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        mel = (codes.float().sum(-1, keepdim=True) - 8.0).expand(*codes.shape[:2], 128) * self.scale
+        return mel.repeat_interleave(self.frames_per_code, dim=1)
+
+
+def _csv_with_bad_rows(tmp_path):
+    rows = Manifest(CLIPS)
+    lines = ["text,wav"] + [f"{rows[i]['text']},{rows[i]['wav']}" for i in range(len(rows))]
+    lines += ["missing file,does_not_exist.wav", f"\u2603\u2603,{rows[0]['wav']}"]
+    path = tmp_path / "tts.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, len(rows)
+
+
+def test_code_cache_builds_skips_bad_rows_and_is_reused(tmp_path):
+    csv, n_good = _csv_with_bad_rows(tmp_path)
+    codec = StandInCodec()
+    cache = CodeCache.load_or_build(csv, tmp_path / "codes", codec, "sha-a", 12.0)
+    assert cache.reasons == {n_good: "audio_missing"}
+    assert cache.codes.shape[1] == N_Q and cache.codes.dtype == np.int16
+    assert len(cache.offsets) == n_good + 3
+    data = TalkerDataset(Manifest(csv), cache, TextVocab.default(), 200)
+    items = [data[i] for i in range(len(data))]
+    assert sum(x is None for x in items) == 2 and data.report()["skipped"] == 2
+    assert data.lengths()[n_good] == 0 and data.lengths()[0] > 0
+    batch = collate_talker(items)
+    assert batch["text"].shape[0] == n_good and batch["codes"].max() < K
+    # a second load reads the cache; a different codec (SHA) re-encodes
+    npy = tmp_path / "codes" / "tts.csv.codes.npy"
+    mtime = npy.stat().st_mtime_ns
+    assert np.array_equal(CodeCache.load_or_build(csv, tmp_path / "codes", codec, "sha-a", 12.0).codes, cache.codes)
+    assert npy.stat().st_mtime_ns == mtime
+    CodeCache.load_or_build(csv, tmp_path / "codes", codec, "sha-b", 12.0)
+    assert json.loads((tmp_path / "codes" / "tts.csv.codes.json").read_text())["stamp"]["codec_sha1"] == "sha-b"
+
+
+def _synth(max_text_chars: int = 40) -> Synthesizer:
+    torch.manual_seed(0)
+    vocab = TextVocab.default()
+    talker = Talker(TalkerConfig(d_model=48, n_layers=2, n_heads=3, n_kv_heads=1, d_ff=96, ctx_len=512,
+                                 dropout=0.0, frames_per_step=2, n_codebooks=N_Q, codebook_size=K,
+                                 text_vocab_size=len(vocab), max_text_chars=max_text_chars, max_frames_per_char=1.0))
+    return Synthesizer(talker, vocab, StandInCodec(), torch.device("cpu"), gl_iters=2)
+
+
+def test_synthesize_returns_16k_float32_with_stats():
+    synth = _synth()
+    wav = synth.synthesize("Hello there.")
+    assert wav.dtype == np.float32 and wav.ndim == 1 and len(wav) > 0 and np.isfinite(wav).all()
+    s = synth.last_stats
+    assert s["chunks"] == 1 and abs(s["audio_s"] - len(wav) / 16000) < 1e-9
+    assert s["rtf"] == pytest.approx(s["synth_s"] / s["audio_s"])
+    # frame rates agree: T' codes -> 2 T' mel frames -> (2 T' - 1) * 256 samples
+    assert len(wav) == (s["frames"] - 1) * 256
+
+
+def test_seeded_synthesis_repeats_exactly():
+    synth = _synth()
+    a, b = synth.synthesize("Same seed.", seed=7), synth.synthesize("Same seed.", seed=7)
+    assert np.array_equal(a, b)
+
+
+def test_empty_and_unreadable_text_give_empty_audio():
+    synth = _synth()
+    for text in ["", "   ", "\u2603\u2603"]:
+        wav = synth.synthesize(text)
+        assert wav.shape == (0,) and wav.dtype == np.float32 and synth.last_stats["audio_s"] == 0
+    synth.synthesize("ok \u2603")
+    assert synth.last_stats["dropped_chars"] == 1
+
+
+def test_very_long_text_is_spoken_in_chunks():
+    synth = _synth(max_text_chars=40)
+    text = "This is one sentence. " * 6 + "and a clause that goes on, and on, and on, without a full stop"
+    wav = synth.synthesize(text)
+    assert synth.last_stats["chunks"] >= 7 and len(wav) > 0
+
+
+def test_synthesizer_rejects_an_unknown_vocoder():
+    synth = _synth()
+    with pytest.raises(ValueError, match="vocoder"):
+        Synthesizer(synth.talker, synth.vocab, synth.codec, torch.device("cpu"), vocoder="hifigan")
+
+
+def _tiny_config(tmp_path) -> dict:
+    train = {"batch_size": 4, "gradient_accumulation_steps": 1, "lr": 3e-3, "weight_decay": 0.0,
+             "warmup_steps": 2, "max_steps": 4, "max_epochs": 100, "max_grad_norm": 1.0, "val_freq": 2,
+             "checkpoint_freq": 2, "use_amp": False, "seed": 0, "log_freq": 1, "device": "cpu"}
+    return {
+        "codec": {"model": {"n_codebooks": 2, "codebook_size": 8, "codebook_dim": 8, "d_model": 16, "n_layers": 1,
+                            "frames_per_code": 2, "kmeans_iters": 2},
+                  "data": {"train_csv": str(CLIPS), "val_csv": str(CLIPS), "crop_frames": 32, "val_items": 4},
+                  "train": {**train, "save_dir": str(tmp_path / "ckpt" / "codec")}},
+        "talker": {"d_model": 24, "n_layers": 2, "n_heads": 3, "n_kv_heads": 1, "d_ff": 48, "ctx_len": 512,
+                   "dropout": 0.0, "frames_per_step": 2},
+        "loss": {"guided_layers": [1]},
+        "data": {"train_csv": str(CLIPS), "val_csv": str(CLIPS), "val_items": 4},
+        "train": {**train, "save_dir": str(tmp_path / "ckpt" / "talker")},
+    }
+
+
+def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
+    """In-process (the scripts' main()) to keep the test fast; the CLI itself is the same code."""
+    cfg_path = tmp_path / "talker.json"
+    cfg_path.write_text(json.dumps(_tiny_config(tmp_path)))
+    assert train_talker.main(["--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "phase 1 (codec) result: status=done" in out and "phase 2 (talker) result: status=done" in out
+    talker_dir = tmp_path / "ckpt" / "talker"
+    vals = [r for r in read_metrics(talker_dir) if r["event"] == "val"]
+    assert [r["step"] for r in vals] == [2, 4] and all(np.isfinite(r["val_loss"]) for r in vals)
+    assert {"val_ce_q0", "val_ce_q1", "val_stop_acc"} <= set(vals[0])
+    cache = talker_dir / "codes" / "clips.csv.codes.npy"
+    mtime = cache.stat().st_mtime_ns
+    # a second run skips the finished codec and reuses the cached codes
+    assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=1"]) == 0
+    assert "is finished; skipping" in capsys.readouterr().out and cache.stat().st_mtime_ns == mtime
+    synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
+    wav = synth.synthesize("Front left.", seed=0)
+    assert wav.dtype == np.float32 and len(wav) > 0
+    out_wav = tmp_path / "hello.wav"
+    assert tts_cli.main(["--text", "Hello there.", "--out", str(out_wav), "--ckpt", str(tmp_path / "ckpt"),
+                         "--seed", "0", "--device", "cpu", "--gl-iters", "2"]) == 0
+    assert out_wav.is_file() and "RTF" in capsys.readouterr().out
+
+
+def test_tts_cli_fails_cleanly_without_a_checkpoint(tmp_path, capsys):
+    assert tts_cli.main(["--text", "Hi.", "--out", str(tmp_path / "x.wav"), "--ckpt", str(tmp_path)]) == 2
+    assert "train_talker.py" in capsys.readouterr().err
+
+
+def test_config_rejects_unknown_keys(tmp_path, capsys):
+    cfg = _tiny_config(tmp_path)
+    cfg["talker"]["d_modle"] = 8
+    (tmp_path / "bad.json").write_text(json.dumps(cfg))
+    assert train_talker.main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert "did you mean 'd_model'" in capsys.readouterr().err
