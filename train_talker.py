@@ -30,7 +30,7 @@ from omni.runtime import setup_runtime, teardown
 from omni.talker import Talker, TextVocab, talker_loss
 from omni.training import Stage, TrainingError, fit
 from omni.tts import (CODEC_LINK, VOCAB_FILE, CodeCache, TalkerDataset, TalkerStageConfig, codec_dir_of,
-                      collate_talker, evaluate_talker, file_sha1)
+                      collate_talker, evaluate_talker, file_sha1, unigram_code_ce)
 
 log = logging.getLogger("train_talker")
 
@@ -79,6 +79,8 @@ def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:
     log.info("%s: %d usable rows of %d, %d codec frames", cfg.data.train_csv, int((lengths > 0).sum()),
              len(train_set), int(train_set.cache.offsets[-1]))
     r = cfg.talker.frames_per_step
+    baseline = {"val_unigram_ce": unigram_code_ce(train_set.cache.codes, val_set.cache.codes, codec.codebook_size)}
+    log.info("baseline: val code CE under the training code frequencies %.4f nats", baseline["val_unigram_ce"])
 
     def save_extra(d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:
     return Stage(
         name="talker", model=model, train_set=train_set, config=to_dict(cfg),
         loss_fn=lambda m, b: talker_loss(m, b, cfg.loss, r), collate=collate_talker,
-        evaluate=lambda m: evaluate_talker(m, val_set, cfg.loss, cfg.train.batch_size, cfg.data.val_items),
+        evaluate=lambda m: {**evaluate_talker(m, val_set, cfg.loss, cfg.train.batch_size, cfg.data.val_items),
+                            **baseline},
         count_items=lambda b: float(b["code_lens"].sum()), items_unit="frames", best_metric="val_loss",
         lengths=lengths, skip_report=train_set.report, save_extra=save_extra)
 

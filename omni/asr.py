@@ -286,3 +286,17 @@ def per_source_report(manifest: Manifest, results: list[tuple[str, str, int]],
         refs.append(ref)
         hyps.append(hyp)
     return {name: {**error_rates(r, h), "n": float(len(r))} for name, (r, h) in sorted(groups.items())}
+
+
+def transcriber(model: AsrModel, vocab: CharVocab):
+    """A Stage B model as a recogniser: (N,) float audio at 16 kHz -> greedy CTC transcript."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def run(wav: np.ndarray) -> str:
+        audio = torch.from_numpy(np.asarray(wav, dtype=np.float32))[None].to(device)
+        if audio.shape[1] == 0:
+            return ""
+        log_probs, lengths = model(audio, torch.tensor([audio.shape[1]], device=device))
+        return greedy_decode(log_probs, lengths, vocab)[0]
+    return run

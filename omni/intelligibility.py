@@ -11,7 +11,7 @@ not systems.
   original                the reference recording itself
   griffinlim              ground-truth log-mel -> Griffin-Lim (the ceiling of this vocoder)
   codec_griffinlim        ground-truth log-mel -> codec encode/decode -> Griffin-Lim
-Later paths (text -> Talker -> codec -> Griffin-Lim) plug in the same way.
+  talker_codec_griffinlim text -> Talker -> codec decode -> Griffin-Lim (scripts/eval_tts.py)
 """
 from __future__ import annotations
 
@@ -121,16 +121,20 @@ def read_rows(csv_path: str | Path, n: int) -> tuple[list[tuple[str, np.ndarray]
     return rows, skipped
 
 
-def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath],
-                 keep_examples: int = 3) -> dict[str, dict]:
+def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath], keep_examples: int = 3,
+                 also: dict[str, Callable[[np.ndarray], str]] | None = None) -> dict[str, dict]:
     """Run every row through every path, transcribe with pocketsphinx, score against the text.
 
     -> {path: {"cer", "wer", "n", "synth_s" (seconds spent synthesising), "audio_s" (seconds of
     audio produced), "examples": [(reference, hypothesis), ...] (first keep_examples)}}.
+    ``also``: more recognisers (name -> wav -> text, e.g. our Stage B model) scored on the same
+    audio, as ``<name>_cer`` / ``<name>_wer``.
     """
     out = {}
+    also = also or {}
     for name, synth in paths.items():
         refs, hyps, synth_s, audio_s = [], [], 0.0, 0.0
+        other: dict[str, list[str]] = {k: [] for k in also}
         for text, audio in rows:
             t0 = time.perf_counter()
             wav = synth(text, audio)
@@ -138,7 +142,12 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
             audio_s += len(wav) / 16000
             refs.append(text)
             hyps.append(transcribe(wav))
+            for k, recognise in also.items():
+                other[k].append(recognise(wav))
         out[name] = {**cer_wer(refs, hyps), "n": len(rows), "synth_s": synth_s, "audio_s": audio_s,
                      "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]]}
+        for k, h in other.items():
+            r = cer_wer(refs, h)
+            out[name].update({f"{k}_cer": r["cer"], f"{k}_wer": r["wer"]})
         log.info("%s: cer %.3f wer %.3f over %d rows", name, out[name]["cer"], out[name]["wer"], len(rows))
     return out

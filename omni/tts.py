@@ -210,6 +210,17 @@ def collate_talker(items: list) -> dict[str, torch.Tensor] | None:
             "code_lens": torch.tensor([len(c) for _, c in items])}
 
 
+def unigram_code_ce(train: np.ndarray, val: np.ndarray, codebook_size: int) -> float:
+    """The baseline a Talker must beat: cross-entropy (nats, mean over codebooks) of the val codes
+    (N, n_q) under each codebook's code frequencies in the training codes (add-one smoothed)."""
+    ces = []
+    for q in range(train.shape[1]):
+        counts = np.bincount(train[:, q].astype(np.int64), minlength=codebook_size) + 1.0
+        logp = np.log(counts / counts.sum())
+        ces.append(-float(logp[val[:, q].astype(np.int64)].mean()))
+    return float(np.mean(ces))
+
+
 @torch.no_grad()
 def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConfig, batch_size: int,
                     n_items: int) -> dict[str, float]:

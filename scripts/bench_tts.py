@@ -1,11 +1,16 @@
 """Speech-out benchmarks that print numbers (not tests).
 
     OMP_NUM_THREADS=1 python scripts/bench_tts.py gl [--csv data/audio/production_tts_val.csv] [--n-iter 32]
+    python scripts/bench_tts.py rtf [--ckpt checkpoints/talker_tiny] [--repeats 3] [--threads 2]
 
 ``gl``: the torch Griffin-Lim (omni/griffinlim.py) against ``librosa.griffinlim`` on the same
 STFT magnitude of real speech, at the same iterations and momentum, with the spectral convergence
 of both from the same run. Each timing is the best of ``--repeats`` interleaved rounds after a
 warm-up call. librosa's FFT is single-threaded: compare with OMP_NUM_THREADS=1.
+
+``rtf``: ``Synthesizer.synthesize`` (text -> Talker -> codec -> Griffin-Lim) on fixed sentences
+after one warm-up call: real-time factor = synthesis seconds / audio seconds, split by part.
+Intelligibility of the same path: ``scripts/evaluate.py tts``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni.audio import SPEECH_OUT_MEL, load_audio  # noqa: E402
 from omni.griffinlim import GriffinLim, spectral_convergence, stft_magnitude  # noqa: E402
+from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
+
+SENTENCES = ["Hello there.", "Shall I draw the curtain?",
+             "The quick brown fox jumps over the lazy dog, and then it runs back into the forest.",
+             "Often it has cast him both into the fire and into the water to destroy him."]
 
 
 def speech_clip(csv_path: Path, seconds: float) -> np.ndarray:
@@ -76,6 +86,22 @@ def bench_gl(csv_path: Path, seconds: float, n_iter: int, momentum: float, repea
             "sc_librosa": sc_lib, "sc_zero_iter": sc_zero}
 
 
+def bench_rtf(args: argparse.Namespace) -> None:
+    synth = Synthesizer.load(args.ckpt, "cpu", temperature=args.temperature, top_k=args.top_k, gl_iters=args.n_iter)
+    synth.synthesize(SENTENCES[0], seed=0)  # warm-up (allocations, filterbank pseudo-inverse)
+    totals = {"audio_s": 0.0, "talker_s": 0.0, "codec_s": 0.0, "vocoder_s": 0.0, "synth_s": 0.0}
+    for _ in range(args.repeats):
+        for text in SENTENCES:
+            synth.synthesize(text, seed=0)
+            for k in totals:
+                totals[k] += synth.last_stats[k]
+    a = totals["audio_s"]
+    print(f"{len(SENTENCES) * args.repeats} syntheses, {a:.1f} s of audio, torch threads {torch.get_num_threads()}, "
+          f"Griffin-Lim {synth.gl_iters} iterations")
+    print(f"RTF end to end {totals['synth_s'] / a:.3f}  (talker {totals['talker_s'] / a:.3f}, codec decode "
+          f"{totals['codec_s'] / a:.3f}, griffin-lim {totals['vocoder_s'] / a:.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -85,9 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--n-iter", type=int, default=32)
     g.add_argument("--momentum", type=float, default=0.99)
     g.add_argument("--repeats", type=int, default=7)
+    r = sub.add_parser("rtf", help="end-to-end synthesis real-time factor")
+    r.add_argument("--ckpt", default="checkpoints/talker_tiny")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--n-iter", type=int, default=32, help="Griffin-Lim iterations")
+    r.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    r.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = p.parse_args(argv)
     if args.what == "gl":
         bench_gl(args.csv, args.seconds, args.n_iter, args.momentum, args.repeats)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench_rtf(args)
     return 0
 
 

@@ -84,9 +84,9 @@ def summary(times: dict[str, float], unigram: float) -> list[str]:
         f"B audio enc  held-out CER {b['val_cer']:.3f} (held-out voices; silence would score 1.0)  ({times['B']:.0f} s)",
         f"C vision     image->text R@1 {c['i2t_r1']:.3f} vs chance {c['chance_r1']:.3f} and colour-histogram "
         f"{c['hist_i2t_r1']:.3f}  ({times['C']:.0f} s)",
-        f"D Talker     held-out code CE {d['val_loss']:.3f} vs uniform {d.get('uniform_ce', float('nan')):.3f}  "
+        f"D Talker     held-out code CE {d['val_ce']:.3f} vs code unigram {d['val_unigram_ce']:.3f}  "
         f"({times['D']:.0f} s)",
-        f"E omni SFT   VQA {e['val_vqa_acc']:.3f} vs blind prior {e.get('val_vqa_prior', float('nan')):.3f}, "
+        f"E omni SFT   VQA {e['val_vqa_acc']:.3f} vs blind prior {e['val_vqa_prior']:.3f}, "
         f"caption keywords {e['val_caption_kw']:.3f}, transcription CER {e['val_asr_cer']:.3f}, "
         f"text ppl {e['val_text_ppl']:.1f}  ({times['E']:.0f} s)",
     ]

@@ -48,7 +48,8 @@ def test_cer_wer_normalises_and_counts():
 def test_report_paths_scores_each_path():
     rows = [(ARCTIC_TEXT, load_audio(ARCTIC))]
     silent = lambda text, audio: np.zeros_like(audio)  # noqa: E731
-    report = report_paths(rows, {"original": original_path(), "silent": silent})
-    assert report["original"]["cer"] < 0.2
+    deaf = lambda wav: ""  # noqa: E731  (a second recogniser that hears nothing)
+    report = report_paths(rows, {"original": original_path(), "silent": silent}, also={"deaf": deaf})
+    assert report["original"]["cer"] < 0.2 and report["original"]["deaf_cer"] == 1.0
     assert report["silent"]["cer"] == 1.0
     assert report["original"]["n"] == 1 and report["original"]["audio_s"] == pytest.approx(len(rows[0][1]) / 16000)

@@ -11,8 +11,9 @@ from torch import nn
 from omni.asr import Manifest
 from omni.checkpoint import read_metrics
 from omni.talker import Talker, TalkerConfig, TextVocab
-from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker
+from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker, unigram_code_ce
 import train_talker
+from scripts import evaluate
 from tests.conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("tts_cli", ROOT / "scripts" / "tts.py")
@@ -81,6 +82,13 @@ def _synth(max_text_chars: int = 40) -> Synthesizer:
     return Synthesizer(talker, vocab, StandInCodec(), torch.device("cpu"), gl_iters=2)
 
 
+def test_unigram_code_baseline():
+    every = np.stack([np.arange(8), np.arange(8)[::-1]], axis=1)  # each code once per codebook
+    assert unigram_code_ce(every, every, 8) == pytest.approx(np.log(8))
+    skewed = np.zeros((100, 2), dtype=np.int16)  # always code 0: cheap to predict, costly when wrong
+    assert unigram_code_ce(skewed, skewed, 8) < 0.1 < unigram_code_ce(skewed, every, 8)
+
+
 def test_synthesize_returns_16k_float32_with_stats():
     synth = _synth()
     wav = synth.synthesize("Hello there.")
@@ -147,7 +155,7 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     talker_dir = tmp_path / "ckpt" / "talker"
     vals = [r for r in read_metrics(talker_dir) if r["event"] == "val"]
     assert [r["step"] for r in vals] == [2, 4] and all(np.isfinite(r["val_loss"]) for r in vals)
-    assert {"val_ce_q0", "val_ce_q1", "val_stop_acc"} <= set(vals[0])
+    assert {"val_ce_q0", "val_ce_q1", "val_stop_acc", "val_unigram_ce"} <= set(vals[0])
     cache = talker_dir / "codes" / "clips.csv.codes.npy"
     mtime = cache.stat().st_mtime_ns
     # a second run skips the finished codec and reuses the cached codes
@@ -160,6 +168,12 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert tts_cli.main(["--text", "Hello there.", "--out", str(out_wav), "--ckpt", str(tmp_path / "ckpt"),
                          "--seed", "0", "--device", "cpu", "--gl-iters", "2"]) == 0
     assert out_wav.is_file() and "RTF" in capsys.readouterr().out
+    # every speech-out path on the same rows, scored by pocketsphinx, plus codebook usage
+    assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "2",
+                          "--gl-iters", "2"]) == 0
+    out = capsys.readouterr().out
+    for path in ("original", "griffinlim", "codec_griffinlim", "talker_codec_griffinlim", "q1: usage"):
+        assert path in out
 
 
 def test_tts_cli_fails_cleanly_without_a_checkpoint(tmp_path, capsys):

@@ -1,0 +1,120 @@
+"""Intelligibility of every speech-out path, scored by pocketsphinx against the text (CER/WER).
+
+    python scripts/evaluate.py tts --talker checkpoints/talker_tiny \
+        [--csv data/audio/production_tts_val.csv] [--n 50] [--paths original,griffinlim,codec,talker] \
+        [--asr-ckpt checkpoints/audio_enc_tiny/best] [--json out.json]
+
+Paths, all on the same held-out rows: original (the CSV's recordings), griffinlim (their log-mel
+-> Griffin-Lim: this vocoder's ceiling), codec (log-mel -> codec -> Griffin-Lim), talker (text ->
+Talker -> codec -> Griffin-Lim). The codec is the one the Talker was trained on, or ``--codec``.
+Also prints per-codebook usage and perplexity on the same rows, and with ``--asr-ckpt`` the CER of
+our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the same
+subcommand in scripts/evaluate.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omni.asr import load_asr, transcriber  # noqa: E402
+from omni.audio import SPEECH_OUT_MEL, LogMel  # noqa: E402
+from omni.codec_stage import load_codec  # noqa: E402
+from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
+from omni.rvq import usage_stats  # noqa: E402
+from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
+
+PATHS = ("original", "griffinlim", "codec", "talker")
+
+
+def codec_usage(codec, rows) -> str:
+    """Per-codebook usage fraction and perplexity of the codes of ``rows``' log-mels."""
+    logmel = LogMel(SPEECH_OUT_MEL)
+    with torch.no_grad():
+        codes = torch.cat([codec.encode(logmel(torch.from_numpy(a)[None]))[0] for _, a in rows])
+    usage, perp = usage_stats(codes, codec.codebook_size)
+    return "  ".join(f"q{i}: usage {u:.2f} perplexity {p:.1f}" for i, (u, p) in enumerate(zip(usage, perp)))
+
+
+def eval_tts(args: argparse.Namespace) -> int:
+    names = [s.strip() for s in args.paths.split(",") if s.strip()]
+    if set(names) - set(PATHS):
+        raise SystemExit(f"unknown --paths {sorted(set(names) - set(PATHS))}; choose from {','.join(PATHS)}")
+    needs_codec = bool({"codec", "talker"} & set(names))
+    if needs_codec and not (args.talker or args.codec):
+        raise SystemExit("the codec and talker paths need --talker CKPT (or --codec CKPT for the codec path)")
+    if "talker" in names and not args.talker:
+        raise SystemExit("the talker path needs --talker CKPT (as written by train_talker.py)")
+    rows, skipped = read_rows(args.csv, args.n)
+    paths = {"original": original_path(), "griffinlim": griffinlim_path(args.gl_iters)}
+    synth = codec = None
+    if args.talker:
+        synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k,
+                                 gl_iters=args.gl_iters)
+        codec = synth.codec
+    if args.codec:
+        codec, _ = load_codec(args.codec, "cpu")
+    if codec is not None:
+        paths["codec_griffinlim"] = codec_path(codec, args.gl_iters)
+    if synth is not None:
+        paths["talker_codec_griffinlim"] = lambda text, audio: synth.synthesize(text, seed=args.seed)
+    chosen = {k: v for k, v in paths.items() if k.split("_")[0] in names}
+    also = {}
+    if args.asr_ckpt:
+        model, vocab, _ = load_asr(args.asr_ckpt, torch.device("cpu"))
+        also["stage_b"] = transcriber(model, vocab)
+    t0 = time.perf_counter()
+    report = report_paths(rows, chosen, also=also)
+    sampling = f"; Talker sampling temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}" \
+        if "talker" in names else ""
+    print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
+          f"{sampling}; {time.perf_counter() - t0:.0f} s")
+    extra = f" {'Stage B CER':>12}" if also else ""
+    print(f"{'path':<26} {'CER':>6} {'WER':>6} {'synth RTF':>10}{extra}   (CER/WER: pocketsphinx)")
+    for name, r in report.items():
+        b = f" {r['stage_b_cer']:12.3f}" if also else ""
+        print(f"{name:<26} {r['cer']:6.3f} {r['wer']:6.3f} {r['synth_s'] / max(r['audio_s'], 1e-9):10.3f}{b}")
+        for ref, hyp in r["examples"][:args.examples]:
+            print(f"    ref: {ref}\n    hyp: {hyp}")
+    if codec is not None:
+        print("codec usage on these rows: " + codec_usage(codec, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``tts`` subcommand (for scripts/evaluate.py and this script)."""
+    t = subparsers.add_parser("tts", help="pocketsphinx CER of every speech-out path, codebook usage (Stage D)")
+    t.add_argument("--talker", default="", help="Stage D checkpoint folder (train_talker.py's train.save_dir parent)")
+    t.add_argument("--codec", default="", help="codec checkpoint folder (default: the Talker's codec)")
+    t.add_argument("--csv", default="data/audio/production_tts_val.csv", help="text,wav CSV (held out)")
+    t.add_argument("--n", type=int, default=50, help="rows to evaluate")
+    t.add_argument("--paths", default=",".join(PATHS), help=f"comma list from {','.join(PATHS)}")
+    t.add_argument("--asr-ckpt", default="", help="also transcribe every path with this Stage B checkpoint")
+    t.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
+    t.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    t.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--examples", type=int, default=2, help="example transcripts per path")
+    t.add_argument("--json", default="", help="also write the report here")
+    t.set_defaults(run=eval_tts)
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_parser(p.add_subparsers(dest="task", required=True))
+    args = p.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
