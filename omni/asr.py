@@ -52,16 +52,18 @@ def resolve_manifest(name_or_path: str, split: str, registry: Path = REGISTRY) -
 
 class Manifest:
     """Random access to the rows of a ``wav,text[,...]`` CSV, or of a registered dataset's TSV
-    (``path<TAB>num_samples<TAB>text``): ``m[i]`` -> dict with at least ``wav`` and ``text``."""
+    (``path<TAB>num_samples<TAB>text``): ``m[i]`` -> dict with at least ``wav`` and ``text``
+    (``path_key`` instead of ``wav`` for other media, e.g. ``image,text`` OCR manifests); the
+    path is resolved relative to the manifest."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, path_key: str = "wav") -> None:
+        self.path, self.path_key = Path(path), path_key  # path_key: the column of file paths ("image" for OCR)
         self.delimiter = "\t" if self.path.suffix == ".tsv" else ","
         self.lines = LineFile(self.path, suffix=".row_offsets.npy")
         if len(self.lines) < 2:
             raise DataError(f"{self.path}: no rows (a header line and at least one row are needed)")
-        self.header = ["wav" if h == "path" else h for h in self._split(self.lines[0].decode("utf-8"))]
-        missing = {"wav", "text"} - set(self.header)
+        self.header = [path_key if h == "path" else h for h in self._split(self.lines[0].decode("utf-8"))]
+        missing = {path_key, "text"} - set(self.header)
         if missing:
             raise DataError(f"{self.path}:1: header {self.header} lacks column(s) {sorted(missing)}")
 
@@ -78,7 +80,7 @@ class Manifest:
         if len(values) != len(self.header):
             raise DataError(f"{self.path}:{i + 2}: {len(values)} fields, header has {len(self.header)}")
         row = dict(zip(self.header, values))
-        row["wav"] = str(self.path.parent / row["wav"])
+        row[self.path_key] = str(self.path.parent / row[self.path_key])
         return row
 
     def _split(self, line: str) -> list[str]:

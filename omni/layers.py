@@ -1,4 +1,5 @@
-"""Shared transformer blocks: RMSNorm, RoPE, attention (SDPA, GQA, KV cache), SwiGLU.
+"""Shared transformer blocks: RMSNorm, RoPE, attention (SDPA, GQA, KV cache), SwiGLU, and the
+cross-attention decoder block (OCR).
 
 Every μOmni model (Thinker, Talker, encoders) builds from these; nothing here is model-specific.
 Shapes: B batch, T time, H query heads, Hkv key/value heads, Dh head dim, D model dim.
@@ -161,6 +162,51 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), cache, layer, key_padding_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from x attend to a memory (encoder states, width ``d_memory``); no RoPE, no causality.
+    ``memory_mask`` (B, Tm) True where a memory position is real."""
+
+    def __init__(self, d_model: int, n_heads: int, d_memory: int) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"need d_model % n_heads == 0, got d_model={d_model} n_heads={n_heads}")
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_memory, 2 * d_model, bias=False)  # k and v in one matmul
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D), memory (B, Tm, d_memory) -> (B, T, D)."""
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(memory).view(B, memory.shape[1], 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = memory_mask[:, None, None, :] if memory_mask is not None else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm decoder block: causal self-attention (RoPE), cross-attention to a memory, SwiGLU;
+    each a residual branch with dropout."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, rope: RotaryEmbedding,
+                 d_memory: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, n_heads, 0.0, causal=True, rope=rope)
+        self.cross_norm = RMSNorm(d_model)
+        self.cross = CrossAttention(d_model, n_heads, d_memory)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D), memory (B, Tm, d_memory) -> (B, T, D)."""
+        x = x + self.drop(self.attn(self.attn_norm(x)))
+        x = x + self.drop(self.cross(self.cross_norm(x), memory, memory_mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 

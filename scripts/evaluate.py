@@ -3,6 +3,7 @@
     python scripts/evaluate.py text --ckpt checkpoints/thinker_tiny --file data/text/production_val.txt
     python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best --csv data/audio/production_asr_val.csv
     python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best --candidates 100
+    python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best --beam 4
     python scripts/evaluate.py tts --talker checkpoints/talker_tiny --asr-ckpt checkpoints/audio_enc_tiny/best
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from omni.ctc import error_rates, normalize_text  # noqa: E402
 from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.text import corpus_bytes, evaluate_lm, load_thinker  # noqa: E402
-from scripts import eval_tts, eval_vision  # noqa: E402
+from scripts import eval_ocr, eval_tts, eval_vision  # noqa: E402
 
 
 def eval_text(args: argparse.Namespace) -> int:
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     a.set_defaults(run=eval_asr)
     eval_vision.add_parser(sub)
     eval_tts.add_parser(sub)
+    eval_ocr.add_parser(sub)
     args = p.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,100 @@
+"""OCR evaluation: CER/WER of an OCR checkpoint on any OCR CSV, overall and per font, and, in the
+same run on the same images, tesseract's (when it is installed: apt-get install tesseract-ocr).
+
+    python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best \
+        [--csv data/ocr/production_ocr_val.csv] [--n 300] [--beam 4] [--no-tesseract]
+
+tesseract reads each original image as one text line (``--psm 7``, its English model). Both are
+scored case- and punctuation-sensitively against the CSV's text. ``add_parser`` registers the same
+subcommand in scripts/evaluate.py.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omni.ctc import error_rates  # noqa: E402
+from omni.ocr import OcrDataset, evaluate_ocr, load_ocr  # noqa: E402
+from omni.runtime import pick_device  # noqa: E402
+
+
+def tesseract(image: str) -> str:
+    """tesseract's reading of one line image (``--psm 7``), whitespace collapsed."""
+    r = subprocess.run(["tesseract", image, "stdout", "--psm", "7", "-l", "eng"], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"tesseract failed on {image}: {r.stderr.strip()[-300:]}")
+    return " ".join(r.stdout.split())
+
+
+def per_font(data: OcrDataset, results: list[tuple[str, str, int]]) -> dict[str, dict[str, float]]:
+    groups = defaultdict(list)
+    for ref, hyp, row in results:
+        groups[data.m[row].get("font", "-")].append((ref, hyp))
+    return {f: {**error_rates([r for r, _ in g], [h for _, h in g]), "n": len(g)} for f, g in sorted(groups.items())}
+
+
+def eval_ocr(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    model, vocab, cfg = load_ocr(args.ckpt, device)
+    csv = args.csv or cfg.data.val_csv
+    data = OcrDataset(csv, vocab, cfg.model)
+    t0 = time.perf_counter()
+    metrics, results = evaluate_ocr(model, data, vocab, args.batch_size, args.n, beam=args.beam)
+    t_model = time.perf_counter() - t0
+    print(f"checkpoint   {args.ckpt}  ({model.num_params() / 1e6:.2f}M params)")
+    print(f"manifest     {csv}: {len(results)} lines decoded ({'greedy' if args.beam <= 1 else f'beam {args.beam}'}, "
+          f"{t_model:.1f} s, {1000 * t_model / max(1, len(results)):.0f} ms/line)")
+    print(f"model        CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    tess = None
+    if not args.no_tesseract:
+        if shutil.which("tesseract") is None:
+            print("tesseract    not installed (apt-get install tesseract-ocr tesseract-ocr-eng): no baseline")
+        else:
+            t0 = time.perf_counter()
+            tess = [(ref, tesseract(data.m[row]["image"]), row) for ref, _, row in tqdm(results, desc="tesseract")]
+            r = error_rates([x[0] for x in tess], [x[1] for x in tess])
+            print(f"tesseract    CER {r['cer']:.4f}  WER {r['wer']:.4f}  (same {len(tess)} images, --psm 7, "
+                  f"{time.perf_counter() - t0:.1f} s)")
+    ours, theirs = per_font(data, results), per_font(data, tess) if tess else {}
+    for font, r in ours.items():
+        other = f"   tesseract CER {theirs[font]['cer']:.4f}" if font in theirs else ""
+        print(f"  font {font:<36} n={int(r['n']):<5} CER {r['cer']:.4f}  WER {r['wer']:.4f}{other}")
+    for k, (ref, hyp, row) in enumerate(results[:args.examples]):
+        print(f"  ref:       {ref}\n  model:     {hyp}" + (f"\n  tesseract: {tess[k][1]}" if tess else ""))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``ocr`` subcommand (for scripts/evaluate.py and this script)."""
+    o = subparsers.add_parser("ocr", help="CER/WER of the OCR model per font, beside tesseract")
+    o.add_argument("--ckpt", default="checkpoints/ocr_tiny/best")
+    o.add_argument("--csv", default="", help="image,text[,font] CSV; default: the checkpoint's validation CSV")
+    o.add_argument("--n", type=int, default=None, help="lines to decode (default: all)")
+    o.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, batched)")
+    o.add_argument("--batch-size", type=int, default=32)
+    o.add_argument("--examples", type=int, default=5)
+    o.add_argument("--no-tesseract", action="store_true")
+    o.add_argument("--device", default="auto")
+    o.set_defaults(run=eval_ocr)
+    return o
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_parser(p.add_subparsers(dest="task", required=True))
+    args = p.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
