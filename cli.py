@@ -29,6 +29,14 @@ def stage_parser(description: str, default_config: str) -> argparse.ArgumentPars
     return p
 
 
+def add_vocoder_args(p: argparse.ArgumentParser) -> None:
+    """--vocoder auto|griffinlim|hifigan and --vocoder-dir, shared by everything that speaks."""
+    from omni.tts import VOCODER_DIR
+    p.add_argument("--vocoder", default="auto", choices=["auto", "griffinlim", "hifigan"],
+                   help="auto: HiFi-GAN when --vocoder-dir holds a trained one (train_vocoder.py), else Griffin-Lim")
+    p.add_argument("--vocoder-dir", default=str(VOCODER_DIR), help="HiFi-GAN checkpoint folder (default %(default)s)")
+
+
 def setup_logging(rank: int = 0) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cli import setup_logging
+from cli import add_vocoder_args, setup_logging
 from omni.audio import AudioError, save_wav
 from omni.chat import ChatSession, Sampling
 from omni.checkpoint import CheckpointError
@@ -26,9 +26,8 @@ from omni.data import DataError
 from omni.image_data import BadImage
 from omni.runtime import pick_device
 from omni.sft import load_omni
-from omni.tts import Synthesizer
+from omni.tts import Synthesizer, resolve_vocoder
 
-VOCODER_DIR = Path("checkpoints/vocoder_tiny")
 HELP = """commands:
   /image PATH    attach an image to your next message
   /audio PATH    attach an audio clip (any rate; resampled to 16 kHz) to your next message
@@ -43,8 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--ckpt_dir", "--ckpt-dir", default="checkpoints/omni_sft_tiny", help="Stage E checkpoint")
     p.add_argument("--talker", default="checkpoints/talker_tiny", help="Stage D checkpoint (for speech)")
-    p.add_argument("--vocoder", default="auto", choices=["auto", "griffinlim", "hifigan"],
-                   help="auto: HiFi-GAN when checkpoints/vocoder_tiny holds a trained one, else Griffin-Lim")
+    add_vocoder_args(p)
     p.add_argument("--text", default=None, help="one-shot: send this message and exit")
     p.add_argument("--image", default=None, help="one-shot: attach this image")
     p.add_argument("--audio", default=None, help="one-shot: attach this audio clip")
@@ -75,15 +73,14 @@ class Chat:
 
     def voice(self) -> Synthesizer:
         if self._voice is None:
-            self._voice = Synthesizer.load(self.args.talker, self.device, vocoder=self.vocoder)
+            self._voice = Synthesizer.load(self.args.talker, self.device, vocoder=self.vocoder,
+                                           vocoder_dir=self.args.vocoder_dir)
         return self._voice
 
     @property
     def vocoder(self) -> str:
         """``auto``: HiFi-GAN when a trained vocoder checkpoint exists, else Griffin-Lim."""
-        if self.args.vocoder != "auto":
-            return self.args.vocoder
-        return "hifigan" if (VOCODER_DIR / "model.safetensors").is_file() else "griffinlim"
+        return resolve_vocoder(self.args.vocoder, self.args.vocoder_dir)
 
     def attach(self, kind: str, path: str) -> bool:
         """Queue media; a bad path or file prints why and keeps the session going."""

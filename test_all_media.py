@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cli import setup_logging
+from cli import add_vocoder_args, setup_logging
 from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, resolve_manifest
 from omni.checkpoint import CheckpointError
 from omni.data import DataError
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-batches", type=int, default=50, help="validation text batches for perplexity")
     p.add_argument("--talker", default="checkpoints/talker_tiny", help="Stage D checkpoint for spoken replies")
     p.add_argument("--speech-n", type=int, default=10, help="replies to speak and transcribe (0: skip)")
+    add_vocoder_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--examples", type=int, default=3, help="example answers to print per task")
     return p.parse_args(argv)
@@ -79,10 +80,12 @@ def omni_tax(model, tok, cfg, device, batches: int) -> tuple[float, float]:
     return before, after
 
 
-def spoken(replies: list[str], talker: str, device, n: int) -> dict[str, float]:
+def spoken(replies: list[str], args, device) -> dict[str, float]:
     from omni.intelligibility import cer_wer, transcribe
-    from omni.tts import Synthesizer
-    voice = Synthesizer.load(talker, device)
+    from omni.tts import Synthesizer, resolve_vocoder
+    talker, n = args.talker, args.speech_n
+    voice = Synthesizer.load(talker, device, vocoder=resolve_vocoder(args.vocoder, args.vocoder_dir),
+                             vocoder_dir=args.vocoder_dir)
     refs, hyps, secs, spent = [], [], 0.0, 0.0
     for text in [r for r in replies if r.strip()][:n]:
         t0 = time.perf_counter()
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  text perplexity: Stage A {before:.2f} -> after SFT {after:.2f} "
               f"(omni tax {100 * (after / before - 1):+.1f}%)")
         if args.speech_n > 0:
-            s = spoken(replies, args.talker, device, args.speech_n)
+            s = spoken(replies, args, device)
             print(f"  spoken replies: n={int(s['n'])} pocketsphinx CER {s['cer']:.4f} WER {s['wer']:.4f} "
                   f"vs the reply text; synthesis RTF {s['rtf']:.2f}")
     except (CheckpointError, DataError) as e:

@@ -47,6 +47,12 @@ def load_weights(model: nn.Module, ckpt_dir: str | Path) -> None:
         raise CheckpointError(f"{path} does not match the model built from its config: {e}") from e
 
 
+def best_or_self(ckpt_dir: str | Path) -> Path:
+    """``<dir>/best`` when validation saved weights there, else ``<dir>``."""
+    d = Path(ckpt_dir)
+    return d / "best" if (d / "best" / MODEL_FILE).is_file() else d
+
+
 def save_config(cfg: dict[str, Any], ckpt_dir: Path) -> None:
     write_text_atomic(ckpt_dir / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
 

@@ -54,6 +54,8 @@ class Stage:
     save_extra: Callable[[Path], None] = lambda ckpt_dir: None  # e.g. the tokenizer
     # DDP: set when some trainable parameters sit out some batches (SFT: a batch without audio)
     find_unused_parameters: bool = False
+    # parameter-name prefix -> lr multiplier (the vocoder: generator and discriminator rates)
+    lr_scales: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 class TrainingError(RuntimeError):
@@ -80,11 +82,21 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not norms, biases or gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   lr_scales: Callable[[nn.Module], dict[str, float]] | None = None) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not norms, biases or gains). ``lr_scales`` maps a
+    parameter-name prefix to a multiplier of the schedule's lr (the vocoder's generator and
+    discriminator learning rates); every other parameter gets 1."""
+    scales = lr_scales(model) if lr_scales else {}
+    by_scale: dict[float, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((v for k, v in scales.items() if name.startswith(k)), 1.0)
+            by_scale.setdefault(scale, []).append((name, p))
+    groups = []
+    for scale, named in by_scale.items():
+        groups += [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
 
 
@@ -118,7 +130,7 @@ class Trainer:
         self.rt = setup_runtime(cfg.device, cfg.use_amp)
         self.save_dir = Path(cfg.save_dir)
         self.raw = stage.model.to(self.rt.device)
-        self.opt = make_optimizer(self.raw, cfg, self.rt.device)
+        self.opt = make_optimizer(self.raw, cfg, self.rt.device, stage.lr_scales)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.needs_scaler())
         self.p = Progress()
         self.stop_requested = False
@@ -251,7 +263,7 @@ class Trainer:
             self._skip_step(loss_v, gnorm.item())
             return loss_v, gnorm.item(), items
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.p.step, self.cfg)
+            g["lr"] = lr_at(self.p.step, self.cfg) * g["lr_scale"]
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from omni.asr import Manifest
 from omni.audio import LOG_FLOOR, SPEECH_OUT_MEL, SAMPLE_RATE, AudioError, LogMel, load_audio
-from omni.checkpoint import CheckpointError, MODEL_FILE, load_weights, read_config
+from omni.checkpoint import CheckpointError, MODEL_FILE, best_or_self, load_weights, read_config
 from omni.codec_stage import CodecStageConfig, load_codec
 from omni.config import TrainConfig, config_from_dict
 from omni.data import DataError
@@ -34,6 +34,8 @@ from omni.files import atomic_write, write_json_atomic
 from omni.griffinlim import mel_to_wav
 from omni.runtime import pick_device
 from omni.talker import (PAD, START, Talker, TalkerConfig, TalkerLossConfig, TextVocab, talker_loss)
+from omni.vocoder import Generator, vocode
+from omni.vocoder_stage import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,7 @@ class TalkerStageConfig:
 
 def codec_dir_of(save_dir: str | Path) -> Path:
     """The codec a Talker is trained on: ``<save_dir>/best`` (best val_l1) when present, else the folder."""
-    save_dir = Path(save_dir)
-    return save_dir / "best" if (save_dir / "best" / MODEL_FILE).is_file() else save_dir
+    return best_or_self(save_dir)
 
 
 def file_sha1(path: Path) -> str:
@@ -287,8 +288,7 @@ def _fit(text: str, max_chars: int, cuts: list[re.Pattern]) -> list[str]:
 
 def talker_dir(ckpt_dir: Path) -> Path:
     """``<ckpt>/talker/best`` when validation saved one, else ``<ckpt>/talker``."""
-    d = ckpt_dir / "talker"
-    return d / "best" if (d / "best" / MODEL_FILE).is_file() else d
+    return best_or_self(ckpt_dir / "talker")
 
 
 CODEC_LINK = "codec.json"  # in the Talker folder: which codec (folder + weights SHA-1) its codes are from
@@ -300,25 +300,41 @@ CODEC_LINK = "codec.json"  # in the Talker folder: which codec (folder + weights
 DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 0.6, 20
 
 
+VOCODERS = ("griffinlim", "hifigan")
+VOCODER_DIR = Path("checkpoints/vocoder_tiny")  # where train_vocoder.py writes by default
+
+
+def resolve_vocoder(choice: str, vocoder_dir: str | Path = VOCODER_DIR) -> str:
+    """``auto``: ``hifigan`` when ``vocoder_dir`` holds trained weights, else ``griffinlim``."""
+    if choice != "auto":
+        return choice
+    return "hifigan" if (best_or_self(vocoder_dir) / MODEL_FILE).is_file() else "griffinlim"
+
+
 class Synthesizer:
     """text -> 16 kHz float32 speech. ``last_stats`` after each call: audio_s, seconds spent per
     part, rtf (synthesis seconds / audio seconds), chunks, dropped characters. Codes are sampled
     (temperature, top_k per codebook); pass ``seed`` to ``synthesize`` for a repeatable result."""
 
-    def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: str = "griffinlim",
+    def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
                  pause_s: float = 0.15) -> None:
-        if vocoder != "griffinlim":
-            raise ValueError(f"vocoder '{vocoder}' is not available; only 'griffinlim' is implemented")
+        """``vocoder``: a trained HiFi-GAN generator (omni/vocoder_stage.load_generator), or None
+        for Griffin-Lim (``gl_iters`` iterations)."""
         self.talker, self.vocab, self.codec, self.device = talker.eval(), vocab, codec.eval(), device
+        self.vocoder = vocoder.eval() if vocoder is not None else None
+        self.vocoder_name = "griffinlim" if vocoder is None else "hifigan"
         self.temperature, self.top_k, self.gl_iters, self.pause_s = temperature, top_k, gl_iters, pause_s
         self.last_stats: dict[str, float] = {}
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, device: str | torch.device = "cpu", vocoder: str = "griffinlim",
-             **kw) -> "Synthesizer":
+             vocoder_dir: str | Path = VOCODER_DIR, **kw) -> "Synthesizer":
         """``ckpt_dir`` as written by train_talker.py: ``talker/`` (its ``best/`` if present) with
-        config.json, model.safetensors, text_vocab.json and codec.json naming the codec folder."""
+        config.json, model.safetensors, text_vocab.json and codec.json naming the codec folder.
+        ``vocoder``: ``griffinlim``, or ``hifigan`` (the generator in ``vocoder_dir``, its best/ if present)."""
+        if vocoder not in VOCODERS:
+            raise ValueError(f"unknown vocoder '{vocoder}'; choose from {', '.join(VOCODERS)}")
         ckpt_dir = Path(ckpt_dir)
         tdir = talker_dir(ckpt_dir)
         link_path = tdir / CODEC_LINK
@@ -337,7 +353,8 @@ class Synthesizer:
         load_weights(talker, tdir)
         codec, _ = load_codec(codec_dir, device)
         log.info("Talker %s (%.2fM params) + codec %s on %s", tdir, talker.num_params() / 1e6, codec_dir, device)
-        return cls(talker.to(device), TextVocab.load(tdir / VOCAB_FILE), codec, device, vocoder, **kw)
+        gen = load_generator(best_or_self(vocoder_dir), device) if vocoder == "hifigan" else None
+        return cls(talker.to(device), TextVocab.load(tdir / VOCAB_FILE), codec, device, gen, **kw)
 
     @torch.no_grad()
     def codes(self, text: str, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -372,7 +389,8 @@ class Synthesizer:
             mels.append(self.codec.decode(c[None].to(self.device)).float())
         mel = torch.cat(mels, dim=1)
         t2 = time.perf_counter()
-        wav = mel_to_wav(mel, n_iter=self.gl_iters)[0].cpu().numpy().astype(np.float32)
+        wav = (vocode(self.vocoder, mel) if self.vocoder is not None else mel_to_wav(mel, n_iter=self.gl_iters))
+        wav = wav[0].float().cpu().numpy().astype(np.float32)
         t3 = time.perf_counter()
         audio_s = len(wav) / SAMPLE_RATE
         self.last_stats.update(audio_s=audio_s, talker_s=t1 - t0, codec_s=t2 - t1, vocoder_s=t3 - t2,

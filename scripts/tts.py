@@ -14,9 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from cli import add_vocoder_args  # noqa: E402
 from omni.audio import save_wav  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
+from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, resolve_vocoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
     p.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
+    add_vocoder_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     try:
-        synth = Synthesizer.load(args.ckpt, args.device, temperature=args.temperature, top_k=args.top_k,
+        synth = Synthesizer.load(args.ckpt, args.device, vocoder=resolve_vocoder(args.vocoder, args.vocoder_dir),
+                                 vocoder_dir=args.vocoder_dir, temperature=args.temperature, top_k=args.top_k,
                                  gl_iters=args.gl_iters)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     save_wav(args.out, wav)
     s = synth.last_stats
     print(f"wrote {args.out}: {s['audio_s']:.2f} s of audio in {s['synth_s']:.2f} s (RTF {s['rtf']:.3f}; "
-          f"talker {s['talker_s']:.2f} s, codec {s['codec_s']:.2f} s, griffin-lim {s['vocoder_s']:.2f} s, "
+          f"talker {s['talker_s']:.2f} s, codec {s['codec_s']:.2f} s, {synth.vocoder_name} {s['vocoder_s']:.2f} s, "
           f"{int(s['chunks'])} chunk(s))")
     return 0
 

@@ -11,10 +11,12 @@ from torch import nn
 from omni.asr import Manifest
 from omni.checkpoint import read_metrics
 from omni.talker import Talker, TalkerConfig, TextVocab
-from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker, unigram_code_ce
+from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker, resolve_vocoder, unigram_code_ce
 import train_talker
+import train_vocoder
 from scripts import evaluate
 from tests.conftest import ROOT
+from tests.test_vocoder import _stage as vocoder_stage
 
 _spec = importlib.util.spec_from_file_location("tts_cli", ROOT / "scripts" / "tts.py")
 tts_cli = importlib.util.module_from_spec(_spec)
@@ -122,10 +124,10 @@ def test_very_long_text_is_spoken_in_chunks():
     assert synth.last_stats["chunks"] >= 7 and len(wav) > 0
 
 
-def test_synthesizer_rejects_an_unknown_vocoder():
-    synth = _synth()
-    with pytest.raises(ValueError, match="vocoder"):
-        Synthesizer(synth.talker, synth.vocab, synth.codec, torch.device("cpu"), vocoder="hifigan")
+def test_synthesizer_rejects_an_unknown_vocoder(tmp_path):
+    with pytest.raises(ValueError, match="unknown vocoder 'wavenet'"):
+        Synthesizer.load(tmp_path, vocoder="wavenet")
+    assert resolve_vocoder("auto", tmp_path) == "griffinlim" and resolve_vocoder("hifigan", tmp_path) == "hifigan"
 
 
 def _tiny_config(tmp_path) -> dict:
@@ -174,6 +176,13 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     out = capsys.readouterr().out
     for path in ("original", "griffinlim", "codec_griffinlim", "talker_codec_griffinlim", "q1: usage"):
         assert path in out
+    # a trained HiFi-GAN takes Griffin-Lim's place when asked for (or found by "auto")
+    (tmp_path / "voc.json").write_text(json.dumps(vocoder_stage(tmp_path, tmp_path / "voc", steps=2)))
+    assert train_vocoder.main(["--config", str(tmp_path / "voc.json")]) == 0
+    assert resolve_vocoder("auto", tmp_path / "voc") == "hifigan"
+    synth = Synthesizer.load(tmp_path / "ckpt", "cpu", vocoder="hifigan", vocoder_dir=tmp_path / "voc")
+    wav = synth.synthesize("Front left.", seed=0)
+    assert synth.vocoder_name == "hifigan" and wav.dtype == np.float32 and len(wav) > 0
 
 
 def test_tts_cli_fails_cleanly_without_a_checkpoint(tmp_path, capsys):
