@@ -120,7 +120,8 @@ class LineEncoder(nn.Module):
 class OcrModel(nn.Module):
     """LineEncoder + character decoder (causal self-attention with RoPE, cross-attention)."""
 
-    def __init__(self, cfg: OcrModelConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: OcrModelConfig, vocab_size: int = len(SPECIALS) + 95) -> None:
+        """``vocab_size``: of the character vocabulary (default: ``OcrVocab.ascii()``)."""
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.decoder_d_model

@@ -166,7 +166,8 @@ class Discriminators(nn.Module):
 class HifiGan(nn.Module):
     """Generator + discriminators + the speech-out mel front end; ``forward`` is the training loss."""
 
-    def __init__(self, cfg: VocoderConfig, gan: GanConfig) -> None:
+    def __init__(self, cfg: VocoderConfig, gan: GanConfig | None = None) -> None:
+        """``gan`` (loss weights) is needed to train; building for inference or counting may omit it."""
         super().__init__()
         self.generator, self.disc, self.gan = Generator(cfg), Discriminators(cfg), gan
         self.logmel = LogMel(SPEECH_OUT_MEL)
@@ -189,6 +190,8 @@ class HifiGan(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """-> the weighted total (lambda_adv, lambda_fm, lambda_mel) and each part as a float."""
+        if self.gan is None:
+            raise ValueError("HifiGan was built without a GanConfig: pass one to train it")
         parts, g = self.losses(wav), self.gan
         total = parts["d_loss"] + g.lambda_adv * parts["g_adv"] + g.lambda_fm * parts["g_fm"] + g.lambda_mel * parts["mel_l1"]
         return total, {k: float(v.detach()) for k, v in parts.items()}

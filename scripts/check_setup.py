@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from omni.config import ConfigError, config_from_dict  # noqa: E402
+from omni.runtime import cpu_has_native_bf16  # noqa: E402
 from omni.stage_survey import (FALLBACKS, builder_for, checkpoint_refs, data_files, get_path,  # noqa: E402
                                train_slots)
 
@@ -36,10 +37,13 @@ STAGES = {  # stage -> (what, config, the script that trains it)
     "C": ("vision encoder", "configs/vision_tiny.json", "train_vision.py"),
     "D": ("codec + Talker", "configs/talker_tiny.json", "train_talker.py"),
     "E": ("multimodal SFT", "configs/omni_sft_tiny.json", "sft_omni.py"),
+    "vocoder": ("HiFi-GAN vocoder (optional)", "configs/vocoder_tiny.json", "train_vocoder.py"),
+    "ocr": ("OCR (optional)", "configs/ocr_tiny.json", "train_ocr.py"),
 }
 # the strict loader each stage's script uses (found in omni/ by name; any *StageConfig if absent)
 STAGE_CONFIG_CLASS = {"A": "TextStageConfig", "B": "AsrStageConfig", "C": "VisionStageConfig",
-                      "D": "TalkerStageConfig", "E": "SftStageConfig"}
+                      "D": "TalkerStageConfig", "E": "SftStageConfig", "vocoder": "VocoderStageConfig",
+                      "ocr": "OcrStageConfig"}
 # distribution, import name, version bound (None: any), required
 PACKAGES = (("torch", "torch", None, True), ("numpy", "numpy", None, True), ("tokenizers", "tokenizers", None, True),
             ("sentencepiece", "sentencepiece", None, True), ("librosa", "librosa", (0, 10, 1, 0), True),
@@ -103,7 +107,11 @@ def check_device(root: Path) -> list[Row]:
         mps = torch.backends.mps.is_available()
         rows.append(Row("INFO", "device", f"{'mps' if mps else 'cpu'} (no CUDA GPU: training runs, slowly)",
                         "" if mps else "for a GPU, install the CUDA build of torch==2.13.0"))
-        rows.append(Row("OK", "bf16", "CPU autocast bf16 supported"))
+        native = cpu_has_native_bf16()
+        rows.append(Row("OK" if native else "INFO", "bf16",
+                        "native on this CPU (AVX-512 BF16/AMX): use_amp trains in bf16" if native else
+                        "this CPU has no native bf16 (AVX-512 BF16/AMX): use_amp trains in fp32, which is faster "
+                        "here than emulated bf16"))
     free = shutil.disk_usage(root).free / 2**30
     rows.append(Row("OK" if free >= MIN_FREE_GB else "WARN", "free disk", f"{free:.1f} GiB at {root.resolve()}",
                     "" if free >= MIN_FREE_GB else f"free at least {MIN_FREE_GB:g} GiB for data and checkpoints"))
