@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from omni.audio_encoder import AudioEncoderTiny
 from omni.checkpoint import load_weights, read_config
 from omni.config import AsrStageConfig, AudioEncConfig, config_from_dict
 from omni.ctc import BLANK, CharVocab, error_rates, greedy_decode, normalize_text
-from omni.data import DataError, LineFile
+from omni.data import DataError, LineFile, SkipCountingDataset
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +88,38 @@ class Manifest:
         return next(csv.reader([line]))
 
 
-class AsrDataset(torch.utils.data.Dataset):
-    """item i -> (audio (N,) float32 at 16 kHz, label ids) or None when the row is unusable."""
+class AudioRows(SkipCountingDataset):
+    """A dataset over the rows of an audio manifest: ``_audio_row(i)`` reads row i and its audio,
+    counting it as seen, or counts why it is unusable (``malformed_row``, ``audio_<reason>``)."""
 
-    def __init__(self, manifest: Manifest, vocab: CharVocab, max_seconds: float, symbols_per_frame: int) -> None:
-        self.m, self.vocab = manifest, vocab
-        self.max_samples = int(max_seconds * 16000)
-        self.symbols_per_frame = symbols_per_frame
-        self.counts: Counter = Counter()
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.m = manifest
 
     def __len__(self) -> int:
         return len(self.m)
+
+    def _audio_row(self, i: int) -> tuple[dict[str, str], np.ndarray] | None:
+        self.counts["seen"] += 1
+        try:
+            row = self.m[i]
+            return row, load_audio(row["wav"])
+        except DataError as e:
+            log.warning("%s", e)
+            return self._skip("malformed_row")
+        except AudioError as e:
+            log.warning("%s:%d: %s", self.m.path, i + 2, e)
+            return self._skip(f"audio_{e.reason}")
+
+
+class AsrDataset(AudioRows):
+    """item i -> (audio (N,) float32 at 16 kHz, label ids) or None when the row is unusable."""
+
+    def __init__(self, manifest: Manifest, vocab: CharVocab, max_seconds: float, symbols_per_frame: int) -> None:
+        super().__init__(manifest)
+        self.vocab = vocab
+        self.max_samples = int(max_seconds * 16000)
+        self.symbols_per_frame = symbols_per_frame
 
     def durations(self) -> np.ndarray:
         """Seconds per row from the file headers (0 for unreadable files): for length bucketing."""
@@ -114,36 +134,22 @@ class AsrDataset(torch.utils.data.Dataset):
                 out[i] = info.frames / info.samplerate
         return out
 
-    def _skip(self, reason: str, where: str) -> None:
-        self.counts["skipped"] += 1
-        self.counts[reason] += 1
-        log.debug("skip %s: %s", where, reason)
-
     def __getitem__(self, i: int) -> tuple[np.ndarray, list[int]] | None:
-        self.counts["seen"] += 1
-        try:
-            row = self.m[i]
-            audio = load_audio(row["wav"])
-        except DataError as e:
-            log.warning("%s", e)
-            return self._skip("malformed_row", f"{self.m.path}:{i + 2}")
-        except AudioError as e:
-            log.warning("%s:%d: %s", self.m.path, i + 2, e)
-            return self._skip(f"audio_{e.reason}", row["wav"])
+        got = self._audio_row(i)
+        if got is None:
+            return None
+        row, audio = got
         text = normalize_text(row["text"])
         if not text:
-            return self._skip("empty_text", f"{self.m.path}:{i + 2}")
+            return self._skip("empty_text")
         if len(audio) > self.max_samples:
-            return self._skip("too_long", row["wav"])
+            return self._skip("too_long")
         ids = self.vocab.encode(text)
         frames = -(-num_frames(len(audio), ENCODER_MEL) // 8) * self.symbols_per_frame
         if len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:
-            return self._skip("too_fast_for_ctc", row["wav"])
+            return self._skip("too_fast_for_ctc")
         return audio, ids
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_asr(items: list) -> dict[str, torch.Tensor] | None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from omni.asr import Manifest, resolve_manifest
-from omni.audio import LOG_FLOOR, SPEECH_OUT_MEL, AudioError, LogMel, load_audio
+from omni.asr import AudioRows, Manifest, resolve_manifest
+from omni.audio import LOG_FLOOR, SPEECH_OUT_MEL, LogMel
 from omni.checkpoint import CheckpointError, load_weights, read_config
 from omni.codec import CODE_RATE_HZ, CodecConfig, MelCodec
 from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
@@ -51,33 +50,20 @@ class CodecStageConfig:
     train: TrainConfig
 
 
-class MelDataset(torch.utils.data.Dataset):
+class MelDataset(AudioRows):
     """item i -> log-mel (T, 128) float32 (a random ``crop_frames`` crop when set), or None when the
     row is unusable. Crops draw from torch's global RNG, which the engine restores on resume."""
 
     def __init__(self, manifest: Manifest, max_seconds: float, crop_frames: int | None) -> None:
-        self.m, self.max_samples, self.crop = manifest, int(max_seconds * 16000), crop_frames
+        super().__init__(manifest)
+        self.max_samples, self.crop = int(max_seconds * 16000), crop_frames
         self.logmel = LogMel(SPEECH_OUT_MEL)
-        self.counts: Counter = Counter()
-
-    def __len__(self) -> int:
-        return len(self.m)
-
-    def _skip(self, reason: str) -> None:
-        self.counts["skipped"] += 1
-        self.counts[reason] += 1
 
     def __getitem__(self, i: int) -> torch.Tensor | None:
-        self.counts["seen"] += 1
-        try:
-            row = self.m[i]
-            audio = load_audio(row["wav"])
-        except DataError as e:
-            log.warning("%s", e)
-            return self._skip("malformed_row")
-        except AudioError as e:
-            log.warning("%s:%d: %s", self.m.path, i + 2, e)
-            return self._skip(f"audio_{e.reason}")
+        got = self._audio_row(i)
+        if got is None:
+            return None
+        audio = got[1]
         if len(audio) > self.max_samples:
             return self._skip("too_long")
         with torch.no_grad():
@@ -87,9 +73,6 @@ class MelDataset(torch.utils.data.Dataset):
             mel = mel[start:start + self.crop]
         return mel
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_mels(items: list) -> dict[str, torch.Tensor] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +244,21 @@ class EpochBatches(torch.utils.data.Sampler):
         for m in range(self.start, self.per_epoch):
             lo = m * g + self.rank * self.batch_size
             yield self.perm[lo:lo + self.batch_size].tolist()
+
+
+class SkipCountingDataset(torch.utils.data.Dataset):
+    """A dataset that skips unusable rows and accounts for them per epoch: ``seen``, ``skipped``
+    and one count per reason. ``report()`` returns the counts and starts over (the engine reads it
+    at the end of every epoch; evaluation reads it to keep its own reads out of the training count)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def _skip(self, reason: str) -> None:
+        """Count one unusable row under ``reason``; returns None for ``return self._skip(...)``."""
+        self.counts["skipped"] += 1
+        self.counts[reason] += 1
+
+    def report(self) -> dict[str, int]:
+        out, self.counts = dict(self.counts), Counter()
+        return out

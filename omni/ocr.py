@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from omni.asr import Manifest
 from omni.checkpoint import load_weights, read_config
 from omni.config import TrainConfig, config_from_dict
 from omni.ctc import error_rates
-from omni.data import DataError
+from omni.data import DataError, SkipCountingDataset
 from omni.image_data import BadImage, load_image
 from omni.ocr_model import BOS, EOS, PAD, OcrModel, OcrModelConfig, OcrVocab, beam_decode, greedy_decode
 
@@ -62,12 +61,12 @@ def line_tensor(img: Image.Image, height: int, max_width: int, patch: int) -> tu
     return torch.from_numpy(out)[None], w
 
 
-class OcrDataset(torch.utils.data.Dataset):
+class OcrDataset(SkipCountingDataset):
     """item i -> (ink (1, H, W), width, label ids) or None when the row is unusable (counted by reason)."""
 
     def __init__(self, csv: str | Path, vocab: OcrVocab, cfg: OcrModelConfig) -> None:
         self.m, self.vocab, self.cfg = Manifest(csv, path_key="image"), vocab, cfg
-        self.counts: Counter = Counter()
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.m)
@@ -83,10 +82,6 @@ class OcrDataset(torch.utils.data.Dataset):
                 continue  # counted when the sample itself is read
             out[i] = min(self.cfg.max_width, w * self.cfg.img_size / max(h, 1))
         return out
-
-    def _skip(self, reason: str) -> None:
-        self.counts["skipped"] += 1
-        self.counts[reason] += 1
 
     def text(self, i: int) -> str:
         return self.m[i]["text"]
@@ -113,9 +108,6 @@ class OcrDataset(torch.utils.data.Dataset):
         x, w = line_tensor(img, self.cfg.img_size, self.cfg.max_width, self.cfg.patch)
         return x, w, self.vocab.encode(text)
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_ocr(items: list) -> dict[str, torch.Tensor] | None:

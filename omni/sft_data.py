@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import random
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 from omni.asr import Manifest, resolve_manifest
 from omni.audio import AudioError, load_audio
 from omni.chat_template import AUDIO, IMAGE, Turn, build_sequence, targets_for
-from omni.data import DataError, LineFile
+from omni.data import DataError, LineFile, SkipCountingDataset
 from omni.image_data import BadImage
 from omni.images import load_image_tensor
 from omni.losses import IGNORE_INDEX
@@ -158,7 +157,7 @@ def draw_plan(sources: Sources, weights: dict[str, float], n: int, seed: int) ->
     return plan
 
 
-class SftDataset(torch.utils.data.Dataset):
+class SftDataset(SkipCountingDataset):
     """item i -> {ids, kinds, targets, image, audio, task} or None (bad row, counted)."""
 
     def __init__(self, sources: Sources, plan: list[tuple[str, int]], tok: Tokenizer, cfg: SftDataConfig,
@@ -166,7 +165,7 @@ class SftDataset(torch.utils.data.Dataset):
         self.sources, self.plan, self.tok, self.cfg = sources, plan, tok, cfg
         self.ctx_len, self.image_size, self.image_slots, self.audio_slots = ctx_len, image_size, image_slots, audio_slots
         self.seed = seed
-        self.counts: Counter = Counter()
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -174,10 +173,6 @@ class SftDataset(torch.utils.data.Dataset):
     def example(self, i: int) -> Example | None:
         task, row = self.plan[i]
         return self.sources.example(task, row, random.Random(self.seed * 1_000_003 + i), self.cfg)
-
-    def _skip(self, reason: str) -> None:
-        self.counts["skipped"] += 1
-        self.counts[reason] += 1
 
     def __getitem__(self, i: int) -> dict | None:
         self.counts["seen"] += 1
@@ -208,9 +203,6 @@ class SftDataset(torch.utils.data.Dataset):
         return {"ids": ids, "kinds": [0] * len(ids), "targets": ids[1:] + [IGNORE_INDEX],
                 "image": None, "audio": None, "task": "text_lm"}
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def load_media(ex: Example, image_size: int, image_slots: int, audio_slots) -> tuple[Turn, torch.Tensor | None,

@@ -29,7 +29,7 @@ from omni.audio import LOG_FLOOR, SPEECH_OUT_MEL, SAMPLE_RATE, AudioError, LogMe
 from omni.checkpoint import CheckpointError, MODEL_FILE, best_or_self, load_weights, read_config
 from omni.codec_stage import CodecStageConfig, load_codec
 from omni.config import TrainConfig, config_from_dict
-from omni.data import DataError
+from omni.data import DataError, SkipCountingDataset
 from omni.files import atomic_write, write_json_atomic
 from omni.griffinlim import mel_to_wav
 from omni.runtime import pick_device
@@ -140,12 +140,12 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
-class TalkerDataset(torch.utils.data.Dataset):
+class TalkerDataset(SkipCountingDataset):
     """item i -> (text ids (L,) long, codes (T, n_q) long) or None when the row is unusable."""
 
     def __init__(self, manifest: Manifest, cache: CodeCache, vocab: TextVocab, max_text_chars: int) -> None:
         self.m, self.cache, self.vocab = manifest, cache, vocab
-        self.counts: Counter = Counter()
+        super().__init__()
         self.text: list[list[int] | None] = []
         dropped: Counter = Counter()
         for i in range(len(manifest)):
@@ -188,9 +188,6 @@ class TalkerDataset(torch.utils.data.Dataset):
         a, b = self.cache.offsets[i], self.cache.offsets[i + 1]
         return torch.tensor(self.text[i]), torch.from_numpy(self.cache.codes[a:b].astype(np.int64))
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_talker(items: list) -> dict[str, torch.Tensor] | None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from omni.data import DataError
+from omni.data import DataError, SkipCountingDataset
 from omni.image_data import BadImage, load_image
 from omni.images import MAX_SIDE, preprocess
 
@@ -96,7 +95,7 @@ def caption_features(thinker: nn.Module, tokenizer, captions: list[str], max_tok
     return torch.cat(out)
 
 
-class VisionDataset(torch.utils.data.Dataset):
+class VisionDataset(SkipCountingDataset):
     """item i -> (image (3, S, S), caption feature (D,), caption id) or None if the image is unusable."""
 
     def __init__(self, rows: list[Row], features: torch.Tensor, img_size: int, train: bool, flip: bool,
@@ -107,7 +106,7 @@ class VisionDataset(torch.utils.data.Dataset):
         self.img_size, self.train, self.flip, self.max_zoom = img_size, train, flip, max_zoom
         ids: dict[str, int] = {}
         self.caption_ids = torch.tensor([ids.setdefault(r.caption, len(ids)) for r in rows])
-        self.counts: Counter = Counter()
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -127,9 +126,6 @@ class VisionDataset(torch.utils.data.Dataset):
         x = preprocess(img, self.img_size, train=self.train, flip=self.flip, max_zoom=self.max_zoom)
         return x, self.features[i], self.caption_ids[i]
 
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_pairs(items: list) -> dict[str, torch.Tensor] | None:

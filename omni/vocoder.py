@@ -102,6 +102,18 @@ class Generator(nn.Module):
         return torch.tanh(self.post(F.leaky_relu(x, LRELU))).squeeze(1)[:, :mel.shape[1] * self.hop]
 
 
+def conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A discriminator body: leaky-ReLU convs then the score conv -> scores (B, *) and every
+    layer's output (the feature maps that feature matching compares)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 class PeriodDisc(nn.Module):
     def __init__(self, period: int, ch: int) -> None:
         super().__init__()
@@ -116,13 +128,7 @@ class PeriodDisc(nn.Module):
         """wav (B, N) -> scores (B, *) and feature maps."""
         B, N = wav.shape
         x = F.pad(wav, (0, (-N) % self.period), mode="reflect").view(B, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return conv_stack(x, self.convs, self.post)
 
 
 class ScaleDisc(nn.Module):
@@ -136,13 +142,7 @@ class ScaleDisc(nn.Module):
         self.post = weight_norm(nn.Conv1d(ch * 8, 1, 3, padding=1))
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x, feats = wav[:, None], []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return conv_stack(wav[:, None], self.convs, self.post)
 
 
 class Discriminators(nn.Module):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omni.asr import Manifest, resolve_manifest
+from omni.asr import AudioRows, Manifest, resolve_manifest
 from omni.audio import SAMPLE_RATE, SPEECH_OUT_MEL, AudioError, LogMel, load_audio
 from omni.checkpoint import CheckpointError, load_weights, read_config
 from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
@@ -41,41 +40,25 @@ class VocoderStageConfig:
     train: TrainConfig
 
 
-class CropDataset(torch.utils.data.Dataset):
+class CropDataset(AudioRows):
     """item i -> a random crop (max_audio_length,) of row i's audio (zero-padded if shorter), or
     None when the file is unusable. Crops draw from the global torch RNG, which the engine saves, so
     a resumed run sees the same crops."""
 
     def __init__(self, manifest: Manifest, length: int) -> None:
-        self.m, self.length = manifest, length
-        self.counts: Counter = Counter()
-
-    def __len__(self) -> int:
-        return len(self.m)
+        super().__init__(manifest)
+        self.length = length
 
     def __getitem__(self, i: int) -> torch.Tensor | None:
-        self.counts["seen"] += 1
-        try:
-            audio = load_audio(self.m[i]["wav"])
-        except DataError as e:
-            log.warning("%s", e)
-            return self._skip("malformed_row")
-        except AudioError as e:
-            log.warning("%s:%d: %s", self.m.path, i + 2, e)
-            return self._skip(f"audio_{e.reason}")
-        x = torch.from_numpy(audio)
+        got = self._audio_row(i)
+        if got is None:
+            return None
+        x = torch.from_numpy(got[1])
         if len(x) <= self.length:
             return F.pad(x, (0, self.length - len(x)))
         start = int(torch.randint(0, len(x) - self.length + 1, ()))
         return x[start:start + self.length]
 
-    def _skip(self, reason: str) -> None:
-        self.counts["skipped"] += 1
-        self.counts[reason] += 1
-
-    def report(self) -> dict[str, int]:
-        out, self.counts = dict(self.counts), Counter()
-        return out
 
 
 def collate_crops(items: list) -> dict[str, torch.Tensor] | None:

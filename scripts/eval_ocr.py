@@ -5,8 +5,8 @@ same run on the same images, tesseract's (when it is installed: apt-get install 
         [--csv data/ocr/production_ocr_val.csv] [--n 300] [--beam 4] [--no-tesseract]
 
 tesseract reads each original image as one text line (``--psm 7``, its English model). Both are
-scored case- and punctuation-sensitively against the CSV's text. ``add_parser`` registers the same
-subcommand in scripts/evaluate.py.
+scored case- and punctuation-sensitively against the CSV's text. ``add_parser`` registers the
+subcommand in scripts/evaluate.py, the entry point.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -75,7 +74,7 @@ def eval_ocr(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``ocr`` subcommand (for scripts/evaluate.py and this script)."""
+    """Register the ``ocr`` subcommand in scripts/evaluate.py."""
     o = subparsers.add_parser("ocr", help="CER/WER of the OCR model per font, beside tesseract")
     o.add_argument("--ckpt", default="checkpoints/ocr_tiny/best")
     o.add_argument("--csv", default="", help="image,text[,font] CSV; default: the checkpoint's validation CSV")
@@ -88,13 +87,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.set_defaults(run=eval_ocr)
     return o
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_parser(p.add_subparsers(dest="task", required=True))
-    args = p.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,14 +8,13 @@ Paths, all on the same held-out rows: original (the CSV's recordings), griffinli
 -> Griffin-Lim: this vocoder's ceiling), codec (log-mel -> codec -> Griffin-Lim), talker (text ->
 Talker -> codec -> Griffin-Lim). The codec is the one the Talker was trained on, or ``--codec``.
 Also prints per-codebook usage and perplexity on the same rows, and with ``--asr-ckpt`` the CER of
-our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the same
-subcommand in scripts/evaluate.py.
+our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the
+subcommand in scripts/evaluate.py, the entry point.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -90,7 +89,7 @@ def eval_tts(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``tts`` subcommand (for scripts/evaluate.py and this script)."""
+    """Register the ``tts`` subcommand in scripts/evaluate.py."""
     t = subparsers.add_parser("tts", help="pocketsphinx CER of every speech-out path, codebook usage (Stage D)")
     t.add_argument("--talker", default="", help="Stage D checkpoint folder (train_talker.py's train.save_dir parent)")
     t.add_argument("--codec", default="", help="codec checkpoint folder (default: the Talker's codec)")
@@ -107,14 +106,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.set_defaults(run=eval_tts)
     return t
 
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_parser(p.add_subparsers(dest="task", required=True))
-    args = p.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Retrieval evaluation of a Stage C (vision) checkpoint on any image manifest.
 
-    python scripts/eval_vision.py vision --ckpt checkpoints/vision_tiny/best \
+    python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best \
         --manifest data/images/production_annotations_val.json --candidates 100 --examples 3
 
 Prints image->text and text->image R@1/R@5 overall and per source, chance, and the colour-
@@ -19,8 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.vision import RetrievalSet, load_clip  # noqa: E402
 from omni.vision_data import caption_features, read_manifest  # noqa: E402
@@ -90,7 +88,7 @@ def eval_vision(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``vision`` subcommand (for scripts/evaluate.py and this script)."""
+    """Register the ``vision`` subcommand in scripts/evaluate.py."""
     v = subparsers.add_parser("vision", help="image<->caption retrieval R@1/R@5 of the vision encoder (Stage C)")
     v.add_argument("--ckpt", default="checkpoints/vision_tiny/best")
     v.add_argument("--manifest", default="", help="image manifest (JSON / JSON Lines); default: the "
@@ -105,17 +103,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     v.set_defaults(run=eval_vision)
     return v
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="task", required=True)
-    add_parser(sub)
-    args = p.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (CheckpointError, DataError) as e:
-        sys.exit(f"error: {e}")

@@ -1,6 +1,5 @@
 """Stage E building blocks: the chat template, media slots, the SFT dataset, chat == SFT sequences."""
 import json
-import random
 
 import numpy as np
 import pytest

@@ -18,7 +18,7 @@ from omni.retrieval import candidate_sets, chance, recall_at
 from omni.vision import info_nce, load_clip, load_vision_encoder
 from omni.vision_data import VisionDataset, collate_pairs, read_manifest
 from omni.vision_encoder import ViTTiny, VisionConfig
-from scripts import eval_vision
+from scripts import evaluate
 from tests.conftest import ROOT, write_config
 
 TINY_VIT = {"img_size": 32, "patch": 8, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "dropout": 0.0}
@@ -187,7 +187,7 @@ def test_train_vision_end_to_end_checkpoint_and_eval(tmp_path, tiny_thinker, cap
     model, *_ = load_clip(ckpt, torch.device("cpu"))
     assert torch.equal(model.vit.pos, load_clip(ckpt, torch.device("cpu"))[0].vit.pos)
     capsys.readouterr()
-    assert eval_vision.main(["vision", "--ckpt", str(ckpt / "best"), "--examples", "1"]) == 0
+    assert evaluate.main(["vision", "--ckpt", str(ckpt / "best"), "--examples", "1"]) == 0
     out = capsys.readouterr().out
     assert "overall" in out and "true:" in out and "hist" in out
 
