@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_tts.py gl [--csv data/audio/production_tts_val.csv] [--n-iter 32]
     python scripts/bench_tts.py rtf [--ckpt checkpoints/talker_tiny] [--repeats 3] [--threads 2]
+    python scripts/bench_tts.py vocoder [--vocoder-dir checkpoints/vocoder_tiny | --config configs/vocoder_tiny.json]
 
 ``gl``: the torch Griffin-Lim (omni/griffinlim.py) against ``librosa.griffinlim`` on the same
 STFT magnitude of real speech, at the same iterations and momentum, with the spectral convergence
@@ -11,6 +12,10 @@ warm-up call. librosa's FFT is single-threaded: compare with OMP_NUM_THREADS=1.
 ``rtf``: ``Synthesizer.synthesize`` (text -> Talker -> codec -> Griffin-Lim) on fixed sentences
 after one warm-up call: real-time factor = synthesis seconds / audio seconds, split by part.
 Intelligibility of the same path: ``scripts/evaluate.py tts``.
+
+``vocoder``: HiFi-GAN generator synthesis speed (RTF) on the mel of real speech, beside the torch
+Griffin-Lim on the same mel; a trained checkpoint, or an untrained generator of ``--config`` (speed
+does not depend on the weights).
 """
 from __future__ import annotations
 
@@ -25,8 +30,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from omni.audio import SPEECH_OUT_MEL, load_audio  # noqa: E402
-from omni.griffinlim import GriffinLim, spectral_convergence, stft_magnitude  # noqa: E402
+from omni.audio import SPEECH_OUT_MEL, LogMel, load_audio  # noqa: E402
+from omni.config import load_config  # noqa: E402
+from omni.griffinlim import GriffinLim, mel_to_wav, spectral_convergence, stft_magnitude  # noqa: E402
+from omni.vocoder import Generator, vocode  # noqa: E402
+from omni.vocoder_stage import VocoderStageConfig, load_generator  # noqa: E402
 from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
 
 SENTENCES = ["Hello there.", "Shall I draw the curtain?",
@@ -102,6 +110,22 @@ def bench_rtf(args: argparse.Namespace) -> None:
           f"{totals['codec_s'] / a:.3f}, griffin-lim {totals['vocoder_s'] / a:.3f})")
 
 
+def bench_vocoder(args: argparse.Namespace) -> None:
+    if args.vocoder_dir:
+        gen, what = load_generator(args.vocoder_dir, torch.device("cpu")), args.vocoder_dir
+    else:
+        cfg = load_config(args.config, VocoderStageConfig)
+        gen, what = Generator(cfg.model).eval(), f"untrained generator of {args.config}"
+    mel = LogMel(SPEECH_OUT_MEL)(torch.from_numpy(speech_clip(args.csv, args.seconds))[None])
+    times, _ = best_times({"hifigan": lambda: vocode(gen, mel), "griffinlim": lambda: mel_to_wav(mel, n_iter=32)},
+                          args.repeats)
+    n = sum(p.numel() for p in gen.parameters())
+    print(f"{args.seconds:.1f} s of speech from {args.csv}, torch threads {torch.get_num_threads()}; {what} "
+          f"({n / 1e6:.2f}M params)")
+    for name, t in times.items():
+        print(f"  {name:<10} {t * 1000:8.1f} ms  RTF {t / args.seconds:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -118,8 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     r.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    v = sub.add_parser("vocoder", help="HiFi-GAN generator speed beside Griffin-Lim")
+    v.add_argument("--vocoder-dir", default="", help="a trained checkpoint (default: untrained, from --config)")
+    v.add_argument("--config", default="configs/vocoder_tiny.json")
+    v.add_argument("--csv", type=Path, default=Path("data/audio/production_tts_val.csv"))
+    v.add_argument("--seconds", type=float, default=5.0)
+    v.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    if args.what == "gl":
+    if args.what == "vocoder":
+        bench_vocoder(args)
+    elif args.what == "gl":
         bench_gl(args.csv, args.seconds, args.n_iter, args.momentum, args.repeats)
     else:
         if args.threads:
