@@ -59,6 +59,9 @@ class SftDataConfig:
     text_answer_words: int = 24
     val_items: int = 100             # held-out conversations per task at each validation
     vqa_turns: int = 4               # a training VQA conversation asks up to this many questions of one image
+    # share of image (audio) conversations that first hold an earlier turn about a clip (an image), so
+    # the model learns that a question concerns the media of its own turn, as multi-turn chat needs
+    mixed_turns: float = 0.0
 
 
 @dataclasses.dataclass
@@ -181,14 +184,19 @@ class SftDataset(SkipCountingDataset):
             return self._skip("unusable_row")
         if ex.task == "text_lm":
             return self.plain_text(ex.answer)
+        prefix = self.earlier_turn(i, ex)
         try:
             turn, image, audio = load_media(ex, self.image_size, self.image_slots, self.audio_slots)
+            if prefix is not None:
+                p_turn, p_image, p_audio = load_media(prefix, self.image_size, self.image_slots, self.audio_slots)
+                image, audio = image if image is not None else p_image, audio if audio is not None else p_audio
         except (BadImage, AudioError, DataError) as e:
             log.warning("%s", e)
             return self._skip(type(e).__name__)
         if audio is not None and len(audio) > self.cfg.max_audio_seconds * 16000:
             return self._skip("audio_too_long")
-        turns = [turn, Turn("assistant", ex.answer)]
+        turns = [p_turn, Turn("assistant", prefix.answer)] if prefix is not None else []
+        turns += [turn, Turn("assistant", ex.answer)]
         for q, a in ex.followups:
             turns += [Turn("user", q), Turn("assistant", a)]
         seq = build_sequence(self.tok, turns)
@@ -196,6 +204,18 @@ class SftDataset(SkipCountingDataset):
             return self._skip("longer_than_ctx")
         return {"ids": seq.ids, "kinds": seq.kinds, "targets": targets_for(seq, IGNORE_INDEX),
                 "image": image, "audio": audio, "task": ex.task}
+
+    def earlier_turn(self, i: int, ex: Example) -> Example | None:
+        """With probability ``mixed_turns``: a conversation about the other modality (a clip before an
+        image question, an image before a clip) to place before ``ex``; one image and one clip at most."""
+        rng = random.Random(self.seed * 1_000_003 + i + 500_009)
+        if (ex.image is None) == (ex.audio is None) or rng.random() >= self.cfg.mixed_turns:
+            return None
+        task = "asr" if ex.image is not None else rng.choice(("caption", "vqa"))
+        if self.sources.size(task) == 0:
+            return None
+        return self.sources.example(task, rng.randrange(self.sources.size(task)), rng,
+                                    dataclasses.replace(self.cfg, vqa_turns=1))
 
     def plain_text(self, text: str) -> dict:
         """A document as Stage A saw it (no template), cut to the context, every token scored."""

@@ -122,6 +122,31 @@ def test_dataset_pairs_media_with_their_own_text_and_skips_bad_rows(tmp_path, to
     assert torch.isfinite(loss)
 
 
+def test_mixed_turns_put_the_other_modality_in_an_earlier_turn(tmp_path, tok):
+    import dataclasses
+    model = tiny_model(tok.vocab_size)
+    src, cfg = make_sources(tmp_path, tok)
+    cfg = dataclasses.replace(cfg, mixed_turns=1.0)
+    plan = [("caption", 0), ("vqa", 1), ("asr", 0), ("text", 0)]
+    ds = SftDataset(src, plan, tok, cfg, 256, 32, model.image_slots(), model.audio_slots, seed=0)
+    end = tok.special["<|end|>"]
+    items = [ds[i] for i in range(len(plan))]
+    assert sum(x is not None and x["image"] is not None for x in items) >= 2
+    for (task, _), item in zip(plan, items):
+        if item is None:  # the fixture has unreadable clips on purpose
+            continue
+        scored = [t for t in item["targets"] if t != -100]
+        if task == "text":
+            assert item["image"] is None and item["audio"] is None and scored.count(end) == 1
+            continue
+        assert item["image"] is not None and item["audio"] is not None, task
+        assert scored.count(end) == 2  # the earlier reply and this one are both trained
+        last_reply = tok.decode(scored[scored.index(end) + 1:-1])
+        assert last_reply == (ds.example(plan.index((task, _))).answer), task
+    batch = collate_sft([x for x in (ds[i] for i in range(len(plan))) if x is not None], tok.special["<|pad|>"])
+    assert torch.isfinite(model(batch))
+
+
 def test_chat_prompt_is_the_sft_sequence(tmp_path, tok):
     model = tiny_model(tok.vocab_size)
     src, cfg = make_sources(tmp_path, tok)
