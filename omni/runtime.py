@@ -8,6 +8,7 @@ otherwise (a CPU without native bf16 only emulates it, several times slower than
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:  # once per process
+    log.warning("use_amp: this CPU has no native bf16 matmul (AVX-512 BF16 or AMX); training in fp32, "
+                "which is faster here (bf16 matmuls measured ~7x slower than fp32 on such a CPU)")
+
+
 def pick_amp_dtype(device: torch.device, use_amp: bool) -> torch.dtype | None:
     if not use_amp:
         return None
@@ -76,8 +83,7 @@ def pick_amp_dtype(device: torch.device, use_amp: bool) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
         if not cpu_has_native_bf16():
-            log.warning("use_amp: this CPU has no native bf16 matmul (AVX-512 BF16 or AMX); training in fp32, "
-                        "which is faster here (bf16 matmuls measured ~7x slower than fp32 on such a CPU)")
+            _warn_emulated_bf16()
             return None
         return torch.bfloat16
     return torch.float16 if device.type == "mps" else None

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from omni.asr import Manifest
 from omni.audio import LOG_FLOOR, SPEECH_OUT_MEL, SAMPLE_RATE, AudioError, LogMel, load_audio
-from omni.checkpoint import CheckpointError, MODEL_FILE, best_or_self, load_weights, read_config
+from omni.checkpoint import CheckpointError, MODEL_FILE, best_or_self, load_weights, read_config, read_metrics
 from omni.codec_stage import CodecStageConfig, load_codec
 from omni.config import TrainConfig, config_from_dict
 from omni.data import DataError, SkipCountingDataset
@@ -302,10 +302,19 @@ VOCODER_DIR = Path("checkpoints/vocoder_tiny")  # where train_vocoder.py writes 
 
 
 def resolve_vocoder(choice: str, vocoder_dir: str | Path = VOCODER_DIR) -> str:
-    """``auto``: ``hifigan`` when ``vocoder_dir`` holds trained weights, else ``griffinlim``."""
+    """``auto``: ``hifigan`` when ``vocoder_dir`` holds a trained vocoder, one whose validation
+    measured a lower log-mel distance than Griffin-Lim's on the same mels (a barely started run
+    would sound worse than Griffin-Lim); else ``griffinlim``."""
     if choice != "auto":
         return choice
-    return "hifigan" if (best_or_self(vocoder_dir) / MODEL_FILE).is_file() else "griffinlim"
+    if not (best_or_self(vocoder_dir) / MODEL_FILE).is_file():
+        return "griffinlim"
+    vals = [r for r in read_metrics(vocoder_dir) if r["event"] == "val" and "val_gl_mel_l1" in r]
+    if any(r["val_mel_l1"] < r["val_gl_mel_l1"] for r in vals):
+        return "hifigan"
+    log.info("%s: the vocoder has not beaten Griffin-Lim in validation yet; speaking with Griffin-Lim "
+             "(--vocoder hifigan to use it anyway)", vocoder_dir)
+    return "griffinlim"
 
 
 class Synthesizer:

@@ -72,7 +72,7 @@ def chat_session() -> str:
     script = (f"/speak on\n/image data/images/{scene['image']}\n{question}\n"
               f"/audio data/audio/{clip[0]}\nTranscribe the audio.\n/quit\n")
     print(f"(expected answers: {answer!r}; {clip[1]!r})")
-    return run(["infer_chat.py", "--ckpt_dir", "checkpoints/demo/omni_sft/best", "--talker", "checkpoints/demo/talker",
+    return run(["infer_chat.py", "--ckpt_dir", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
                 "--audio-out", "checkpoints/demo/reply.wav"], stdin=script)
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     unigram = thinker_baseline()
     run(["scripts/plot_metrics.py", str(DEMO / "omni_sft")])
     chat_session()
-    run(["test_all_media.py", "--ckpt_dir", "checkpoints/demo/omni_sft/best", "--talker", "checkpoints/demo/talker",
+    run(["test_all_media.py", "--ckpt_dir", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
          "--n", "30", "--speech-n", "3"])
     lines = summary(times, unigram)
     print("\n== μOmni demo summary\n" + "\n".join(lines))

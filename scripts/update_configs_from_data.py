@@ -268,16 +268,18 @@ def measure_all(runs: list) -> int:
         batch = plan.updates["batch_size"]
         train = get_path(raw, slot.path)
         rt = setup_runtime("cuda" if cuda else "cpu", bool(train["use_amp"]))
+
         built = synthetic_batch(info, get_path(raw, slot.model_path), slot.data, batch, rt.device)
         if built is None:
             print(f"  {path} [{section}] {info.name}: no synthetic batch for this kind; not measured")
             continue
         model, data, loss_fn = built
-        parts = estimate_parts(info.memory, batch)
+        # the estimate of the precision that really runs here (a CPU without native bf16 trains in fp32)
+        parts = estimate_parts(replace(info.memory, amp=rt.amp_dtype is not None), batch)
         if cuda:
             est, got, what = sum(parts.values()), cuda_peak_bytes(model, data, loss_fn, rt, train), "peak"
         else:
-            est, got, what = sum(parts.values()) - parts["static"] + (2 * info.n_params if info.memory.amp else 0), \
+            est, got, what = sum(parts.values()) - parts["static"] + (2 * info.n_params if rt.amp_dtype else 0), \
                 saved_activation_bytes(model, data, loss_fn, rt), "saved activations"
         print(f"  {path} [{section}] {info.name} batch {batch}: estimate {est / GIB:.3f} GiB, measured {what} "
               f"{got / GIB:.3f} GiB (estimate / measured = {est / got:.2f})")

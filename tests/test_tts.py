@@ -179,6 +179,11 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     # a trained HiFi-GAN takes Griffin-Lim's place when asked for (or found by "auto")
     (tmp_path / "voc.json").write_text(json.dumps(vocoder_stage(tmp_path, tmp_path / "voc", steps=2)))
     assert train_vocoder.main(["--config", str(tmp_path / "voc.json")]) == 0
+    # two steps do not beat Griffin-Lim: "auto" keeps Griffin-Lim until validation says otherwise
+    assert resolve_vocoder("auto", tmp_path / "voc") == "griffinlim"
+    metrics = tmp_path / "voc" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({"event": "val", "step": 9, "val_mel_l1": 0.1,
+                                                         "val_gl_mel_l1": 0.2}) + "\n")
     assert resolve_vocoder("auto", tmp_path / "voc") == "hifigan"
     synth = Synthesizer.load(tmp_path / "ckpt", "cpu", vocoder="hifigan", vocoder_dir=tmp_path / "voc")
     wav = synth.synthesize("Front left.", seed=0)
