@@ -4,9 +4,9 @@
     python infer_chat.py --ckpt_dir ... --image cat.png --text "What is this?"  # one shot
     python infer_chat.py --ckpt_dir ... --audio q.wav --text "" --audio-out reply.wav
 
-In the REPL: /image PATH, /audio PATH (attach to your next message), /speak on|off, /reset,
-/help, /quit. Each turn ends with a latency line: time to first token, tokens/s, and the real-time
-factor of the spoken reply.
+In the REPL: /image PATH, /audio PATH (attach to your next message), /ocr PATH (read a line image),
+/speak on|off, /reset, /help, /quit. Each turn ends with a latency line: time to first token,
+tokens/s, and the real-time factor of the spoken reply.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from omni.chat import ChatSession, Sampling
 from omni.checkpoint import CheckpointError
 from omni.data import DataError
 from omni.image_data import BadImage
+from omni.ocr import load_ocr, read_image
 from omni.runtime import pick_device
 from omni.sft import load_omni
 from omni.tts import Synthesizer, resolve_vocoder
@@ -31,6 +32,7 @@ from omni.tts import Synthesizer, resolve_vocoder
 HELP = """commands:
   /image PATH    attach an image to your next message
   /audio PATH    attach an audio clip (any rate; resampled to 16 kHz) to your next message
+  /ocr PATH      read the text of a line image with the OCR model (--ocr-ckpt)
   /speak on|off  speak replies (written to --audio-out, default reply.wav)
   /reset         forget the conversation
   /help          this text
@@ -43,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt_dir", "--ckpt-dir", default="checkpoints/omni_sft_tiny", help="Stage E checkpoint")
     p.add_argument("--talker", default="checkpoints/talker_tiny", help="Stage D checkpoint (for speech)")
     add_vocoder_args(p)
+    p.add_argument("--ocr-ckpt", default="checkpoints/ocr_tiny/best", help="OCR checkpoint for /ocr (train_ocr.py)")
     p.add_argument("--text", default=None, help="one-shot: send this message and exit")
     p.add_argument("--image", default=None, help="one-shot: attach this image")
     p.add_argument("--audio", default=None, help="one-shot: attach this audio clip")
@@ -69,6 +72,7 @@ class Chat:
         self.speak = bool(args.audio_out) or args.speak
         self.audio_out = Path(args.audio_out or "reply.wav")
         self._voice: Synthesizer | None = None
+        self._ocr = None
         self.turns = 0
 
     def voice(self) -> Synthesizer:
@@ -123,6 +127,15 @@ class Chat:
         secs = len(wav) / 16000
         return f" | speech {secs:.1f} s -> {out}, RTF {dt / max(secs, 1e-9):.2f} ({self.vocoder})"
 
+    def read_text(self, path: str) -> None:
+        """/ocr: the OCR model's reading of a line image; a missing model or bad file is a message."""
+        try:
+            if self._ocr is None:
+                self._ocr = load_ocr(self.args.ocr_ckpt, self.device)[:2]
+            print(f"[ocr {path}: {read_image(*self._ocr, path)!r}]", flush=True)
+        except (BadImage, CheckpointError, DataError, OSError) as e:
+            print(f"[could not read text from {path}: {e}]", flush=True)
+
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""
         cmd, _, arg = line.partition(" ")
@@ -131,6 +144,8 @@ class Chat:
             return False
         if cmd in ("/image", "/audio") and arg:
             self.attach(cmd[1:], arg)
+        elif cmd == "/ocr" and arg:
+            self.read_text(arg)
         elif cmd == "/speak" and arg in ("on", "off"):
             self.speak = arg == "on"
             print(f"[speech {'on: replies go to ' + str(self.audio_out) if self.speak else 'off'}]")

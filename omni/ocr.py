@@ -172,6 +172,16 @@ def evaluate_ocr(model: OcrModel, data: OcrDataset, vocab: OcrVocab, batch_size:
     return metrics, list(zip(refs, hyps, rows))
 
 
+@torch.no_grad()
+def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1) -> str:
+    """The text of one line image file (raises BadImage with the path when it cannot be read)."""
+    img, _ = load_image(Path(path))
+    x, w = line_tensor(img, model.cfg.img_size, model.cfg.max_width, model.cfg.patch)
+    device = next(model.parameters()).device
+    batch = {"images": x[None].to(device), "widths": torch.tensor([w], device=device)}
+    return transcribe_batch(model, vocab, batch, beam)[0]
+
+
 def load_ocr(ckpt_dir: str | Path, device: torch.device) -> tuple[OcrModel, OcrVocab, OcrStageConfig]:
     """Rebuild the OCR model from its checkpoint folder (config.json, vocab.json, weights); strict."""
     cfg = config_from_dict(read_config(ckpt_dir), OcrStageConfig)

@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 
 import train_ocr
 from omni.checkpoint import read_metrics
-from omni.ocr import OcrDataset, collate_ocr, evaluate_ocr, line_tensor, load_ocr
+from omni.image_data import BadImage
+from omni.ocr import OcrDataset, collate_ocr, evaluate_ocr, line_tensor, load_ocr, read_image
 from omni.ocr_data import make_synthetic_ocr
 from omni.ocr_model import BOS, EOS, OcrModel, OcrModelConfig, OcrVocab, beam_decode, greedy_decode
 from scripts import evaluate
@@ -157,6 +158,10 @@ def test_train_ocr_end_to_end_then_evaluate(tmp_path, lines, capsys):
     assert [r["step"] for r in vals] == [2, 4] and all(np.isfinite(r["val_cer"]) for r in vals)
     model, vocab, _ = load_ocr(tmp_path / "ocr" / "best", torch.device("cpu"))
     assert len(vocab) == 98 and not model.training
+    first = lines[0].parent / open(lines[0], encoding="utf-8").read().splitlines()[1].split(",")[0]
+    assert isinstance(read_image(model, vocab, first, beam=2), str)
+    with pytest.raises(BadImage):
+        read_image(model, vocab, tmp_path / "missing.png")
     capsys.readouterr()
     assert evaluate.main(["ocr", "--ckpt", str(tmp_path / "ocr" / "best"), "--beam", "2", "--n", "2",
                           "--device", "cpu"]) == 0

@@ -63,13 +63,14 @@ def test_every_stage_then_a_scripted_chat_session(trained):
     wav = tmp / "reply.wav"
     script = "\n".join([
         "/help", "/speak on", f"/image {data / 'images' / scene['image']}", scene["qa"][0][0],
-        "/image /no/such/image.png", f"/audio {data / 'audio' / clip}", "Transcribe the audio.",
+        "/image /no/such/image.png", "/ocr /no/such/line.png", f"/audio {data / 'audio' / clip}", "Transcribe the audio.",
         "/reset", "hello", "/quit"]) + "\n"
     out = run(["infer_chat.py", "--ckpt_dir", str(ck / "sft"), "--talker", str(ck / "talker"),
                "--audio-out", str(wav), "--max-new-tokens", "8", "--seed", "0"], stdin=script)
     assert "/image PATH" in out                             # help
     assert out.count("μOmni: ") == 3                        # three replies, the session went on
     assert "could not use image /no/such/image.png" in out  # a bad path is a message, not a crash
+    assert "could not read text from /no/such/line.png" in out
     assert out.count("[ttft ") == 3 and "conversation cleared" in out
     spoken = sorted(tmp.glob("reply*.wav"))
     assert spoken, out
