@@ -29,8 +29,8 @@ from omni.files import write_json_atomic
 from omni.runtime import setup_runtime, teardown
 from omni.talker import Talker, TextVocab, talker_loss
 from omni.training import Stage, TrainingError, fit
-from omni.tts import (CODEC_LINK, VOCAB_FILE, CodeCache, TalkerDataset, TalkerStageConfig, codec_dir_of,
-                      collate_talker, evaluate_talker, file_sha1, unigram_code_ce)
+from omni.talker_data import (CODEC_LINK, VOCAB_FILE, CodeCache, TalkerDataset, TalkerStageConfig, codec_dir_of,
+                               collate_talker, evaluate_talker, file_sha1, unigram_code_ce)
 
 log = logging.getLogger("train_talker")
 

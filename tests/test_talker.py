@@ -6,7 +6,8 @@ import torch
 
 from omni.talker import (IGNORE, PAD, START, Talker, TalkerConfig, TalkerLossConfig, TextVocab, make_targets,
                          talker_loss)
-from omni.tts import collate_talker, split_text
+from omni.talker_data import collate_talker
+from omni.tts import split_text
 from tests.conftest import ROOT
 
 N_Q, K, R = 3, 16, 2

@@ -11,7 +11,8 @@ from torch import nn
 from omni.asr import Manifest
 from omni.checkpoint import read_metrics
 from omni.talker import Talker, TalkerConfig, TextVocab
-from omni.tts import CodeCache, Synthesizer, TalkerDataset, collate_talker, resolve_vocoder, unigram_code_ce
+from omni.talker_data import CodeCache, TalkerDataset, collate_talker, unigram_code_ce
+from omni.tts import Synthesizer, resolve_vocoder
 import train_talker
 import train_vocoder
 from scripts import evaluate
