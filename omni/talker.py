@@ -10,6 +10,9 @@ the position of the last group).
 
 Text is read as characters (TextVocab): with 2k utterances a 2M model learns to align characters
 to sound within minutes, far sooner than 32k BPE pieces it would see a handful of times each.
+In the causal decoder a character sees only the characters before it, yet English letters are
+pronounced by what follows them ("night", "cake"); ``text_layers`` bidirectional blocks read the
+whole text first (a padding mask over the text keeps a padded row equal to the row alone).
 An optional guided-attention loss (DC-TTS) nudges frame queries in the chosen layers towards the
 diagonal of the text, which is what makes a tiny model read the text within a CPU budget.
 """
@@ -57,6 +60,7 @@ class TalkerConfig:
     text_vocab_size: int = 0    # 0: take from the character vocabulary
     max_text_chars: int = 200   # longer text is split at sentence / clause / word boundaries
     max_frames_per_char: float = 12.0  # generation stops at this many codec frames per character
+    text_layers: int = 0        # bidirectional blocks over the text before the causal decoder
 
 
 class TextVocab:
@@ -142,6 +146,9 @@ class Talker(nn.Module):
         self.code_emb = nn.Embedding(r * n_q * K, cfg.d_model)  # one table per (slot, codebook)
         self.bos = nn.Parameter(torch.zeros(cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
+        self.text_blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.dropout, causal=False, rope=self.rope)
+            for _ in range(cfg.text_layers))
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.dropout, causal=True, rope=self.rope)
             for _ in range(cfg.n_layers))
@@ -158,9 +165,21 @@ class Talker(nn.Module):
         """groups (B, G, r, n_q) code ids -> (B, G, D): the sum of the slot/codebook embeddings."""
         return self.code_emb(groups + self.offsets).sum(dim=(2, 3))
 
+    def encode_text(self, text: torch.Tensor, text_lens: torch.Tensor | None = None) -> torch.Tensor:
+        """text (B, L) ids ``[<s>, chars, pads]`` -> (B, L, D): the embeddings, read by the
+        ``text_layers`` bidirectional blocks (keys past each row's ``text_lens`` masked)."""
+        x = self.text_emb(text)
+        if not len(self.text_blocks):
+            return x
+        mask = None if text_lens is None else torch.arange(text.shape[1], device=text.device)[None] < text_lens[:, None]
+        x = self.drop(x)
+        for block in self.text_blocks:
+            x = block(x, key_padding_mask=mask)
+        return x
+
     def embed_prefix(self, text: torch.Tensor) -> torch.Tensor:
         """text (1, L) ids ``[<s>, chars]`` -> (1, L + 1, D) with BOS appended (generation)."""
-        x = self.text_emb(text)
+        x = self.encode_text(text)
         return torch.cat([x, self.bos.expand(x.shape[0], 1, -1).to(x.dtype)], dim=1)
 
     def hidden(self, x: torch.Tensor, cache: KVCache | None = None, probe=None) -> torch.Tensor:
@@ -190,9 +209,26 @@ class Talker(nn.Module):
         speech = torch.cat([self.bos.expand(B, 1, -1), self.embed_groups(groups)], dim=1)  # (B, G+1, D)
         # row b's speech starts right after its own text: positions text_lens[b] .. text_lens[b] + G
         index = (text_lens[:, None] + torch.arange(G + 1, device=text.device))[..., None].expand_as(speech)
-        x = torch.cat([self.text_emb(text), speech.new_zeros(speech.shape)], dim=1).scatter(1, index, speech)
+        text_x = self.encode_text(text, text_lens)
+        x = torch.cat([text_x, speech.new_zeros(speech.shape)], dim=1).scatter(1, index, speech)
         h = self.hidden(x, probe=probe)
         return self.split_logits(h.gather(1, index))
+
+    @torch.no_grad()
+    def teacher_forced(self, text_ids: list[int], codes: torch.Tensor) -> torch.Tensor:
+        """One text's ids and its real codes (T, n_q) -> the argmax code of every frame (T, n_q),
+        each predicted from the text and the *real* codes before it (one shift, as in training).
+        Against free-running ``generate`` this separates "cannot predict a frame" from "drifts
+        when fed its own output" (a diagnosis path of scripts/evaluate.py tts)."""
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        text = torch.tensor([[START] + list(text_ids)], device=device)
+        T = codes.shape[0]
+        t = make_targets(codes[None].to(device), torch.tensor([T], device=device), self.cfg.frames_per_step)
+        logits, _ = self(text, torch.tensor([text.shape[1]], device=device), t["groups"])
+        self.train(was_training)
+        return logits[0, :-1].flatten(0, 1)[:T].argmax(-1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight

@@ -325,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-samples", type=int, default=None, help="cap on rows per manifest")
     p.add_argument("--asr-train", type=int, default=3000)
     p.add_argument("--asr-val", type=int, default=200)
-    p.add_argument("--tts-train", type=int, default=2000)
+    p.add_argument("--tts-train", type=int, default=10000)
     p.add_argument("--tts-val", type=int, default=100)
     p.add_argument("--flite-fraction", type=float, default=0.5,
                    help="offline ASR: share of utterances from flite (the rest espeak-ng)")

@@ -6,7 +6,10 @@
 
 Paths, all on the same held-out rows: original (the CSV's recordings), griffinlim (their log-mel
 -> Griffin-Lim: this vocoder's ceiling), codec (log-mel -> codec -> Griffin-Lim), talker (text ->
-Talker -> codec -> Griffin-Lim). The codec is the one the Talker was trained on, or ``--codec``.
+Talker -> codec -> Griffin-Lim), teacher (a diagnosis: the Talker predicts every frame from the text
+and the *real* codes before it, argmax -> codec -> Griffin-Lim; far better than ``talker`` means
+free-running drift, as bad means the Talker cannot yet predict a frame). The codec is the one the
+Talker was trained on, or ``--codec``.
 Also prints per-codebook usage and perplexity on the same rows, and with ``--asr-ckpt`` the CER of
 our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the
 subcommand in scripts/evaluate.py, the entry point.
@@ -24,12 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni.asr import load_asr, transcriber  # noqa: E402
 from omni.audio import SPEECH_OUT_MEL, LogMel  # noqa: E402
+from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
 from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
 from omni.rvq import usage_stats  # noqa: E402
 from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
 
-PATHS = ("original", "griffinlim", "codec", "talker")
+PATHS = ("original", "griffinlim", "codec", "talker", "teacher")
 
 
 def codec_usage(codec, rows) -> str:
@@ -41,15 +45,29 @@ def codec_usage(codec, rows) -> str:
     return "  ".join(f"q{i}: usage {u:.2f} perplexity {p:.1f}" for i, (u, p) in enumerate(zip(usage, perp)))
 
 
+def teacher_forced_path(synth: Synthesizer, n_iter: int):
+    """text + real log-mel -> real codes -> Talker argmax per frame given the real history -> codec
+    -> Griffin-Lim."""
+    logmel = LogMel(SPEECH_OUT_MEL)
+
+    @torch.no_grad()
+    def run(text: str, audio):
+        codes = synth.codec.encode(logmel(torch.from_numpy(audio)[None]))[0]
+        ids, _ = synth.vocab.encode(text)
+        pred = synth.talker.teacher_forced(ids, codes)
+        return mel_to_wav(synth.codec.decode(pred[None]), n_iter=n_iter)[0].numpy()
+    return run
+
+
 def eval_tts(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.paths.split(",") if s.strip()]
     if set(names) - set(PATHS):
         raise SystemExit(f"unknown --paths {sorted(set(names) - set(PATHS))}; choose from {','.join(PATHS)}")
-    needs_codec = bool({"codec", "talker"} & set(names))
+    needs_codec = bool({"codec", "talker", "teacher"} & set(names))
     if needs_codec and not (args.talker or args.codec):
         raise SystemExit("the codec and talker paths need --talker CKPT (or --codec CKPT for the codec path)")
-    if "talker" in names and not args.talker:
-        raise SystemExit("the talker path needs --talker CKPT (as written by train_talker.py)")
+    if {"talker", "teacher"} & set(names) and not args.talker:
+        raise SystemExit("the talker and teacher paths need --talker CKPT (as written by train_talker.py)")
     rows, skipped = read_rows(args.csv, args.n)
     paths = {"original": original_path(), "griffinlim": griffinlim_path(args.gl_iters)}
     synth = codec = None
@@ -63,6 +81,7 @@ def eval_tts(args: argparse.Namespace) -> int:
         paths["codec_griffinlim"] = codec_path(codec, args.gl_iters)
     if synth is not None:
         paths["talker_codec_griffinlim"] = lambda text, audio: synth.synthesize(text, seed=args.seed)
+        paths["teacher_forced_talker"] = teacher_forced_path(synth, args.gl_iters)
     chosen = {k: v for k, v in paths.items() if k.split("_")[0] in names}
     also = {}
     if args.asr_ckpt:
@@ -71,7 +90,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     report = report_paths(rows, chosen, also=also)
     sampling = f"; Talker sampling temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}" \
-        if "talker" in names else ""
+        if {"talker", "teacher"} & set(names) else ""
     print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
           f"{sampling}; {time.perf_counter() - t0:.0f} s")
     extra = f" {'Stage B CER':>12}" if also else ""

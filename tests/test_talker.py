@@ -67,8 +67,25 @@ def test_output_changes_when_the_text_changes():
                            model.generate(_text("good night")[0, 1:].tolist(), max_groups=6))
 
 
-def test_a_padded_row_gives_the_same_logits_as_alone():
-    model = _talker()
+def test_text_layers_give_each_character_its_right_context():
+    """Causal decoding alone: a character's state ignores what follows it; with text_layers the
+    first character's state changes when the last one does, and causality over codes still holds."""
+    a, b = _text("cat"), _text("cap")
+    lens = torch.tensor([a.shape[1]])
+    plain, bidi = _talker(), _talker(text_layers=1)
+    assert torch.equal(plain.encode_text(a, lens)[0, :3], plain.encode_text(b, lens)[0, :3])
+    assert not torch.allclose(bidi.encode_text(a, lens)[0, 1], bidi.encode_text(b, lens)[0, 1], atol=1e-5)
+    groups = torch.randint(0, K, (1, 4, R, N_Q))
+    changed = groups.clone()
+    changed[0, 2] = (changed[0, 2] + 1) % K
+    x, _ = bidi(a, lens, groups)
+    y, _ = bidi(a, lens, changed)
+    assert torch.allclose(x[0, :3], y[0, :3], atol=1e-5) and not torch.allclose(x[0, 3], y[0, 3], atol=1e-4)
+
+
+@pytest.mark.parametrize("text_layers", [0, 1])
+def test_a_padded_row_gives_the_same_logits_as_alone(text_layers):
+    model = _talker(text_layers=text_layers)
     short = (torch.tensor(TextVocab.default().encode("hi")[0]), torch.randint(0, K, (5, N_Q)))
     long = (torch.tensor(TextVocab.default().encode("a much longer text")[0]), torch.randint(0, K, (11, N_Q)))
     batch = collate_talker([short, long])
@@ -83,9 +100,9 @@ def test_a_padded_row_gives_the_same_logits_as_alone():
     assert torch.allclose(stop_both[0, :n], stop_alone[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_kv_cache_generation_equals_uncached(temperature):
-    model = _talker()
+@pytest.mark.parametrize("temperature,text_layers", [(0.0, 0), (1.0, 0), (1.0, 1)])
+def test_kv_cache_generation_equals_uncached(temperature, text_layers):
+    model = _talker(text_layers=text_layers)
     ids = TextVocab.default().encode("the cache must not change a thing")[0]
     cached = model.generate(ids, temperature, top_k=5, max_groups=12, generator=torch.Generator().manual_seed(3))
     full = model.generate(ids, temperature, top_k=5, max_groups=12, use_cache=False,
@@ -93,6 +110,18 @@ def test_kv_cache_generation_equals_uncached(temperature):
     assert cached.shape[1] == N_Q and cached.shape[0] % R == 0 and cached.shape[0] > 0
     assert torch.equal(cached, full)
     assert cached.min() >= 0 and cached.max() < K
+
+
+def test_teacher_forced_argmax_reproduces_greedy_generation():
+    """Fed its own greedy output as the real codes, the teacher-forced argmax of every frame is that
+    output: one shift, the same positions as generation."""
+    model = _talker(text_layers=1)
+    torch.nn.init.constant_(model.head.weight[-1], 0.0)  # never stops: all 7 groups
+    ids = TextVocab.default().encode("teacher forcing")[0]
+    out = model.generate(ids, 0.0, max_groups=7)
+    assert out.shape == (7 * R, N_Q)
+    assert torch.equal(model.teacher_forced(ids, out), out)
+    assert model.teacher_forced(ids, out[:5]).shape == (5, N_Q)  # a length that is not a multiple of r
 
 
 def test_generation_stops_at_the_limit_and_rejects_empty_text():

@@ -175,7 +175,8 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "2",
                           "--gl-iters", "2"]) == 0
     out = capsys.readouterr().out
-    for path in ("original", "griffinlim", "codec_griffinlim", "talker_codec_griffinlim", "q1: usage"):
+    for path in ("original", "griffinlim", "codec_griffinlim", "talker_codec_griffinlim", "teacher_forced_talker",
+                 "q1: usage"):
         assert path in out
     # a trained HiFi-GAN takes Griffin-Lim's place when asked for (or found by "auto")
     (tmp_path / "voc.json").write_text(json.dumps(vocoder_stage(tmp_path, tmp_path / "voc", steps=2)))
