@@ -23,8 +23,8 @@ from torch import nn
 
 from omni.audio import ENCODER_MEL, AudioError, LogMel, load_audio, num_frames
 from omni.audio_encoder import AudioEncoderTiny
-from omni.checkpoint import load_weights, read_config
-from omni.config import AsrStageConfig, AudioEncConfig, config_from_dict
+from omni.checkpoint import load_with_vocab
+from omni.config import AsrStageConfig, AudioEncConfig
 from omni.ctc import BLANK, CharVocab, error_rates, greedy_decode, normalize_text
 from omni.data import DataError, LineFile, SkipCountingDataset
 
@@ -274,14 +274,8 @@ def mel_statistics(dataset: AsrDataset, n: int = 200, seed: int = 0) -> MelStats
 
 def load_asr(ckpt_dir: str | Path, device: torch.device) -> tuple[AsrModel, CharVocab, AsrStageConfig]:
     """Rebuild the Stage B model from its checkpoint folder (config.json, vocab.json, weights)."""
-    cfg = config_from_dict(read_config(ckpt_dir), AsrStageConfig)
-    vocab_path = Path(ckpt_dir) / "vocab.json"
-    if not vocab_path.is_file():
-        raise DataError(f"no vocab.json in {ckpt_dir}: not a Stage B checkpoint (train_audio_enc.py writes it)")
-    vocab = CharVocab.load(vocab_path)
-    model = AsrModel(cfg.model, len(vocab))
-    load_weights(model, ckpt_dir)
-    return model.to(device).eval(), vocab, cfg
+    return load_with_vocab(ckpt_dir, AsrStageConfig, CharVocab, "vocab.json", lambda c, n: AsrModel(c.model, n),
+                           device, "a Stage B checkpoint (train_audio_enc.py writes it)")
 
 
 def per_source_report(manifest: Manifest, results: list[tuple[str, str, int]],

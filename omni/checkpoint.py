@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omni.config import config_from_dict
 from omni.files import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,22 @@ def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no {CONFIG_FILE} in {ckpt_dir}: not a μOmni checkpoint folder")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_with_vocab(ckpt_dir: str | Path, stage_cls: type, vocab_cls: type, vocab_file: str, build,
+                    device: torch.device, what: str) -> tuple[nn.Module, Any, Any]:
+    """A stage that decodes characters, rebuilt strictly from its folder: config.json (parsed into
+    ``stage_cls``), ``vocab_file`` (``vocab_cls.load``) and the weights. ``build(stage_cfg, vocab_size)``
+    makes the model; ``what`` names the stage and the script that writes it, for the error.
+    -> (model in eval mode on ``device``, vocab, stage config)."""
+    cfg = config_from_dict(read_config(ckpt_dir), stage_cls)
+    vocab_path = Path(ckpt_dir) / vocab_file
+    if not vocab_path.is_file():
+        raise CheckpointError(f"no {vocab_file} in {ckpt_dir}: not {what}")
+    vocab = vocab_cls.load(vocab_path)
+    model = build(cfg, len(vocab))
+    load_weights(model, ckpt_dir)
+    return model.to(device).eval(), vocab, cfg
 
 
 def save_train_state(state: dict[str, Any], ckpt_dir: Path) -> None:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from omni.asr import Manifest
-from omni.checkpoint import load_weights, read_config
-from omni.config import TrainConfig, config_from_dict
+from omni.checkpoint import load_with_vocab
+from omni.config import TrainConfig
 from omni.ctc import error_rates
 from omni.data import DataError, SkipCountingDataset
 from omni.image_data import BadImage, load_image
@@ -184,11 +184,5 @@ def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1
 
 def load_ocr(ckpt_dir: str | Path, device: torch.device) -> tuple[OcrModel, OcrVocab, OcrStageConfig]:
     """Rebuild the OCR model from its checkpoint folder (config.json, vocab.json, weights); strict."""
-    cfg = config_from_dict(read_config(ckpt_dir), OcrStageConfig)
-    vocab_path = Path(ckpt_dir) / VOCAB_FILE
-    if not vocab_path.is_file():
-        raise DataError(f"no {VOCAB_FILE} in {ckpt_dir}: not an OCR checkpoint (train_ocr.py writes it)")
-    vocab = OcrVocab.load(vocab_path)
-    model = OcrModel(cfg.model, len(vocab))
-    load_weights(model, ckpt_dir)
-    return model.to(device).eval(), vocab, cfg
+    return load_with_vocab(ckpt_dir, OcrStageConfig, OcrVocab, VOCAB_FILE, lambda c, n: OcrModel(c.model, n),
+                           device, "an OCR checkpoint (train_ocr.py writes it)")

@@ -15,6 +15,8 @@ pronounced by what follows them ("night", "cake"); ``text_layers`` bidirectional
 whole text first (a padding mask over the text keeps a padded row equal to the row alone).
 An optional guided-attention loss (DC-TTS) nudges frame queries in the chosen layers towards the
 diagonal of the text, which is what makes a tiny model read the text within a CPU budget.
+``code_dropout`` (Tacotron's pre-net dropout, applied to whole frames) blanks a share of the input
+groups in training, so the Talker cannot lean on its own history alone and must keep reading the text.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class TalkerConfig:
     max_text_chars: int = 200   # longer text is split at sentence / clause / word boundaries
     max_frames_per_char: float = 12.0  # generation stops at this many codec frames per character
     text_layers: int = 0        # bidirectional blocks over the text before the causal decoder
+    code_dropout: float = 0.0   # training only: each input group is replaced by zeros with this probability
 
 
 class TextVocab:
@@ -206,7 +209,10 @@ class Talker(nn.Module):
         """text (B, L) ``[<s>, chars, pads]``, text_lens (B,) (with <s>), groups (B, G, r, n_q) ->
         code logits (B, G+1, r, n_q, K) and stop logits (B, G+1), one per position from BOS on."""
         B, G = text.shape[0], groups.shape[1]
-        speech = torch.cat([self.bos.expand(B, 1, -1), self.embed_groups(groups)], dim=1)  # (B, G+1, D)
+        code_x = self.embed_groups(groups)
+        if self.training and self.cfg.code_dropout > 0:
+            code_x = code_x * (torch.rand(B, G, 1, device=code_x.device) >= self.cfg.code_dropout)
+        speech = torch.cat([self.bos.expand(B, 1, -1), code_x], dim=1)  # (B, G+1, D)
         # row b's speech starts right after its own text: positions text_lens[b] .. text_lens[b] + G
         index = (text_lens[:, None] + torch.arange(G + 1, device=text.device))[..., None].expand_as(speech)
         text_x = self.encode_text(text, text_lens)
@@ -301,6 +307,7 @@ class TalkerLossConfig:
     guided_weight: float = 1.0          # 0 turns the guided-attention loss off
     guided_sigma: float = 0.2           # DC-TTS's g: width of the allowed band around the diagonal
     guided_layers: tuple[int, ...] = (1, 2)
+    self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
 
 
 class GuidedAttention:
@@ -347,15 +354,32 @@ class GuidedAttention:
         return torch.stack(self.losses).mean()
 
 
+@torch.no_grad()
+def self_fed(model: nn.Module, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor,
+             share: float) -> torch.Tensor:
+    """Parallel scheduled sampling (Duckworth et al. 2019): one gradient-free teacher-forced pass,
+    then each input group is replaced, with probability ``share``, by the argmax the Talker predicted
+    for it from the real groups before it. The targets stay the real codes, so the Talker learns
+    to continue from a history like the one it makes when it speaks on its own."""
+    logits, _ = model(text, text_lens, groups)
+    predicted = logits[:, :-1].argmax(-1)                # position j predicts group j (one shift)
+    swap = torch.rand(groups.shape[:2], device=groups.device) < share
+    return torch.where(swap[..., None, None], predicted, groups)
+
+
 def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig,
                 r: int) -> tuple[torch.Tensor, dict[str, float]]:
     """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
+    In training, ``cfg.self_feed`` > 0 feeds the Talker a share of its own predictions (``self_fed``).
 
     logs: ce (mean over codebooks), ce_q<i> per codebook, acc (top-1 over codes), stop_bce,
     stop_acc (at each row's true end), guided (the attention penalty, also when its weight is 0)."""
     t = make_targets(batch["codes"], batch["code_lens"], r)
+    groups = t["groups"]
+    if model.training and cfg.self_feed > 0:
+        groups = self_fed(model, batch["text"], batch["text_lens"], groups, cfg.self_feed)
     probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
-    code_logits, stop_logits = model(batch["text"], batch["text_lens"], t["groups"], probe=probe)
+    code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe)
     K = code_logits.shape[-1]
     tgt = t["targets"]
     ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import train_ocr
-from omni.checkpoint import read_metrics
+from omni.checkpoint import CheckpointError, read_metrics
 from omni.image_data import BadImage
 from omni.ocr import OcrDataset, collate_ocr, evaluate_ocr, line_tensor, load_ocr, read_image
 from omni.ocr_data import make_synthetic_ocr
@@ -167,6 +167,9 @@ def test_train_ocr_end_to_end_then_evaluate(tmp_path, lines, capsys):
                           "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "model        CER" in out and "font " in out and "tesseract" in out
+    (tmp_path / "ocr" / "best" / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match="no vocab.json in .*best: not an OCR checkpoint"):
+        load_ocr(tmp_path / "ocr" / "best", torch.device("cpu"))
 
 
 def test_config_errors_name_the_key(tmp_path, lines, capsys):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omni.talker import (IGNORE, PAD, START, Talker, TalkerConfig, TalkerLossConfig, TextVocab, make_targets,
-                         talker_loss)
+                         self_fed, talker_loss)
 from omni.talker_data import collate_talker
 from omni.tts import split_text
 from tests.conftest import ROOT
@@ -55,6 +55,21 @@ def test_logits_at_t_depend_only_on_groups_up_to_t():
         # position p holds BOS (p=0) or group p; perturbing group k+1 (index k) changes p >= k+1 only
         assert torch.allclose(logits[0, :k + 1], base[0, :k + 1], atol=1e-5)
         assert not torch.allclose(logits[0, k + 1], base[0, k + 1], atol=1e-4)
+
+
+def test_code_dropout_blanks_whole_input_groups_in_training_only():
+    text, groups = _text("hello there"), torch.randint(0, K, (2, 6, R, N_Q))
+    text = text.expand(2, -1)
+    lens = torch.tensor([text.shape[1]] * 2)
+    model = _talker(code_dropout=1.0)
+    model.train()                      # every group blanked: the codes can no longer matter
+    a, _ = model(text, lens, groups)
+    b, _ = model(text, lens, (groups + 1) % K)
+    assert torch.allclose(a, b, atol=1e-5)
+    model.eval()                       # off at inference: the codes are read again
+    a, _ = model(text, lens, groups)
+    b, _ = model(text, lens, (groups + 1) % K)
+    assert not torch.allclose(a[:, 1:], b[:, 1:], atol=1e-4)
 
 
 def test_output_changes_when_the_text_changes():
@@ -124,6 +139,22 @@ def test_teacher_forced_argmax_reproduces_greedy_generation():
     assert model.teacher_forced(ids, out[:5]).shape == (5, N_Q)  # a length that is not a multiple of r
 
 
+def test_self_feeding_replaces_inputs_by_the_talkers_own_one_shift_predictions():
+    model = _talker()
+    ids = TextVocab.default().encode("scheduled sampling")[0]
+    text, lens = torch.tensor([[START] + ids]), torch.tensor([len(ids) + 1])
+    codes = torch.randint(0, K, (12, N_Q))
+    groups = make_targets(codes[None], torch.tensor([12]), R)["groups"]
+    assert torch.equal(self_fed(model, text, lens, groups, 0.0), groups)
+    fed = self_fed(model, text, lens, groups, 1.0)
+    # every group is what teacher forcing predicts for that frame from the real frames before it
+    assert torch.equal(fed.flatten(1, 2)[0], model.teacher_forced(ids, codes))
+    torch.manual_seed(1)
+    half = self_fed(model, text, lens, groups, 0.5)
+    same = (half == groups).flatten(2).all(-1)[0]
+    assert torch.equal(half[0, ~same], fed[0, ~same]) and 0 < int(same.sum()) < groups.shape[1]
+
+
 def test_generation_stops_at_the_limit_and_rejects_empty_text():
     model = _talker()
     torch.nn.init.constant_(model.head.weight[-1], 0.0)  # stop logit 0 -> p = 0.5, never > 0.5
@@ -160,10 +191,11 @@ def test_long_text_is_split_at_sentences_then_clauses_then_words():
     assert split_text("short.", 60) == ["short."]
 
 
-def test_loss_decreases_and_reports_per_codebook_ce():
+@pytest.mark.parametrize("self_feed", [0.0, 0.5])
+def test_loss_decreases_and_reports_per_codebook_ce(self_feed):
     model = _talker().train()
     batch = collate_talker([(torch.tensor(TextVocab.default().encode("hello")[0]), torch.randint(0, K, (7, N_Q)))])
-    loss, logs = talker_loss(model, batch, TalkerLossConfig(), R)
+    loss, logs = talker_loss(model, batch, TalkerLossConfig(self_feed=self_feed), R)
     assert set(f"ce_q{i}" for i in range(N_Q)) <= set(logs) and 0 <= logs["guided"] <= 1
     assert abs(logs["ce"] - torch.log(torch.tensor(float(K))).item()) < 0.5  # near uniform at init
     loss.backward()
