@@ -7,7 +7,8 @@ Phase 1 is skipped when ``codec.train.save_dir`` already holds a finished codec 
 training state at max_steps if one is there); ``--retrain-codec`` trains it again (with
 ``--overwrite``). Phase 2 encodes the TTS CSVs once with the frozen codec (cached in
 ``train.save_dir/codes/``), then trains the Talker; ``--resume``/``--stop-at`` apply to the phase
-being trained. Checkpoints: ``<codec.train.save_dir>`` and ``<train.save_dir>`` (best/ by val_loss).
+being trained. Checkpoints: ``<codec.train.save_dir>`` and ``<train.save_dir>`` (best/ by val_loss; by
+val_fed_loss, the self-fed validation loss, when ``loss.self_feed`` > 0).
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:
         loss_fn=lambda m, b: talker_loss(m, b, cfg.loss, r), collate=collate_talker,
         evaluate=lambda m: {**evaluate_talker(m, val_set, cfg.loss, cfg.train.batch_size, cfg.data.val_items),
                             **baseline},
-        count_items=lambda b: float(b["code_lens"].sum()), items_unit="frames", best_metric="val_loss",
+        count_items=lambda b: float(b["code_lens"].sum()), items_unit="frames",
+        best_metric="val_fed_loss" if cfg.loss.self_feed > 0 else "val_loss",
         lengths=lengths, skip_report=train_set.report, save_extra=save_extra)
 
 

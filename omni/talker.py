@@ -356,28 +356,31 @@ class GuidedAttention:
 
 @torch.no_grad()
 def self_fed(model: nn.Module, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor,
-             share: float) -> torch.Tensor:
+             share: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Parallel scheduled sampling (Duckworth et al. 2019): one gradient-free teacher-forced pass,
     then each input group is replaced, with probability ``share``, by the argmax the Talker predicted
     for it from the real groups before it. The targets stay the real codes, so the Talker learns
     to continue from a history like the one it makes when it speaks on its own."""
     logits, _ = model(text, text_lens, groups)
     predicted = logits[:, :-1].argmax(-1)                # position j predicts group j (one shift)
-    swap = torch.rand(groups.shape[:2], device=groups.device) < share
+    swap = torch.rand(groups.shape[:2], generator=generator, device=groups.device) < share
     return torch.where(swap[..., None, None], predicted, groups)
 
 
 def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig,
-                r: int) -> tuple[torch.Tensor, dict[str, float]]:
+                r: int, feed: float | None = None, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
-    In training, ``cfg.self_feed`` > 0 feeds the Talker a share of its own predictions (``self_fed``).
+    In training, ``cfg.self_feed`` > 0 feeds the Talker a share of its own predictions (``self_fed``);
+    ``feed`` overrides that share (validation measures the self-fed CE with a seeded ``generator``).
 
     logs: ce (mean over codebooks), ce_q<i> per codebook, acc (top-1 over codes), stop_bce,
     stop_acc (at each row's true end), guided (the attention penalty, also when its weight is 0)."""
     t = make_targets(batch["codes"], batch["code_lens"], r)
     groups = t["groups"]
-    if model.training and cfg.self_feed > 0:
-        groups = self_fed(model, batch["text"], batch["text_lens"], groups, cfg.self_feed)
+    feed = (cfg.self_feed if model.training else 0.0) if feed is None else feed
+    if feed > 0:
+        groups = self_fed(model, batch["text"], batch["text_lens"], groups, feed, generator)
     probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
     code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe)
     K = code_logits.shape[-1]

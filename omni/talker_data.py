@@ -218,16 +218,23 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
                     n_items: int) -> dict[str, float]:
     """Teacher-forced metrics over the first n_items usable rows (by length, for tight batches):
     val_loss = CE (mean over codebooks) + stop BCE; also per-codebook CE, accuracy, end-of-speech
-    accuracy and the guided-attention penalty (low = the attention follows the text)."""
+    accuracy and the guided-attention penalty (low = the attention follows the text). With
+    ``loss_cfg.self_feed`` > 0 also val_fed_ce / val_fed_loss: the same rows with that share of the
+    input frames replaced by the Talker's own predictions (seeded: the same swaps at every validation),
+    the objective that run trains."""
     device = next(model.parameters()).device
     usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
     usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
     sums: Counter = Counter()
     n = 0
+    gen = torch.Generator(device=device).manual_seed(0)
     for s in range(0, len(usable), batch_size):
         batch = collate_talker([data[i] for i in usable[s:s + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         _, logs = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step)
+        if loss_cfg.self_feed > 0:
+            _, fed = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step, loss_cfg.self_feed, gen)
+            logs.update(fed_ce=fed["ce"], fed_stop_bce=fed["stop_bce"])
         k = batch["text"].shape[0]
         for key, v in logs.items():
             sums[key] += v * k
@@ -235,4 +242,6 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
     data.report()  # evaluation reads are not training skips
     out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
     out["val_loss"] = out["val_ce"] + out["val_stop_bce"]
+    if "val_fed_ce" in out:
+        out["val_fed_loss"] = out["val_fed_ce"] + out["val_fed_stop_bce"]
     return out

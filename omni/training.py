@@ -121,6 +121,7 @@ class Progress:
     bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
     best: float | None = None
     skipped_total: int = 0
+    best_key: str | None = None  # the metric ``best`` holds (a resume may change the stage's metric)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,8 +166,25 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         p = state["progress"]
-        self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"])
+        self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"],
+                          p.get("best_key", self.stage.best_metric))
         self._resume_rng = state["rng"][self.rt.rank]
+        if self.p.best is not None and self.p.best_key != self.stage.best_metric:
+            self._retire_best()
+
+    def _retire_best(self) -> None:
+        """The run resumes with another best metric: the old value cannot be compared with the new
+        one, so best/ moves to best_<old metric>/ (kept, not overwritten) and the next validation
+        starts a new best/."""
+        old = self.save_dir / "best"
+        kept = self.save_dir / f"best_{self.p.best_key}"
+        if kept.exists():
+            kept = kept.with_name(f"{kept.name}_step{self.p.step}")
+        if self.rt.is_main and old.is_dir():
+            old.rename(kept)
+        log.warning("best metric changed from %s to %s: the old best/ (%s=%.4f) is now %s",
+                    self.p.best_key, self.stage.best_metric, self.p.best_key, self.p.best, kept)
+        self.p.best, self.p.best_key = None, self.stage.best_metric
 
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> None:
@@ -194,7 +212,7 @@ class Trainer:
         value = metrics[key]
         better = self.p.best is None or (value > self.p.best if self.stage.best_max else value < self.p.best)
         if better:
-            self.p.best = value
+            self.p.best, self.p.best_key = value, key
             best_dir = self.save_dir / "best"
             ckpt.save_config(self.stage.config, best_dir)
             self.stage.save_extra(best_dir)

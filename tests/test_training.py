@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -152,3 +153,24 @@ def test_compiled_run_saves_plain_weights(tmp_path):
     compiled = load_file(str(tmp_path / "compiled" / ckpt.MODEL_FILE))
     assert eager.keys() == compiled.keys()  # no "_orig_mod." prefixes: saved from the raw module
     assert all(torch.allclose(eager[k], compiled[k], atol=1e-4) for k in eager)
+
+
+def test_resume_with_another_best_metric_keeps_the_old_best(tmp_path):
+    def stage(metric):
+        s = _toy_stage(tmp_path, _mse)
+        s.evaluate, s.best_metric = (lambda m: {"a": 1.0, "b": 5.0}), metric
+        return s
+
+    def step_of(d):
+        with safe_open(str(d / ckpt.MODEL_FILE), "pt") as f:
+            return f.metadata()["step"]
+
+    d = tmp_path / "toy"
+    fit(stage("a"), _toy_cfg(tmp_path, max_steps=4, val_freq=2))
+    assert step_of(d / "best") == "2"
+    # b (5.0) compared with a's best (1.0) would never count as better: best/ would freeze at step 2
+    fit(stage("b"), _toy_cfg(tmp_path, max_steps=8, val_freq=2), resume=True)
+    assert step_of(d / "best_a") == "2"          # the old best is kept under its metric's name
+    assert step_of(d / "best") == "6"            # the first validation after the resume
+    fit(stage("b"), _toy_cfg(tmp_path, max_steps=10, val_freq=2), resume=True)
+    assert step_of(d / "best") == "6" and not (d / "best_b").exists()  # same metric: nothing retired

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from omni.asr import Manifest
@@ -161,9 +162,15 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert {"val_ce_q0", "val_ce_q1", "val_stop_acc", "val_unigram_ce"} <= set(vals[0])
     cache = talker_dir / "codes" / "clips.csv.codes.npy"
     mtime = cache.stat().st_mtime_ns
-    # a second run skips the finished codec and reuses the cached codes
-    assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=1"]) == 0
+    # a second run skips the finished codec and reuses the cached codes; fed its own predictions
+    # (loss.self_feed) it also validates self-fed, and keeps best/ by that loss
+    assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=2",
+                              "loss.self_feed=0.5"]) == 0
     assert "is finished; skipping" in capsys.readouterr().out and cache.stat().st_mtime_ns == mtime
+    val = [r for r in read_metrics(talker_dir) if r["event"] == "val"][-1]
+    assert val["val_fed_loss"] == pytest.approx(val["val_fed_ce"] + val["val_fed_stop_bce"])
+    with safe_open(str(talker_dir / "best" / "model.safetensors"), "pt") as f:
+        assert float(f.metadata()["val_fed_loss"]) == pytest.approx(val["val_fed_loss"])
     synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
     wav = synth.synthesize("Front left.", seed=0)
     assert wav.dtype == np.float32 and len(wav) > 0
