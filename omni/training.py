@@ -167,17 +167,17 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         p = state["progress"]
         self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"],
-                          p.get("best_key", self.stage.best_metric))
+                          p.get("best_key"))  # None: a state from before best_key was recorded
         self._resume_rng = state["rng"][self.rt.rank]
         if self.p.best is not None and self.p.best_key != self.stage.best_metric:
             self._retire_best()
 
     def _retire_best(self) -> None:
-        """The run resumes with another best metric: the old value cannot be compared with the new
-        one, so best/ moves to best_<old metric>/ (kept, not overwritten) and the next validation
-        starts a new best/."""
+        """The run resumes with another best metric (or one its state did not record): the old value
+        cannot be compared with the new one, so best/ moves to best_<old metric>/ (kept, not
+        overwritten) and the next validation starts a new best/."""
         old = self.save_dir / "best"
-        kept = self.save_dir / f"best_{self.p.best_key}"
+        kept = self.save_dir / f"best_{self.p.best_key or 'previous'}"
         if kept.exists():
             kept = kept.with_name(f"{kept.name}_step{self.p.step}")
         if self.rt.is_main and old.is_dir():
