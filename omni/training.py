@@ -182,8 +182,9 @@ class Trainer:
             kept = kept.with_name(f"{kept.name}_step{self.p.step}")
         if self.rt.is_main and old.is_dir():
             old.rename(kept)
-        log.warning("best metric changed from %s to %s: the old best/ (%s=%.4f) is now %s",
-                    self.p.best_key, self.stage.best_metric, self.p.best_key, self.p.best, kept)
+        was = self.p.best_key or "a metric this state did not record"
+        log.warning("best metric changed from %s to %s: the old best/ (%.4f) is now %s; the next "
+                    "validation starts a new best/", was, self.stage.best_metric, self.p.best, kept)
         self.p.best, self.p.best_key = None, self.stage.best_metric
 
     # ---------------------------------------------------------------- checkpoints
