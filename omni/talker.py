@@ -13,10 +13,9 @@ to sound within minutes, far sooner than 32k BPE pieces it would see a handful o
 In the causal decoder a character sees only the characters before it, yet English letters are
 pronounced by what follows them ("night", "cake"); ``text_layers`` bidirectional blocks read the
 whole text first (a padding mask over the text keeps a padded row equal to the row alone).
-An optional guided-attention loss (DC-TTS) nudges frame queries in the chosen layers towards the
-diagonal of the text, which is what makes a tiny model read the text within a CPU budget.
 ``code_dropout`` (Tacotron's pre-net dropout, applied to whole frames) blanks a share of the input
 groups in training, so the Talker cannot lean on its own history alone and must keep reading the text.
+The training objective (CE, stop flag, guided attention, self-feeding) is in omni/talker_loss.py.
 """
 from __future__ import annotations
 
@@ -232,9 +231,16 @@ class Talker(nn.Module):
         text = torch.tensor([[START] + list(text_ids)], device=device)
         T = codes.shape[0]
         t = make_targets(codes[None].to(device), torch.tensor([T], device=device), self.cfg.frames_per_step)
-        logits, _ = self(text, torch.tensor([text.shape[1]], device=device), t["groups"])
+        pred = self.predict_groups(text, torch.tensor([text.shape[1]], device=device), t["groups"])
         self.train(was_training)
-        return logits[0, :-1].flatten(0, 1)[:T].argmax(-1)
+        return pred[0].flatten(0, 1)[:T]
+
+    @torch.no_grad()
+    def predict_groups(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """The argmax of every input group (B, G, r, n_q), each predicted from the text and the
+        groups before it: the position holding group j-1 (BOS for j = 0) predicts group j."""
+        logits, _ = self(text, text_lens, groups)
+        return logits[:, :-1].argmax(-1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight
@@ -297,108 +303,3 @@ def sample_codes(logits: torch.Tensor, temperature: float, top_k: int,
         flat = flat.masked_fill(flat < kth, float("-inf"))
     ids = torch.multinomial(F.softmax(flat, -1), 1, generator=generator)[:, 0]
     return ids.view(logits.shape[:-1])
-
-
-@dataclass
-class TalkerLossConfig:
-    """Loss weights: CE over codes (mean over codebooks and frames) + stop BCE + guided attention."""
-    stop_weight: float = 1.0
-    stop_pos_weight: float = 5.0        # one end per utterance against ~100 non-ends
-    guided_weight: float = 1.0          # 0 turns the guided-attention loss off
-    guided_sigma: float = 0.2           # DC-TTS's g: width of the allowed band around the diagonal
-    guided_layers: tuple[int, ...] = (1, 2)
-    self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
-
-
-class GuidedAttention:
-    """DC-TTS guided attention for a prefix LM: each frame query's attention over the *text* keys
-    (softmax over text positions only) is penalised by 1 - exp(-(n/N - t/T)^2 / 2g^2).
-
-    Used as ``Talker.hidden``'s probe: for the chosen layers it recomputes q and k from the block's
-    own (normed) input with the block's own weights, so the penalty is on the real attention."""
-
-    def __init__(self, text_lens: torch.Tensor, n_groups: torch.Tensor, layers: tuple[int, ...],
-                 sigma: float) -> None:
-        self.layers = set(layers)
-        device = text_lens.device
-        n_chars = text_lens - 1                                                   # without <s>
-        self.L = int(text_lens.max())
-        col = torch.arange(self.L - 1, device=device)[None, :]
-        self.key_ok = col < n_chars[:, None]                                      # (B, L-1)
-        text_pos = (col + 0.5) / n_chars.clamp(min=1)[:, None]
-        G = int(n_groups.max()) + 1
-        j = torch.arange(G, device=device)[None, :]
-        self.index = text_lens[:, None] + j                                       # (B, G+1) query positions
-        self.q_ok = j <= n_groups[:, None]
-        speech_pos = ((j + 0.5) / n_groups.clamp(min=1)[:, None]).clamp(max=1.0)
-        diff = speech_pos[:, :, None] - text_pos[:, None, :]                      # (B, G+1, L-1)
-        self.weight = 1.0 - torch.exp(-diff.pow(2) / (2 * sigma ** 2))
-        self.losses: list[torch.Tensor] = []
-
-    def __call__(self, i: int, block: Block, x: torch.Tensor) -> None:
-        if i not in self.layers:
-            return
-        attn = block.attn
-        q, k, _ = attn.split_heads(attn.qkv(block.attn_norm(x)))
-        q, k = attn.rope(q, 0), attn.rope(k, 0)
-        H = q.shape[1]
-        q = q.gather(2, self.index[:, None, :, None].expand(-1, H, -1, q.shape[-1]))   # frame queries
-        k = k[:, :, 1:self.L].repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # text keys
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
-        probs = scores.masked_fill(~self.key_ok[:, None, None, :], float("-inf")).softmax(-1)
-        per_query = (probs * self.weight[:, None]).sum(-1)                         # (B, H, G+1)
-        mask = self.q_ok[:, None].float()
-        self.losses.append((per_query * mask).sum() / (mask.sum() * H))
-
-    def loss(self) -> torch.Tensor:
-        return torch.stack(self.losses).mean()
-
-
-@torch.no_grad()
-def self_fed(model: nn.Module, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor,
-             share: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Parallel scheduled sampling (Duckworth et al. 2019): one gradient-free teacher-forced pass,
-    then each input group is replaced, with probability ``share``, by the argmax the Talker predicted
-    for it from the real groups before it. The targets stay the real codes, so the Talker learns
-    to continue from a history like the one it makes when it speaks on its own."""
-    logits, _ = model(text, text_lens, groups)
-    predicted = logits[:, :-1].argmax(-1)                # position j predicts group j (one shift)
-    swap = torch.rand(groups.shape[:2], generator=generator, device=groups.device) < share
-    return torch.where(swap[..., None, None], predicted, groups)
-
-
-def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig,
-                r: int, feed: float | None = None, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
-    In training, ``cfg.self_feed`` > 0 feeds the Talker a share of its own predictions (``self_fed``);
-    ``feed`` overrides that share (validation measures the self-fed CE with a seeded ``generator``).
-
-    logs: ce (mean over codebooks), ce_q<i> per codebook, acc (top-1 over codes), stop_bce,
-    stop_acc (at each row's true end), guided (the attention penalty, also when its weight is 0)."""
-    t = make_targets(batch["codes"], batch["code_lens"], r)
-    groups = t["groups"]
-    feed = (cfg.self_feed if model.training else 0.0) if feed is None else feed
-    if feed > 0:
-        groups = self_fed(model, batch["text"], batch["text_lens"], groups, feed, generator)
-    probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
-    code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe)
-    K = code_logits.shape[-1]
-    tgt = t["targets"]
-    ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
-                             reduction="none").view(tgt.shape)
-    valid = tgt != IGNORE
-    per_q = (ce_all * valid).sum(dim=(0, 1, 2)) / valid.sum(dim=(0, 1, 2)).clamp(min=1)  # (n_q,)
-    ce = per_q.mean()
-    stop_ok = t["stop"] >= 0
-    stop_bce = F.binary_cross_entropy_with_logits(
-        stop_logits.float()[stop_ok], t["stop"][stop_ok],
-        pos_weight=torch.tensor(cfg.stop_pos_weight, device=stop_logits.device))
-    guided = probe.loss() if probe.losses else torch.zeros((), device=ce.device)
-    loss = ce + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
-    with torch.no_grad():
-        acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
-        at_end = stop_logits.gather(1, t["n_groups"][:, None])[:, 0] > 0
-    logs = {"ce": ce.item(), "acc": acc.item(), "stop_bce": stop_bce.item(), "guided": guided.item(),
-            "stop_acc": at_end.float().mean().item(), **{f"ce_q{i}": v for i, v in enumerate(per_q.tolist())}}
-    return loss, logs
