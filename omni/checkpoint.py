@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -56,6 +56,26 @@ def best_or_self(ckpt_dir: str | Path) -> Path:
 
 def save_config(cfg: dict[str, Any], ckpt_dir: Path) -> None:
     write_text_atomic(ckpt_dir / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
+
+
+def save_snapshot(ckpt_dir: Path, cfg: dict[str, Any], model: nn.Module, metadata: dict[str, str],
+                  save_extra: Callable[[Path], None]) -> None:
+    """What a later stage loads from a folder: config.json, the stage's extras (e.g. its tokenizer),
+    then the weights (written last, so a folder with weights is complete)."""
+    save_config(cfg, ckpt_dir)
+    save_extra(ckpt_dir)
+    save_weights(model, ckpt_dir, metadata)
+
+
+def retire_best(save_dir: Path, old_metric: str | None, step: int) -> Path:
+    """Move ``best/`` to ``best_<old metric>/`` (``best_previous/`` when the metric was not recorded;
+    ``_step<N>`` appended rather than overwrite an earlier one) -> the folder it went to."""
+    kept = save_dir / f"best_{old_metric or 'previous'}"
+    if kept.exists():
+        kept = kept.with_name(f"{kept.name}_step{step}")
+    if (save_dir / "best").is_dir():
+        (save_dir / "best").rename(kept)
+    return kept
 
 
 def read_config(ckpt_dir: str | Path) -> dict[str, Any]:

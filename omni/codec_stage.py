@@ -26,6 +26,7 @@ from omni.codec import CODE_RATE_HZ, CodecConfig, MelCodec
 from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
 from omni.data import DataError
 from omni.rvq import usage_stats
+from omni.runtime import unwrap
 from omni.training import Stage
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def recon_errors(out: dict[str, torch.Tensor], lengths: torch.Tensor, std: torch
 
 def codec_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + MSE on normalised log-mel + commitment_weight * commitment."""
-    codec: MelCodec = model.module if hasattr(model, "module") else model
+    codec: MelCodec = unwrap(model)
     out = model(batch["mel"], batch["lengths"])
     err = recon_errors(out, batch["lengths"], codec.mel_std)
     loss = err["l1_norm"] + err["mse_norm"] + codec.cfg.commitment_weight * out["commit"]

@@ -11,10 +11,13 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +148,34 @@ def pick_inference_dtype(device: torch.device, name: str = "auto") -> torch.dtyp
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP / torch.compile wrappers: for its attributes and for gradient-free
+    passes that must not go through DDP's gradient reduction."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+class StopOnSignal:
+    """First Ctrl-C / SIGTERM sets ``requested`` (the loop finishes its step, checkpoints and exits);
+    a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("signal %d: stopping after this step with a checkpoint (again to abort)", signum)
+
+    def __enter__(self) -> "StopOnSignal":
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.layers import Block
+from omni.runtime import unwrap
 from omni.talker import IGNORE, make_targets
 
 
@@ -81,8 +82,7 @@ def self_fed(model: nn.Module, text: torch.Tensor, text_lens: torch.Tensor, grou
     then each input group is replaced, with probability ``share``, by the argmax the Talker predicted
     for it from the real groups before it. The targets stay the real codes, so the Talker learns
     to continue from a history like the one it makes when it speaks on its own."""
-    raw = model.module if hasattr(model, "module") else model   # DDP: no gradient, no reduction
-    predicted = raw.predict_groups(text, text_lens, groups)
+    predicted = unwrap(model).predict_groups(text, text_lens, groups)  # not through DDP: no gradient
     swap = torch.rand(groups.shape[:2], generator=generator, device=groups.device) < share
     return torch.where(swap[..., None, None], predicted, groups)
 

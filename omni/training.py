@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from omni import checkpoint as ckpt
 from omni.config import TrainConfig
 from omni.data import EpochBatches
-from omni.runtime import all_mean, any_rank, setup_runtime
+from omni.runtime import StopOnSignal, all_mean, any_rank, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class Trainer:
         self.opt = make_optimizer(self.raw, cfg, self.rt.device, stage.lr_scales)
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.needs_scaler())
         self.p = Progress()
-        self.stop_requested = False
+        self.stop = StopOnSignal()
         torch.manual_seed(cfg.seed + 1_000_003 * self.rt.rank)  # dropout differs per rank
         self._prepare_dir(resume, overwrite)
         model: nn.Module = torch.compile(self.raw) if cfg.compile else self.raw
@@ -176,15 +175,11 @@ class Trainer:
         """The run resumes with another best metric (or one its state did not record): the old value
         cannot be compared with the new one, so best/ moves to best_<old metric>/ (kept, not
         overwritten) and the next validation starts a new best/."""
-        old = self.save_dir / "best"
-        kept = self.save_dir / f"best_{self.p.best_key or 'previous'}"
-        if kept.exists():
-            kept = kept.with_name(f"{kept.name}_step{self.p.step}")
-        if self.rt.is_main and old.is_dir():
-            old.rename(kept)
-        was = self.p.best_key or "a metric this state did not record"
-        log.warning("best metric changed from %s to %s: the old best/ (%.4f) is now %s; the next "
-                    "validation starts a new best/", was, self.stage.best_metric, self.p.best, kept)
+        if self.rt.is_main:
+            kept = ckpt.retire_best(self.save_dir, self.p.best_key, self.p.step)
+            was = self.p.best_key or "a metric this state did not record"
+            log.warning("best metric changed from %s to %s: the old best/ (%.4f) is now %s; the next "
+                        "validation starts a new best/", was, self.stage.best_metric, self.p.best, kept)
         self.p.best, self.p.best_key = None, self.stage.best_metric
 
     # ---------------------------------------------------------------- checkpoints
@@ -200,9 +195,8 @@ class Trainer:
             state = {"model": self.raw.state_dict(), "optimizer": self.opt.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.rt.world_size,
                      "progress": {k: v for k, v in vars(self.p).items() if k != "extra"}}
-            ckpt.save_config(self.stage.config, self.save_dir)
-            self.stage.save_extra(self.save_dir)
-            ckpt.save_weights(self.raw, self.save_dir, {"step": str(self.p.step)})
+            ckpt.save_snapshot(self.save_dir, self.stage.config, self.raw, {"step": str(self.p.step)},
+                               self.stage.save_extra)
             ckpt.save_train_state(state, self.save_dir)
         self.rt.barrier()
 
@@ -215,9 +209,8 @@ class Trainer:
         if better:
             self.p.best, self.p.best_key = value, key
             best_dir = self.save_dir / "best"
-            ckpt.save_config(self.stage.config, best_dir)
-            self.stage.save_extra(best_dir)
-            ckpt.save_weights(self.raw, best_dir, {"step": str(self.p.step), key: str(value)})
+            ckpt.save_snapshot(best_dir, self.stage.config, self.raw, {"step": str(self.p.step), key: str(value)},
+                               self.stage.save_extra)
             log.info("new best %s=%.4f at step %d -> %s", key, value, self.p.step, best_dir)
 
     # ---------------------------------------------------------------- the loop
@@ -330,7 +323,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         evaluated_at = -1  # same on every rank (only rank 0 gets metrics back)
         t0, window_items, status = time.perf_counter(), 0, "done"
-        with _StopOnSignal(self):
+        with self.stop:
             while self.p.step < min(last, cfg.max_steps):
                 out = self._step(batches)
                 if out is None:
@@ -348,7 +341,7 @@ class Trainer:
                     metrics, evaluated_at = self.evaluate(), self.p.step
                 if self.p.step % cfg.checkpoint_freq == 0:
                     self.save()
-                if any_rank(rt, self.stop_requested):
+                if any_rank(rt, self.stop.requested):
                     status = "interrupted"
                     break
         bar.close()
@@ -369,28 +362,6 @@ class Trainer:
             rec = {"event": "train", "step": self.p.step, "epoch": self.p.epoch, "loss": loss, "lr": lr,
                    "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **self.p.extra}
             ckpt.append_metrics(self.save_dir, rec)
-
-
-class _StopOnSignal:
-    """First Ctrl-C / SIGTERM: finish the current step, checkpoint, exit. Second Ctrl-C: abort."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    def _handle(self, signum, frame) -> None:
-        if self.trainer.stop_requested:
-            raise KeyboardInterrupt
-        self.trainer.stop_requested = True
-        log.warning("signal %d: stopping after this step with a checkpoint (again to abort)", signum)
-
-    def __enter__(self):
-        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        return False
 
 
 def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,

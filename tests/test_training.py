@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 import train_text
 from omni import checkpoint as ckpt
 from omni.config import TrainConfig
+from omni.runtime import unwrap
 from omni.training import Stage, TrainingError, fit, lr_at
 from tests.conftest import SONNETS, write_config
 
@@ -174,3 +175,9 @@ def test_resume_with_another_best_metric_keeps_the_old_best(tmp_path):
     assert step_of(d / "best") == "6"            # the first validation after the resume
     fit(stage("b"), _toy_cfg(tmp_path, max_steps=10, val_freq=2), resume=True)
     assert step_of(d / "best") == "6" and not (d / "best_b").exists()  # same metric: nothing retired
+
+
+def test_unwrap_returns_the_module_inside_torch_compile():
+    model = nn.Linear(2, 2)
+    assert unwrap(model) is model
+    assert unwrap(torch.compile(model)) is model  # wrapping only: nothing is compiled until called
