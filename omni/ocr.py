@@ -21,9 +21,11 @@ from omni.asr import Manifest
 from omni.checkpoint import load_with_vocab
 from omni.config import TrainConfig
 from omni.ctc import error_rates
+from omni.ctc import greedy_decode as ctc_greedy
 from omni.data import DataError, SkipCountingDataset
 from omni.image_data import BadImage, load_image
-from omni.ocr_model import BOS, EOS, PAD, OcrModel, OcrModelConfig, OcrVocab, beam_decode, greedy_decode
+from omni.ocr_model import BOS, EOS, PAD, OcrModel, OcrModelConfig, OcrVocab, beam_decode, ctc_decode, greedy_decode
+from omni.runtime import unwrap
 
 log = logging.getLogger(__name__)
 VOCAB_FILE = "vocab.json"
@@ -129,15 +131,32 @@ def collate_ocr(items: list) -> dict[str, torch.Tensor] | None:
 
 
 def ocr_loss(model: OcrModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Teacher-forced character cross-entropy (pad positions ignored)."""
-    logits = model(batch["images"], batch["widths"], batch["inputs"])
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
-    return loss, {"loss": loss.item()}
+    """Teacher-forced character cross-entropy (pad positions ignored), plus ``ctc_weight`` x the CTC
+    head's loss when the model has one (rows it cannot spell in its columns add nothing)."""
+    cfg = unwrap(model).cfg
+    out = model(batch["images"], batch["widths"], batch["inputs"], with_ctc=cfg.ctc_weight > 0)
+    logits, ctc = out if cfg.ctc_weight > 0 else (out, None)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
+    if ctc is None:
+        return ce, {"loss": ce.item()}
+    log_probs, lengths = ctc
+    labels = batch["targets"].clamp(min=0)  # text + eos, -100 after: CTC reads label_lengths, eos excluded
+    label_lengths = (batch["targets"] >= 0).sum(1) - 1
+    ctc_loss = F.ctc_loss(log_probs.transpose(0, 1), labels, lengths, label_lengths, blank=PAD,
+                          reduction="mean", zero_infinity=True)
+    return ce + cfg.ctc_weight * ctc_loss, {"loss": ce.item(), "ctc_loss": ctc_loss.item()}
 
 
 @torch.no_grad()
-def transcribe_batch(model: OcrModel, vocab: OcrVocab, batch: dict[str, torch.Tensor], beam: int = 1) -> list[str]:
-    """Greedy (beam 1, batched) or beam-search transcripts of a collated batch."""
+def transcribe_batch(model: OcrModel, vocab: OcrVocab, batch: dict[str, torch.Tensor], beam: int = 1,
+                     decoder: str | None = None) -> list[str]:
+    """Transcripts of a collated batch by ``decoder`` (default: the model's ``cfg.decoder``):
+    "attention" greedy (beam 1, batched) or beam search, or "ctc", the CTC head's best path."""
+    decoder = decoder or model.cfg.decoder
+    if decoder == "ctc":
+        return ctc_greedy(*ctc_decode(model, batch["images"], batch["widths"]), vocab)
+    if decoder != "attention":
+        raise ValueError(f"decoder must be 'attention' or 'ctc', got {decoder!r}")
     if beam <= 1:
         return [vocab.decode(ids) for ids in greedy_decode(model, batch["images"], batch["widths"])]
     return [vocab.decode(beam_decode(model, batch["images"][k:k + 1], batch["widths"][k:k + 1], beam))
@@ -146,34 +165,45 @@ def transcribe_batch(model: OcrModel, vocab: OcrVocab, batch: dict[str, torch.Te
 
 @torch.no_grad()
 def evaluate_ocr(model: OcrModel, data: OcrDataset, vocab: OcrVocab, batch_size: int, n_items: int | None = None,
-                 beam: int = 1) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
-    """CER/WER (case and punctuation kept) and teacher-forced loss over the first n_items rows;
-    also (reference, hypothesis, row) per decoded row."""
+                 beam: int = 1, decoder: str | None = None) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
+    """CER/WER (case and punctuation kept) of ``decoder`` (default: the model's) and the teacher-
+    forced cross-entropy over the first n_items rows; a model with a CTC head also reports both
+    decoders' CER (val_attention_cer, val_ctc_cer; ``beam`` applies to the attention decoder).
+    Also (reference, hypothesis of ``decoder``, row) per decoded row."""
     was_training = model.training
     model.eval()
+    decoder = decoder or model.cfg.decoder
+    decoders = ("attention", "ctc") if model.ctc_head is not None else ("attention",)
+    if decoder not in decoders:
+        raise ValueError(f"decoder {decoder!r} is not one this model has: {', '.join(decoders)}")
     device = next(model.parameters()).device
     n = len(data) if n_items is None else min(n_items, len(data))
-    refs, hyps, rows, losses = [], [], [], []
+    refs, rows, losses = [], [], []
+    hyps: dict[str, list[str]] = {d: [] for d in decoders}
     for lo in range(0, n, batch_size):
         kept = [(i, x) for i in range(lo, min(lo + batch_size, n)) if (x := data[i]) is not None]
         batch = collate_ocr([x for _, x in kept])
         if batch is None:
             continue
         batch = {k: v.to(device) for k, v in batch.items()}
-        losses.append(ocr_loss(model, batch)[0].item())
-        hyps += transcribe_batch(model, vocab, batch, beam)
+        losses.append(ocr_loss(model, batch)[1]["loss"])
+        for d in decoders:
+            hyps[d] += transcribe_batch(model, vocab, batch, beam, d)
         refs += [vocab.decode(ids) for _, (_, _, ids) in kept]
         rows += [i for i, _ in kept]
     data.report()  # evaluation reads are not training skips
     model.train(was_training)
-    rates = error_rates(refs, hyps) if refs else {"cer": float("nan"), "wer": float("nan")}
-    metrics = {"val_loss": float(np.mean(losses)) if losses else float("nan"), "val_cer": rates["cer"],
-               "val_wer": rates["wer"], "val_items": float(len(refs))}
-    return metrics, list(zip(refs, hyps, rows))
+    nan = {"cer": float("nan"), "wer": float("nan")}
+    rates = {d: error_rates(refs, h) if refs else nan for d, h in hyps.items()}
+    metrics = {"val_loss": float(np.mean(losses)) if losses else float("nan"), "val_cer": rates[decoder]["cer"],
+               "val_wer": rates[decoder]["wer"], "val_items": float(len(refs))}
+    if len(decoders) > 1:
+        metrics.update({f"val_{d}_cer": r["cer"] for d, r in rates.items()})
+    return metrics, list(zip(refs, hyps[decoder], rows))
 
 
 @torch.no_grad()
-def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1) -> str:
+def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1) -> str:  # the model's decoder
     """The text of one line image file (raises BadImage with the path when it cannot be read)."""
     img, _ = load_image(Path(path))
     x, w = line_tensor(img, model.cfg.img_size, model.cfg.max_width, model.cfg.patch)

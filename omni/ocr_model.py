@@ -5,6 +5,11 @@ A line image is (1, H, W): H = ``img_size`` pixels, any width up to ``max_width`
 multiple of ``patch``). Patches are ``patch`` x ``patch``; the encoder orders them column by
 column (left to right, top to bottom inside a column), with learned row and column positions, and
 a padding mask so the padded columns of a batch never change the real ones.
+
+With ``ctc_weight`` > 0 an auxiliary CTC head reads each patch column (its ``rows`` states side by
+side) and spells the line left to right, blank = the pad id: the hybrid CTC/attention recipe of
+speech recognition. It makes the encoder lay the characters out in reading order early, which an
+attention decoder trained from scratch otherwise takes thousands of steps to discover.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class OcrModelConfig:
     decoder_d_ff: int
     max_text_len: int      # characters per line (longer rows are skipped and counted)
     dropout: float
+    ctc_weight: float = 0.0  # hybrid CTC/attention: weight of a CTC loss on the encoder's columns (0: no CTC head)
+    ctc_symbols: int = 2     # CTC symbols per patch column (a column is `patch` px; a character can be narrower)
+    decoder: str = "attention"  # which head reads at validation (val_cer, best/), evaluation and chat: attention | ctc
 
 
 class OcrVocab:
@@ -123,6 +131,9 @@ class OcrModel(nn.Module):
     def __init__(self, cfg: OcrModelConfig, vocab_size: int = len(SPECIALS) + 95) -> None:
         """``vocab_size``: of the character vocabulary (default: ``OcrVocab.ascii()``)."""
         super().__init__()
+        if cfg.decoder not in ("attention", "ctc") or (cfg.decoder == "ctc" and cfg.ctc_weight <= 0):
+            raise ValueError(f"model.decoder must be 'attention' or 'ctc' (the latter needs model.ctc_weight > 0), "
+                             f"got {cfg.decoder!r} with ctc_weight {cfg.ctc_weight}")
         self.cfg, self.vocab_size = cfg, vocab_size
         d = cfg.decoder_d_model
         self.encoder = LineEncoder(cfg)
@@ -133,6 +144,8 @@ class OcrModel(nn.Module):
             for _ in range(cfg.decoder_n_layers))
         self.norm = RMSNorm(d)
         self.head = nn.Linear(d, vocab_size, bias=False)
+        self.ctc_head = (nn.Linear(self.encoder.rows * cfg.vision_d_model, vocab_size * cfg.ctc_symbols)
+                         if cfg.ctc_weight > 0 else None)
         init_weights(self, max(cfg.vision_n_layers, cfg.decoder_n_layers))
 
     def num_params(self) -> int:
@@ -145,10 +158,22 @@ class OcrModel(nn.Module):
             x = block(x, memory, mask)
         return self.head(self.norm(x))
 
-    def forward(self, images: torch.Tensor, widths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: ids (B, T) = bos + text -> logits (B, T, V) predicting text + eos."""
+    def ctc(self, memory: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states -> CTC log-probs (B, cols * ctc_symbols, V) and their lengths (B,)."""
+        if self.ctc_head is None:
+            raise ValueError("this OCR model has no CTC head (model.ctc_weight is 0)")
+        B, N, D = memory.shape
+        rows = self.encoder.rows
+        logits = self.ctc_head(memory.reshape(B, N // rows, rows * D)).view(B, -1, self.vocab_size)
+        lengths = mask.view(B, N // rows, rows)[:, :, 0].sum(1) * self.cfg.ctc_symbols
+        return logits.float().log_softmax(-1), lengths
+
+    def forward(self, images: torch.Tensor, widths: torch.Tensor, ids: torch.Tensor, with_ctc: bool = False):
+        """Teacher forcing: ids (B, T) = bos + text -> logits (B, T, V) predicting text + eos;
+        with_ctc: also the CTC head's (log-probs, lengths)."""
         memory, mask = self.encoder(images, widths)
-        return self.decode_step(ids, memory, mask)
+        logits = self.decode_step(ids, memory, mask)
+        return (logits, self.ctc(memory, mask)) if with_ctc else logits
 
 
 @torch.no_grad()
@@ -198,6 +223,12 @@ def beam_decode(model: OcrModel, image: torch.Tensor, width: torch.Tensor, beam:
     if not finished:
         finished.append((float(scores[0]) / max_len ** length_penalty, seqs[0, 1:].tolist()))
     return _strip(max(finished, key=lambda f: f[0])[1])
+
+
+@torch.no_grad()
+def ctc_decode(model: OcrModel, images: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTC head's log-probs and lengths for a batch (decode them with ``omni.ctc.greedy_decode``)."""
+    return model.ctc(*model.encoder(images, widths))
 
 
 def _strip(ids: list[int]) -> list[int]:

@@ -2,7 +2,7 @@
 same run on the same images, tesseract's (when it is installed: apt-get install tesseract-ocr).
 
     python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best \
-        [--csv data/ocr/production_ocr_val.csv] [--n 300] [--beam 4] [--no-tesseract]
+        [--csv data/ocr/production_ocr_val.csv] [--n 300] [--beam 4] [--decoder attention|ctc] [--no-tesseract]
 
 tesseract reads each original image as one text line (``--psm 7``, its English model). Both are
 scored case- and punctuation-sensitively against the CSV's text. ``add_parser`` registers the
@@ -48,12 +48,18 @@ def eval_ocr(args: argparse.Namespace) -> int:
     csv = args.csv or cfg.data.val_csv
     data = OcrDataset(csv, vocab, cfg.model)
     t0 = time.perf_counter()
-    metrics, results = evaluate_ocr(model, data, vocab, args.batch_size, args.n, beam=args.beam)
+    decoder = args.decoder or cfg.model.decoder
+    metrics, results = evaluate_ocr(model, data, vocab, args.batch_size, args.n, beam=args.beam, decoder=decoder)
     t_model = time.perf_counter() - t0
     print(f"checkpoint   {args.ckpt}  ({model.num_params() / 1e6:.2f}M params)")
-    print(f"manifest     {csv}: {len(results)} lines decoded ({'greedy' if args.beam <= 1 else f'beam {args.beam}'}, "
-          f"{t_model:.1f} s, {1000 * t_model / max(1, len(results)):.0f} ms/line)")
-    print(f"model        CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    search = "greedy" if args.beam <= 1 else f"beam {args.beam}"
+    print(f"manifest     {csv}: {len(results)} lines decoded ({t_model:.1f} s, "
+          f"{1000 * t_model / max(1, len(results)):.0f} ms/line, every decoder the model has)")
+    print(f"model        CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}  ({decoder} decoder; "
+          f"per font and examples below)")
+    if "val_ctc_cer" in metrics:
+        print(f"  attention  CER {metrics['val_attention_cer']:.4f}  ({search})")
+        print(f"  CTC head   CER {metrics['val_ctc_cer']:.4f}  (greedy best path)")
     tess = None
     if not args.no_tesseract:
         if shutil.which("tesseract") is None:
@@ -79,7 +85,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--ckpt", default="checkpoints/ocr_tiny/best")
     o.add_argument("--csv", default="", help="image,text[,font] CSV; default: the checkpoint's validation CSV")
     o.add_argument("--n", type=int, default=None, help="lines to decode (default: all)")
-    o.add_argument("--beam", type=int, default=1, help="beam width (1: greedy, batched)")
+    o.add_argument("--beam", type=int, default=1, help="attention decoder's beam width (1: greedy, batched)")
+    o.add_argument("--decoder", choices=("attention", "ctc"), default=None,
+                   help="which head the per-font numbers and examples use (default: the checkpoint's model.decoder)")
     o.add_argument("--batch-size", type=int, default=32)
     o.add_argument("--examples", type=int, default=5)
     o.add_argument("--no-tesseract", action="store_true")

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 import train_ocr
 from omni.checkpoint import CheckpointError, read_metrics
 from omni.image_data import BadImage
-from omni.ocr import OcrDataset, collate_ocr, evaluate_ocr, line_tensor, load_ocr, read_image
+from omni.ctc import greedy_decode as ctc_greedy
+from omni.ocr import OcrDataset, collate_ocr, evaluate_ocr, line_tensor, load_ocr, ocr_loss, read_image
 from omni.ocr_data import make_synthetic_ocr
 from omni.ocr_model import BOS, EOS, OcrModel, OcrModelConfig, OcrVocab, beam_decode, greedy_decode
 from scripts import evaluate
@@ -92,6 +93,55 @@ def test_padding_never_changes_the_real_line():
     assert torch.allclose(alone[0], both[0], atol=1e-5)
 
 
+def test_ctc_head_reads_columns_left_to_right_and_ignores_padding():
+    m = _model(ctc_weight=0.5, ctc_symbols=2)
+    a = torch.rand(1, 1, 32, 48)
+    lp, n = m.ctc(*m.encoder(a, torch.tensor([44])))
+    assert lp.shape == (1, 6 * 2, 98) and n.tolist() == [12]  # ceil(44/8)=6 columns x 2 symbols
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(1, 12), atol=1e-5)
+    padded = torch.zeros(2, 1, 32, 128)
+    padded[0, :, :, :48], padded[1] = a[0], torch.rand(1, 32, 128)
+    lp2, n2 = m.ctc(*m.encoder(padded, torch.tensor([44, 128])))
+    assert n2.tolist() == [12, 32] and torch.allclose(lp[0], lp2[0, :12], atol=1e-5)
+    with pytest.raises(ValueError, match="no CTC head"):
+        _model().ctc(*m.encoder(a, torch.tensor([48])))
+
+
+def test_hybrid_loss_adds_the_weighted_ctc_term():
+    v = OcrVocab.ascii()
+    items = [(torch.rand(1, 32, 64), 60, v.encode("hello")), (torch.rand(1, 32, 40), 40, v.encode("hi"))]
+    b = collate_ocr(items)
+    plain, logs = ocr_loss(_model(), b)
+    assert set(logs) == {"loss"} and abs(plain.item() - logs["loss"]) < 1e-6
+    m = _model(ctc_weight=0.5)
+    total, logs = ocr_loss(m, b)
+    assert set(logs) == {"loss", "ctc_loss"} and logs["ctc_loss"] > 0
+    assert abs(total.item() - (logs["loss"] + 0.5 * logs["ctc_loss"])) < 1e-4
+    # the CTC target is the text without eos: a best path of exactly those labels decodes to it
+    lp, n = m.ctc(*m.encoder(b["images"], b["widths"]))
+    fake = torch.full_like(lp, -1e4)
+    fake[..., 0] = 0.0
+    for k, text in enumerate(["hello", "hi"]):
+        for t, c in enumerate(v.encode(text)):
+            fake[k, 2 * t, 0], fake[k, 2 * t, c] = -1e4, 0.0
+    assert ctc_greedy(fake, n, v) == ["hello", "hi"]
+
+
+def test_the_configured_decoder_is_the_one_scored(lines):
+    train_csv, _ = lines
+    v = OcrVocab.ascii()
+    data = OcrDataset(train_csv, v, _cfg())
+    for decoder in ("attention", "ctc"):
+        m = _model(ctc_weight=0.5, decoder=decoder)
+        metrics, results = evaluate_ocr(m, data, v, 4, 4)
+        assert metrics["val_cer"] == metrics[f"val_{decoder}_cer"] and len(results) == 4
+    assert "val_ctc_cer" not in evaluate_ocr(_model(), data, v, 4, 4)[0]
+    with pytest.raises(ValueError, match="not one this model has"):
+        evaluate_ocr(_model(), data, v, 4, 4, decoder="ctc")
+    with pytest.raises(ValueError, match="needs model.ctc_weight > 0"):
+        _model(decoder="ctc")
+
+
 def test_decoder_is_causal_one_shift():
     """Logits at position t depend on ids <= t only: changing id t+1 leaves positions <= t alone."""
     m = _model()
@@ -152,10 +202,12 @@ def _stage_config(tmp_path, lines, steps: int, **model) -> dict:
 
 def test_train_ocr_end_to_end_then_evaluate(tmp_path, lines, capsys):
     cfg = tmp_path / "ocr.json"
-    cfg.write_text(json.dumps(_stage_config(tmp_path, lines, 4)))
+    cfg.write_text(json.dumps(_stage_config(tmp_path, lines, 4, ctc_weight=0.5)))
     assert train_ocr.main(["--config", str(cfg)]) == 0
     vals = [r for r in read_metrics(tmp_path / "ocr") if r["event"] == "val"]
     assert [r["step"] for r in vals] == [2, 4] and all(np.isfinite(r["val_cer"]) for r in vals)
+    assert all(np.isfinite(r["val_ctc_cer"]) for r in vals)
+    assert all("ctc_loss" in r for r in read_metrics(tmp_path / "ocr") if r["event"] == "train")
     model, vocab, _ = load_ocr(tmp_path / "ocr" / "best", torch.device("cpu"))
     assert len(vocab) == 98 and not model.training
     first = lines[0].parent / open(lines[0], encoding="utf-8").read().splitlines()[1].split(",")[0]
@@ -166,7 +218,7 @@ def test_train_ocr_end_to_end_then_evaluate(tmp_path, lines, capsys):
     assert evaluate.main(["ocr", "--ckpt", str(tmp_path / "ocr" / "best"), "--beam", "2", "--n", "2",
                           "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "model        CER" in out and "font " in out and "tesseract" in out
+    assert "model        CER" in out and "CTC head   CER" in out and "font " in out and "tesseract" in out
     (tmp_path / "ocr" / "best" / "vocab.json").unlink()
     with pytest.raises(CheckpointError, match="no vocab.json in .*best: not an OCR checkpoint"):
         load_ocr(tmp_path / "ocr" / "best", torch.device("cpu"))
