@@ -203,8 +203,9 @@ def evaluate_ocr(model: OcrModel, data: OcrDataset, vocab: OcrVocab, batch_size:
 
 
 @torch.no_grad()
-def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1) -> str:  # the model's decoder
-    """The text of one line image file (raises BadImage with the path when it cannot be read)."""
+def read_image(model: OcrModel, vocab: OcrVocab, path: str | Path, beam: int = 1) -> str:
+    """The text of one line image file, read by the model's ``cfg.decoder`` (raises BadImage with the
+    path when it cannot be read)."""
     img, _ = load_image(Path(path))
     x, w = line_tensor(img, model.cfg.img_size, model.cfg.max_width, model.cfg.patch)
     device = next(model.parameters()).device
