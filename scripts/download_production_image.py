@@ -345,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-samples", type=int, default=None,
                    help="cap on images written (a seeded subset across all sources)")
     p.add_argument("--scenes", type=int, default=None,
-                   help="generated scenes (default 3000 offline, 200 for --source synthetic)")
+                   help="generated scenes (default 20000 offline, 200 for --source synthetic)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--url", default=None, help="coco: images zip (default: COCO val2017)")
@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_samples is not None and args.max_samples < 1:
         p.error("--max-samples must be >= 1")
     if args.scenes is None:
-        args.scenes = 200 if args.source == "synthetic" else 3000
+        args.scenes = 200 if args.source == "synthetic" else 20000
     return args
 
 
