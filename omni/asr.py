@@ -15,13 +15,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+
+import librosa
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.audio import ENCODER_MEL, AudioError, LogMel, load_audio, num_frames
+from omni.audio import ENCODER_MEL, LOG_FLOOR, AudioError, LogMel, MelSpec, load_audio, num_frames
 from omni.audio_encoder import AudioEncoderTiny
 from omni.checkpoint import load_with_vocab
 from omni.config import AsrStageConfig, AudioEncConfig
@@ -177,11 +180,16 @@ class AsrModel(nn.Module):
                                         cfg.dropout, cfg.max_frames)
         self.head = nn.Linear(cfg.d_model, vocab_size * cfg.symbols_per_frame)
         self.vocab_size = vocab_size
+        self.mel_centres = mel_bin_centres(ENCODER_MEL)
 
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, N), lengths (B,) samples -> log-mel (B, T, n_mels), frame lengths (B,)."""
         mel = self.mel(audio)
         frames = lengths // ENCODER_MEL.hop_length + 1
+        if self.training and (self.cfg.tempo_perturb or self.cfg.vtlp):
+            B = mel.shape[0]
+            mel, frames = perturb_speaker(mel, frames, uniform_factors(B, self.cfg.tempo_perturb),
+                                          uniform_factors(B, self.cfg.vtlp), self.mel_centres)
         if self.training and self.cfg.spec_augment:
             mel = spec_augment(mel, frames, self.cfg.freq_mask, self.cfg.time_mask, self.cfg.n_masks)
         return mel, frames
@@ -193,6 +201,42 @@ class AsrModel(nn.Module):
         B, T, _ = states.shape
         logits = self.head(states).view(B, T * self.cfg.symbols_per_frame, self.vocab_size)
         return logits.float().log_softmax(-1), out_lengths * self.cfg.symbols_per_frame
+
+
+def mel_bin_centres(spec: MelSpec) -> np.ndarray:
+    """Centre frequency in Hz of each of the ``n_mels`` filters (the Slaney scale of LogMel)."""
+    return librosa.mel_frequencies(spec.n_mels + 2, fmin=spec.f_min, fmax=spec.f_max)[1:-1]
+
+
+def perturb_speaker(mel: torch.Tensor, frames: torch.Tensor, tempo: torch.Tensor, warp: torch.Tensor,
+                    centres: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make each example sound like another speaker: log-mel (B, T, n_mels), frames (B,),
+    factors tempo (B,) and warp (B,) -> (B, T', n_mels), new frames (B,).
+
+    Tempo: example b's frames are stretched to round(frames * tempo[b]) (linear interpolation).
+    Vocal tract length perturbation: every frequency is scaled by warp[b], i.e. filter i reads the
+    mel-axis value at centres[i] / warp[b] (edge filters held). Frames past the new length hold
+    log(LOG_FLOOR), as zero-padded audio would.
+    """
+    B, T, M = mel.shape
+    new_frames = torch.clamp((frames.cpu().float() * tempo).round().long(), min=1)
+    bins = np.arange(M, dtype=np.float64)
+    out = torch.full((B, int(new_frames.max()), M), math.log(LOG_FLOOR), dtype=mel.dtype, device=mel.device)
+    for b in range(B):
+        x = mel[b, :int(frames[b])]                                            # (F, M)
+        src = np.interp(centres / float(warp[b]), centres, bins)
+        src = torch.from_numpy(src).to(mel.device, mel.dtype)
+        lo = src.floor().long().clamp(max=M - 2)
+        w = src - lo
+        x = x[:, lo] * (1 - w) + x[:, lo + 1] * w
+        x = F.interpolate(x.T[None], size=int(new_frames[b]), mode="linear", align_corners=True)[0].T
+        out[b, :len(x)] = x
+    return out, new_frames.to(frames.device)
+
+
+def uniform_factors(n: int, spread: float) -> torch.Tensor:
+    """n factors drawn uniformly from [1 - spread, 1 + spread]."""
+    return 1 + (torch.rand(n) * 2 - 1) * spread
 
 
 def spec_augment(mel: torch.Tensor, frames: torch.Tensor, freq_mask: int, time_mask: int,

@@ -91,6 +91,8 @@ class AudioEncConfig:
     freq_mask: int = 15
     time_mask: int = 40
     n_masks: int = 2
+    tempo_perturb: float = 0.0       # training only: stretch time by up to +-this fraction
+    vtlp: float = 0.0                # training only: scale frequencies by up to +-this fraction
 
 
 @dataclasses.dataclass

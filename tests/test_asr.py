@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from omni.asr import AsrDataset, Manifest, collate_asr
+from omni.asr import AsrDataset, Manifest, collate_asr, mel_bin_centres, perturb_speaker
+from omni.audio import ENCODER_MEL, LogMel
 from omni.audio_encoder import AudioEncoderTiny, downsampled_lengths
 from omni.checkpoint import read_metrics
 from omni.ctc import CharVocab, error_rates, greedy_decode, normalize_text
@@ -60,6 +61,21 @@ def test_ctc_greedy_decoding():
     assert greedy_decode(log_probs, torch.tensor([4]), vocab) == ["aa"]  # length respected
 
 
+def test_speaker_perturbation_moves_a_tone_and_stretches_time():
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = torch.from_numpy(np.sin(2 * np.pi * 1000 * t)).float()[None]
+    mel = LogMel(ENCODER_MEL)(tone)                                 # (1, 101, 128)
+    centres = mel_bin_centres(ENCODER_MEL)
+    frames = torch.tensor([mel.shape[1]])
+    same, n = perturb_speaker(mel, frames, torch.ones(1), torch.ones(1), centres)
+    assert n.item() == mel.shape[1] and torch.allclose(same, mel, atol=1e-5)
+    up, n = perturb_speaker(mel, frames, torch.tensor([0.8]), torch.tensor([1.2]), centres)
+    assert n.item() == round(mel.shape[1] * 0.8) and up.shape == (1, n.item(), 128)
+    peak = lambda m: centres[m[0, 10:-10].mean(0).argmax()]
+    assert abs(peak(mel) - 1000) < 60 and abs(peak(up) - 1200) < 60   # the tone moved up by 20%
+
+
 def test_text_normalisation_and_error_rates():
     assert normalize_text("Front-Center, it's 2 Café!") == "front center it's 2 cafe"
     assert error_rates(["abc de"], ["abd de"]) == {"cer": pytest.approx(1 / 6), "wer": pytest.approx(0.5)}
@@ -104,8 +120,8 @@ def _asr_config(tmp_path, **train):
 
 
 def test_train_audio_enc_script_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "train_audio_enc.py", "--config", str(_asr_config(tmp_path))],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "train_audio_enc.py", "--config", str(_asr_config(tmp_path)),
+                        "model.tempo_perturb=0.1", "model.vtlp=0.1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("model.safetensors", "config.json", "vocab.json", "train_state.pt", "metrics.jsonl"):
         assert (tmp_path / "ck" / name).is_file()
@@ -120,7 +136,7 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
 def test_overfits_real_clips_to_near_zero_cer(tmp_path):
     cfg = _asr_config(tmp_path, max_steps=150, val_freq=50, checkpoint_freq=150, lr=0.002, warmup_steps=20)
     r = subprocess.run([sys.executable, "train_audio_enc.py", "--config", str(cfg), "model.spec_augment=false",
-                        "model.dropout=0"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        "model.tempo_perturb=0", "model.vtlp=0", "model.dropout=0"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     cer = [m["val_cer"] for m in read_metrics(tmp_path / "ck") if m["event"] == "val"]
     assert cer[-1] < 0.05, cer
