@@ -9,7 +9,6 @@ every token scored: rehearsal that keeps the Thinker's language modelling from e
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 from pathlib import Path
@@ -25,6 +24,7 @@ from omni.image_data import BadImage
 from omni.images import load_image_tensor
 from omni.losses import IGNORE_INDEX
 from omni.tokenizer import Tokenizer
+from omni.vision_data import manifest_objects
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +76,13 @@ class Example:
 
 
 def read_image_manifest(path: str | Path) -> list[dict]:
-    """A JSON array of objects, or JSON Lines; ``image`` resolved against the manifest's folder."""
+    """Manifest rows (``vision_data.manifest_objects``), each with a ``caption``; ``image``
+    resolved against the manifest's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image manifest not found: {path} (python scripts/make_synthetic_datasets.py --out data/)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
     out = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "image" not in row or "caption" not in row:
-            raise DataError(f"{path}: row {i + 1} lacks 'image' or 'caption'")
+    for i, row in enumerate(manifest_objects(path)):
+        if "caption" not in row:
+            raise DataError(f"{path}: row {i + 1} lacks a 'caption'")
         out.append({**row, "image": str(path.parent / row["image"])})
     if not out:
         raise DataError(f"{path}: no rows")

@@ -29,34 +29,40 @@ class Row:
     source: str
 
 
-def _parse_rows(path: Path, text: str) -> list[object]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+def manifest_objects(path: str | Path) -> list[dict]:
+    """The rows of an image manifest (a JSON array, or JSON Lines), each an object with a string
+    ``image``; a missing file, invalid JSON or a row without an image is a DataError naming the
+    file and the line or row. Stage C (``read_manifest``) and Stage E (``sft_data``) both read
+    their manifests through this."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image manifest not found: {path} (build it: python scripts/make_synthetic_datasets.py "
+                        "--out data, or scripts/download_production_image.py)")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
-        return rows
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):  # JSON Lines
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON Lines row ({e.msg})") from e
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):  # JSON Lines
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: invalid JSON Lines row ({e.msg})") from e
+    for n, raw in enumerate(rows, 1):
+        if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
+            raise DataError(f"{path}: row {n} is not an object with an 'image' path: {str(raw)[:80]}")
     return rows
 
 
 def read_manifest(path: str | Path) -> tuple[list[Row], int]:
     """A JSON array / JSON Lines manifest -> (rows with a non-empty caption, rows dropped)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image manifest not found: {path} (build it: python scripts/make_synthetic_datasets.py "
-                        "--out data, or scripts/download_production_image.py)")
     rows, dropped = [], 0
-    for n, raw in enumerate(_parse_rows(path, path.read_text(encoding="utf-8")), 1):
-        if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
-            raise DataError(f"{path}: row {n} is not an object with an 'image' path: {str(raw)[:80]}")
+    for raw in manifest_objects(path):
         caption = raw.get("caption")
         if not isinstance(caption, str) or not caption.strip():
             dropped += 1

@@ -173,3 +173,20 @@ def test_chat_streams_and_keeps_history(tmp_path, tok):
     assert [e.turn.role for e in chat.history] == ["user", "assistant", "user", "assistant"]
     chat.reset()
     assert chat.history == []
+
+
+def test_image_manifest_errors_name_file_and_line(tmp_path):
+    from omni.data import DataError
+    from omni.sft_data import read_image_manifest
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "a.png", "caption": "a cat"}\n{"image": "b.png", oops}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
+        read_image_manifest(bad)
+    no_caption = tmp_path / "nocap.json"
+    no_caption.write_text(json.dumps([{"image": "a.png", "caption": "x"}, {"image": "b.png"}]))
+    with pytest.raises(DataError, match=r"nocap.json: row 2 lacks a 'caption'"):
+        read_image_manifest(no_caption)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"image": "a.png", "caption": "a cat", "qa": [["what?", "cat"]]}\n')
+    assert read_image_manifest(good) == [{"image": str(tmp_path / "a.png"), "caption": "a cat",
+                                          "qa": [["what?", "cat"]]}]
