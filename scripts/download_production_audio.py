@@ -100,28 +100,33 @@ def asr_job(rng: random.Random, text: str, held_out: bool, flite_fraction: float
 
 
 def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, list[sd.SynthJob]]:
-    """Seeded, disjoint sentence sets; held-out sentences only ever appear in *_val manifests."""
+    """Seeded, disjoint sentence sets; held-out sentences only ever appear in *_val manifests.
+
+    One shuffled order, read from both ends: the ASR manifests from the front (validation, then
+    training), the TTS ones from the back. Each manifest draws its voices from its own seeded
+    stream, so a manifest depends only on the seed and the sizes on its own end: a larger
+    --asr-train extends the ASR training set and leaves the ASR validation set and both TTS sets as
+    they were.
+    """
     n = sizes(args)
     order = list(range(len(sentences)))
-    rng = random.Random(args.seed)
-    rng.shuffle(order)
+    random.Random(args.seed).shuffle(order)
     need = sum(n.values())
     if len(order) < need:
         raise SourceError(f"{args.corpus} gives {len(order)} usable sentences, {need} needed; "
                           f"lower --asr-train/--tts-train or use a larger --corpus")
-    picked = [sentences[i] for i in order[:need]]
-    held, train = picked[: n["asr_val"] + n["tts_val"]], picked[n["asr_val"] + n["tts_val"]:]
+    front = [sentences[i] for i in order[: n["asr_val"] + n["asr"]]]
+    back = [sentences[i] for i in order[::-1][: n["tts_val"] + n["tts"]]]
+    texts = {"production_asr_val.csv": front[: n["asr_val"]], "production_asr.csv": front[n["asr_val"]:],
+             "production_tts_val.csv": back[: n["tts_val"]], "production_tts.csv": back[n["tts_val"]:]}
     asr_dir, tts_dir = args.out / "production_asr", args.out / "production_tts"
-    plan = {
-        "production_asr.csv": [asr_job(rng, t, False, args.flite_fraction, asr_dir)
-                               for t in train[: n["asr"]]],
-        "production_asr_val.csv": [asr_job(rng, t, True, args.flite_fraction, asr_dir)
-                                   for t in held[: n["asr_val"]]],
-    }
-    for name, texts in (("production_tts.csv", train[n["asr"]:]),
-                        ("production_tts_val.csv", held[n["asr_val"]:])):
+    plan = {}
+    for name in ("production_asr.csv", "production_asr_val.csv"):
+        rng = random.Random(f"{args.seed}:{name}")
+        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args.flite_fraction, asr_dir) for t in texts[name]]
+    for name in ("production_tts.csv", "production_tts_val.csv"):
         plan[name] = [sd.SynthJob(TTS_VOICE, t, 1.0, None,
-                                  tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts]
+                                  tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts[name]]
     return plan
 
 
@@ -323,7 +328,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     p.add_argument("--corpus", type=Path, default=Path("data/text/production_corpus.txt"))
     p.add_argument("--max-samples", type=int, default=None, help="cap on rows per manifest")
-    p.add_argument("--asr-train", type=int, default=3000)
+    p.add_argument("--asr-train", type=int, default=24000)
     p.add_argument("--asr-val", type=int, default=200)
     p.add_argument("--tts-train", type=int, default=10000)
     p.add_argument("--tts-val", type=int, default=100)

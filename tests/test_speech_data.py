@@ -220,6 +220,27 @@ def test_offline_build_manifests_held_out_and_resume(tmp_path: Path, capsys) -> 
     assert {p.name: p.read_bytes() for p in (tmp_path / "again").glob("*.csv")} == before
 
 
+def test_offline_plan_sets_depend_only_on_their_own_sizes(tmp_path: Path) -> None:
+    """A larger --asr-train extends the ASR training set; the ASR validation set and both TTS sets
+    stay exactly as they were, so results at different sizes are measured on the same held-out rows."""
+    import argparse
+    script = load_script("download_production_audio")
+    sentences = sd.corpus_sentences(tiny_corpus(tmp_path / "corpus.txt"))
+
+    def plan(asr: int) -> dict:
+        args = argparse.Namespace(max_samples=None, asr_train=asr, asr_val=5, tts_train=6, tts_val=3,
+                                  flite_fraction=0.5, seed=0, out=tmp_path, corpus=tmp_path / "corpus.txt")
+        return script.plan_offline(sentences, args)
+
+    small, big = plan(10), plan(40)
+    assert big["production_asr.csv"][:10] == small["production_asr.csv"] and len(big["production_asr.csv"]) == 40
+    for name in ("production_asr_val.csv", "production_tts.csv", "production_tts_val.csv"):
+        assert big[name] == small[name], name
+    held = {j.text for name in ("production_asr_val.csv", "production_tts_val.csv") for j in big[name]}
+    train = {j.text for name in ("production_asr.csv", "production_tts.csv") for j in big[name]}
+    assert len(held) == 8 and len(train) == 46 and not held & train
+
+
 def test_offline_build_needs_the_corpus(tmp_path: Path, capsys) -> None:
     script = load_script("download_production_audio")
     if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
