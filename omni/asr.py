@@ -219,19 +219,27 @@ def perturb_speaker(mel: torch.Tensor, frames: torch.Tensor, tempo: torch.Tensor
     log(LOG_FLOOR), as zero-padded audio would.
     """
     B, T, M = mel.shape
-    new_frames = torch.clamp((frames.cpu().float() * tempo).round().long(), min=1)
+    dev = mel.device
+    frames = frames.to(dev)
+    new = torch.clamp((frames.float() * tempo.to(dev)).round().long(), min=1)
+    # time: output frame j of example b reads input frame j * (frames - 1) / (new - 1), linearly
+    j = torch.arange(int(new.max()), device=dev)[None].float()                        # (1, T')
+    src = (j * ((frames - 1) / (new - 1).clamp(min=1))[:, None]).clamp(max=(frames - 1)[:, None].float())
+    t0 = src.floor().long()
+    t1 = torch.minimum(t0 + 1, (frames - 1)[:, None])
+    wt = (src - t0)[..., None].to(mel.dtype)
+    x = (mel.gather(1, t0[..., None].expand(-1, -1, M)) * (1 - wt)
+         + mel.gather(1, t1[..., None].expand(-1, -1, M)) * wt)                        # (B, T', M)
+    # frequency: filter i of example b reads the mel-axis position of centres[i] / warp[b]
     bins = np.arange(M, dtype=np.float64)
-    out = torch.full((B, int(new_frames.max()), M), math.log(LOG_FLOOR), dtype=mel.dtype, device=mel.device)
-    for b in range(B):
-        x = mel[b, :int(frames[b])]                                            # (F, M)
-        src = np.interp(centres / float(warp[b]), centres, bins)
-        src = torch.from_numpy(src).to(mel.device, mel.dtype)
-        lo = src.floor().long().clamp(max=M - 2)
-        w = src - lo
-        x = x[:, lo] * (1 - w) + x[:, lo + 1] * w
-        x = F.interpolate(x.T[None], size=int(new_frames[b]), mode="linear", align_corners=True)[0].T
-        out[b, :len(x)] = x
-    return out, new_frames.to(frames.device)
+    srcf = torch.from_numpy(np.stack([np.interp(centres / float(w), centres, bins) for w in warp]))
+    srcf = srcf.to(dev, mel.dtype)
+    f0 = srcf.floor().long().clamp(max=M - 2)
+    wf = (srcf - f0)[:, None, :]
+    x = (x.gather(2, f0[:, None, :].expand(-1, x.shape[1], -1)) * (1 - wf)
+         + x.gather(2, (f0 + 1)[:, None, :].expand(-1, x.shape[1], -1)) * wf)
+    past = j >= new[:, None]                                                           # (B, T')
+    return x.masked_fill(past[..., None], math.log(LOG_FLOOR)), new
 
 
 def uniform_factors(n: int, spread: float) -> torch.Tensor:
