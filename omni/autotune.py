@@ -11,8 +11,9 @@ Every rule is a small pure function of counted numbers, so each can be tested at
 - validation every 10% of an epoch, at most every 1,000 steps; checkpoints once per epoch, at most
   every 10,000 steps; neither more often than every 10 steps nor less often than once per run;
 - per-device batch: the largest divisor of the effective batch within the model-size cap
-  (``batch_cap_for_params``) whose memory estimate fits the budget; accumulation makes up the
-  effective batch exactly.
+  (``batch_cap_for_params``) whose memory estimate fits the budget; for a model without a memory
+  estimate (the convolutional vocoder) never above the config's own batch; accumulation makes up
+  the effective batch exactly.
 """
 from __future__ import annotations
 
@@ -167,6 +168,9 @@ def plan_training(train: dict, data: DataSize, seq_len: int, n_params: int | Non
             if not fitting:
                 notes.append(f"estimate exceeds {vram_gb:g} GB even at batch 1")
             batch = fitting[0] if fitting else 1
+        elif batch > int(train["batch_size"]):  # no estimate: the config's batch is the memory budget
+            batch = next(b for b in options if b <= int(train["batch_size"]))
+            notes.append(f"no memory model for this model: per-device batch kept at {batch}")
     accum = effective // batch
     tokens_per_step = effective * seq_len if data.token_based else None
     unit = tokens_per_step if data.token_based else effective

@@ -96,6 +96,14 @@ def test_plan_steps_from_tokens_or_samples():
     assert samples.steps_per_epoch == 3_000 // 16 and samples.tokens_per_step is None
 
 
+def test_no_memory_model_never_raises_the_batch():
+    """The vocoder (no memory estimate): the spec's 2 x 4 for 12 GB stays 2 x 4, not 8 x 1."""
+    plan = at.plan_training(_train(2, 4), at.DataSize(M, 1000, False), 1, 1 * M, None, 12)
+    assert (plan.updates["batch_size"], plan.updates["gradient_accumulation_steps"]) == (2, 4)
+    capped = at.plan_training(_train(128, 1), at.DataSize(M, 1000, False), 1, 60 * M, None, 12)
+    assert (capped.updates["batch_size"], capped.updates["gradient_accumulation_steps"]) == (16, 8)
+
+
 def test_unknown_model_keeps_batch():
     plan = at.plan_training(_train(8, 4), at.DataSize(M, 100, False), 1, None, None, 12)
     assert (plan.updates["batch_size"], plan.updates["gradient_accumulation_steps"]) == (8, 4)
