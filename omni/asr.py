@@ -12,10 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 import librosa
 import numpy as np
