@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from omni.data import DataError, LineFile, SkipCountingDataset
 log = logging.getLogger(__name__)
 
 
+Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]   # log_probs (B, T, V), lengths (B,) -> texts
 REGISTRY = Path("data/datasets.json")  # written by scripts/prepare_audio.py
 
 
@@ -275,14 +277,18 @@ def ctc_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 @torch.no_grad()
 def evaluate_asr(model: AsrModel, dataset: AsrDataset, vocab: CharVocab, batch_size: int,
-                 max_items: int | None = None) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
-    """CTC loss, CER and WER with greedy decoding; also (reference, hypothesis, row) per item."""
+                 max_items: int | None = None, decode: Decoder | None = None, rows: range | None = None
+                 ) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
+    """CTC loss, CER and WER over ``rows`` (default: the first ``max_items``) with ``decode``
+    (greedy by default); also (reference, hypothesis, row) per item."""
+    decode = decode or (lambda lp, n: greedy_decode(lp, n, vocab))
     device = next(model.parameters()).device
-    n = len(dataset) if max_items is None else min(len(dataset), max_items)
-    refs, hyps, rows, losses = [], [], [], []
-    for lo in range(0, n, batch_size):
-        idx = [i for i in range(lo, min(lo + batch_size, n))]
-        items = [(i, dataset[i]) for i in idx]
+    if rows is None:
+        rows = range(len(dataset) if max_items is None else min(len(dataset), max_items))
+    order = list(rows)
+    refs, hyps, done, losses = [], [], [], []
+    for lo in range(0, len(order), batch_size):
+        items = [(i, dataset[i]) for i in order[lo:lo + batch_size]]
         kept = [(i, x) for i, x in items if x is not None]
         batch = collate_asr([x for _, x in kept])
         if batch is None:
@@ -291,14 +297,14 @@ def evaluate_asr(model: AsrModel, dataset: AsrDataset, vocab: CharVocab, batch_s
         loss, _ = ctc_loss(model, batch)
         log_probs, out_lengths = model(batch["audio"], batch["audio_lengths"])
         losses.append(loss.item())
-        hyps += greedy_decode(log_probs, out_lengths, vocab)
+        hyps += decode(log_probs, out_lengths)
         refs += [vocab.decode(ids) for _, (_, ids) in kept]
-        rows += [i for i, _ in kept]
+        done += [i for i, _ in kept]
     dataset.report()  # evaluation skips are not training skips
     rates = error_rates(refs, hyps) if refs else {"cer": float("nan"), "wer": float("nan")}
     metrics = {"val_ctc_loss": float(np.mean(losses)) if losses else float("nan"), "val_cer": rates["cer"],
                "val_wer": rates["wer"], "val_items": float(len(refs))}
-    return metrics, list(zip(refs, hyps, rows))
+    return metrics, list(zip(refs, hyps, done))
 
 
 @dataclass

@@ -15,18 +15,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, per_source_report, resolve_manifest  # noqa: E402
-from omni.audio import load_audio  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.ctc import error_rates, normalize_text  # noqa: E402
 from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.text import corpus_bytes, evaluate_lm, load_thinker  # noqa: E402
-from scripts import eval_ocr, eval_tts, eval_vision  # noqa: E402
+from scripts import eval_asr, eval_ocr, eval_tts, eval_vision  # noqa: E402
 
 
 def eval_text(args: argparse.Namespace) -> int:
@@ -53,43 +49,6 @@ def eval_text(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_asr(args: argparse.Namespace) -> int:
-    """CER/WER of a Stage B checkpoint on a manifest, overall and per source, with examples."""
-    device = pick_device(args.device)
-    model, vocab, cfg = load_asr(args.ckpt, device)
-    manifest = Manifest(resolve_manifest(args.csv, "val"))
-    dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
-    t0 = time.perf_counter()
-    metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, args.max_items)
-    print(f"checkpoint   {args.ckpt}")
-    print(f"manifest     {manifest.path}: {int(metrics['val_items'])} of {len(manifest)} rows decoded "
-          f"({time.perf_counter() - t0:.1f} s, greedy CTC)")
-    print(f"overall      CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
-    sphinx = pocketsphinx_results(manifest, results) if args.pocketsphinx else None
-    if sphinx is not None:
-        r = error_rates([x[0] for x in sphinx], [x[1] for x in sphinx])
-        print(f"pocketsphinx CER {r['cer']:.4f}  WER {r['wer']:.4f}  (same {len(sphinx)} clips, its en-us model)")
-    for key in [k for k in ("engine", "voice", "speaker") if k in manifest.header]:
-        ps = per_source_report(manifest, sphinx, key) if sphinx is not None else {}
-        for name, r in per_source_report(manifest, results, key).items():
-            other = f"   pocketsphinx CER {ps[name]['cer']:.4f}  WER {ps[name]['wer']:.4f}" if name in ps else ""
-            print(f"  {key:<8} {name:<28} n={int(r['n']):<5} CER {r['cer']:.4f}  WER {r['wer']:.4f}{other}")
-    for ref, hyp, row in results[:args.examples]:
-        print(f"  ref: {ref}\n  hyp: {hyp}")
-        if sphinx is not None:
-            print(f"  pocketsphinx: {next(h for _, h, i in sphinx if i == row)}")
-    return 0
-
-
-def pocketsphinx_results(manifest: Manifest, results: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """pocketsphinx's transcripts of exactly the clips our model decoded: (reference, hyp, row)."""
-    from omni.intelligibility import transcribe
-    out = []
-    for ref, _, row in tqdm(results, desc="pocketsphinx", unit="clip"):
-        out.append((ref, normalize_text(transcribe(load_audio(manifest[row]["wav"]))), row))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="task", required=True)
@@ -99,15 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--device", default="auto")
     t.set_defaults(run=eval_text)
-    a = sub.add_parser("asr", help="CER/WER of the audio encoder (Stage B), per source")
-    a.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
-    a.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
-    a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--max-items", type=int, default=None)
-    a.add_argument("--examples", type=int, default=5)
-    a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
-    a.add_argument("--device", default="auto")
-    a.set_defaults(run=eval_asr)
+    eval_asr.add_parser(sub)
     eval_vision.add_parser(sub)
     eval_tts.add_parser(sub)
     eval_ocr.add_parser(sub)

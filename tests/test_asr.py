@@ -127,9 +127,17 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
         assert (tmp_path / "ck" / name).is_file()
     assert any(m["event"] == "val" and "val_cer" in m for m in read_metrics(tmp_path / "ck"))
     r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr", "--ckpt", str(tmp_path / "ck"),
-                        "--csv", str(CLIPS)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--csv", str(CLIPS), "--lm", "--lm-order", "4", "--skip", "1", "--max-items", "6"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "overall      CER" in r.stdout and "speaker  alsa-utils" in r.stdout and "ref: " in r.stdout
+    assert "6 of 9 rows decoded (rows 1-6" in r.stdout and "beam+LM      CER" in r.stdout, r.stdout
+    assert "beam+LM: " in r.stdout   # each example shows the LM decoder's transcript too
+    r = subprocess.run([sys.executable, "scripts/tune_ctc_lm.py", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
+                        "--max-items", "4", "--lm-order", "3", "--lm-weight", "0.5", "1", "--length-bonus", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("length bonus 1.0") == 2 and "best: --lm-weight" in r.stdout, r.stdout
 
 
 @pytest.mark.slow

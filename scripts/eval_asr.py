@@ -1,0 +1,117 @@
+"""CER/WER of a Stage B (audio encoder, CTC) checkpoint on any ASR manifest, per source.
+
+    python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best \
+        --csv data/audio/production_asr_val.csv [--pocketsphinx] [--lm]
+
+Greedy CTC always; with ``--lm`` also prefix beam search fused with a character n-gram LM built in
+the same run from the checkpoint's training transcripts (or ``--lm-text``), both columns side by
+side; with ``--pocketsphinx`` also pocketsphinx on the same clips. ``--skip``/``--max-items``
+select a slice of rows, so the LM weights can be chosen on one part of a set and scored on another.
+``add_parser`` registers the subcommand in scripts/evaluate.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, per_source_report, resolve_manifest  # noqa: E402
+from omni.audio import load_audio  # noqa: E402
+from omni.ctc import error_rates, normalize_text  # noqa: E402
+from omni.ctc_lm import CharNgramLM, beam_decode, overlap  # noqa: E402
+from omni.data import DataError  # noqa: E402
+from omni.runtime import pick_device  # noqa: E402
+
+
+def lm_sentences(args: argparse.Namespace, train_csv: str) -> tuple[str, list[str]]:
+    """(where from, normalised sentences) for the LM: ``--lm-text`` lines or the training transcripts."""
+    if args.lm_text:
+        path = Path(args.lm_text)
+        if not path.is_file():
+            raise DataError(f"{path}: no such LM text file (--lm-text)")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return str(path), [s for s in (normalize_text(x) for x in lines) if s]
+    manifest = Manifest(resolve_manifest(train_csv, "train"))
+    return f"{manifest.path} (the checkpoint's training transcripts)", \
+        [s for s in (normalize_text(manifest[i]["text"]) for i in range(len(manifest))) if s]
+
+
+def pocketsphinx_results(manifest: Manifest, results: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """pocketsphinx's transcripts of exactly the clips our model decoded: (reference, hyp, row)."""
+    from omni.intelligibility import transcribe
+    out = []
+    for ref, _, row in tqdm(results, desc="pocketsphinx", unit="clip"):
+        out.append((ref, normalize_text(transcribe(load_audio(manifest[row]["wav"]))), row))
+    return out
+
+
+def eval_asr(args: argparse.Namespace) -> int:
+    """CER/WER of a Stage B checkpoint on a manifest, overall and per source, with examples."""
+    device = pick_device(args.device)
+    model, vocab, cfg = load_asr(args.ckpt, device)
+    manifest = Manifest(resolve_manifest(args.csv, "val"))
+    dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
+    rows = range(args.skip, len(manifest) if args.max_items is None else min(len(manifest), args.skip + args.max_items))
+    t0 = time.perf_counter()
+    metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows)
+    print(f"checkpoint   {args.ckpt}")
+    print(f"manifest     {manifest.path}: {int(metrics['val_items'])} of {len(manifest)} rows decoded "
+          f"(rows {rows.start}-{rows.stop - 1}, {time.perf_counter() - t0:.1f} s, greedy CTC)")
+    print(f"overall      CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    columns: dict[str, list[tuple[str, str, int]]] = {}
+    if args.lm:
+        t0 = time.perf_counter()
+        source, sentences = lm_sentences(args, cfg.data.train_csv)
+        lm = CharNgramLM.train(sentences, args.lm_order, vocab.chars)
+        print(f"char LM      order {args.lm_order}, {len(sentences)} sentences from {source}, {len(lm.ngrams)} "
+              f"n-grams ({time.perf_counter() - t0:.1f} s); {overlap(sentences, [r for r, _, _ in results])} of "
+              f"the {len(results)} references are among its sentences")
+        t0 = time.perf_counter()
+        lm_metrics, columns["beam+LM"] = evaluate_asr(
+            model, dataset, vocab, args.batch_size, rows=rows,
+            decode=lambda lp, n: beam_decode(lp, n, vocab, lm, args.beam, args.lm_weight, args.length_bonus))
+        print(f"beam+LM      CER {lm_metrics['val_cer']:.4f}  WER {lm_metrics['val_wer']:.4f}  (beam {args.beam}, "
+              f"lm weight {args.lm_weight}, length bonus {args.length_bonus}; {time.perf_counter() - t0:.1f} s)")
+    if args.pocketsphinx:
+        columns["pocketsphinx"] = pocketsphinx_results(manifest, results)
+        r = error_rates([x[0] for x in columns["pocketsphinx"]], [x[1] for x in columns["pocketsphinx"]])
+        print(f"pocketsphinx CER {r['cer']:.4f}  WER {r['wer']:.4f}  (same {len(results)} clips, its en-us model)")
+    for key in [k for k in ("engine", "voice", "speaker") if k in manifest.header]:
+        other = {name: per_source_report(manifest, res, key) for name, res in columns.items()}
+        for group, r in per_source_report(manifest, results, key).items():
+            extra = "".join(f"   {name} CER {o[group]['cer']:.4f}  WER {o[group]['wer']:.4f}"
+                            for name, o in other.items())
+            print(f"  {key:<8} {group:<28} n={int(r['n']):<5} CER {r['cer']:.4f}  WER {r['wer']:.4f}{extra}")
+    hyps = {name: {row: h for _, h, row in res} for name, res in columns.items()}
+    for ref, hyp, row in results[:args.examples]:
+        print(f"  ref: {ref}\n  hyp: {hyp}")
+        for name, h in hyps.items():
+            print(f"  {name}: {h[row]}")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``asr`` subcommand in scripts/evaluate.py."""
+    a = subparsers.add_parser("asr", help="CER/WER of the audio encoder (Stage B), per source")
+    a.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
+    a.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--skip", type=int, default=0, help="start at this row")
+    a.add_argument("--max-items", type=int, default=None, help="decode at most this many rows")
+    a.add_argument("--examples", type=int, default=5)
+    a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
+    a.add_argument("--lm", action="store_true", help="also decode with prefix beam search + a character n-gram LM")
+    a.add_argument("--lm-text", default="", help="the LM's sentences, one per line (default: the checkpoint's "
+                   "training transcripts)")
+    a.add_argument("--lm-order", type=int, default=6)
+    a.add_argument("--beam", type=int, default=16)
+    a.add_argument("--lm-weight", type=float, default=0.5)
+    a.add_argument("--length-bonus", type=float, default=1.0)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(run=eval_asr)
+    return a
