@@ -36,7 +36,11 @@ def lm_sentences(args: argparse.Namespace, train_csv: str) -> tuple[str, list[st
             raise DataError(f"{path}: no such LM text file (--lm-text)")
         lines = path.read_text(encoding="utf-8").splitlines()
         return str(path), [s for s in (normalize_text(x) for x in lines) if s]
-    manifest = Manifest(resolve_manifest(train_csv, "train"))
+    try:
+        manifest = Manifest(resolve_manifest(train_csv, "train"))
+    except DataError as e:
+        raise DataError(f"{e} (the LM is built from the checkpoint's training transcripts, data.train_csv; "
+                        f"--lm-text FILE gives it other sentences)") from e
     return f"{manifest.path} (the checkpoint's training transcripts)", \
         [s for s in (normalize_text(manifest[i]["text"]) for i in range(len(manifest))) if s]
 
@@ -110,7 +114,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "training transcripts)")
     a.add_argument("--lm-order", type=int, default=6)
     a.add_argument("--beam", type=int, default=16)
-    a.add_argument("--lm-weight", type=float, default=0.5)
+    a.add_argument("--lm-weight", type=float, default=0.8)
     a.add_argument("--length-bonus", type=float, default=1.0)
     a.add_argument("--device", default="auto")
     a.set_defaults(run=eval_asr)
