@@ -11,8 +11,8 @@ collapses to the same transcript, and scores each one as
 transcript also pays the LM's end-of-sentence probability.
 
 The language model is a character n-gram with Witten-Bell interpolation, small enough to build in
-seconds from the Stage B training transcripts. Built from those, it has never seen a held-out
-sentence (the audio builder keeps the sets apart); ``overlap`` counts any that slip in.
+seconds from the Stage B training transcripts, which the audio builder keeps apart from the held-out
+sentences (scripts/eval_asr.py also drops any evaluated reference from the LM's text).
 """
 from __future__ import annotations
 
@@ -160,8 +160,3 @@ def beam_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab
     return [prefix_beam_search(lp[b, :n], vocab, lm, beam, lm_weight, length_bonus)
             for b, n in enumerate(lengths.cpu().tolist())]
 
-
-def overlap(lm_sentences: Iterable[str], references: Iterable[str]) -> int:
-    """How many references are also LM training sentences (0 when the sets are kept apart)."""
-    seen = set(lm_sentences)
-    return sum(r in seen for r in references)

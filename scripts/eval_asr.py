@@ -4,8 +4,8 @@
         --csv data/audio/production_asr_val.csv [--pocketsphinx] [--lm]
 
 Greedy CTC always; with ``--lm`` also prefix beam search fused with a character n-gram LM built in
-the same run from the checkpoint's training transcripts (or ``--lm-text``), both columns side by
-side; with ``--pocketsphinx`` also pocketsphinx on the same clips. ``--skip``/``--max-items``
+the same run from the checkpoint's training transcripts (or the sentences of ``--lm-text``), less any
+sentence being scored, both columns side by side; with ``--pocketsphinx`` also pocketsphinx on the same clips. ``--skip``/``--max-items``
 select a slice of rows, so the LM weights can be chosen on one part of a set and scored on another.
 ``add_parser`` registers the subcommand in scripts/evaluate.py.
 """
@@ -23,26 +23,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, per_source_report, resolve_manifest  # noqa: E402
 from omni.audio import load_audio  # noqa: E402
 from omni.ctc import error_rates, normalize_text  # noqa: E402
-from omni.ctc_lm import CharNgramLM, beam_decode, overlap  # noqa: E402
+from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
 from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
+from omni.speech_data import corpus_sentences, normalize_transcript  # noqa: E402
 
 
-def lm_sentences(args: argparse.Namespace, train_csv: str) -> tuple[str, list[str]]:
-    """(where from, normalised sentences) for the LM: ``--lm-text`` lines or the training transcripts."""
+def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]) -> tuple[str, list[str]]:
+    """(where from, normalised sentences) for the LM: the sentences of ``--lm-text`` (a one-document-
+    per-line corpus, split as the audio builder splits it) or the checkpoint's training transcripts;
+    either way without the references being scored, so the LM never knows a held-out sentence."""
     if args.lm_text:
         path = Path(args.lm_text)
         if not path.is_file():
             raise DataError(f"{path}: no such LM text file (--lm-text)")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return str(path), [s for s in (normalize_text(x) for x in lines) if s]
-    try:
-        manifest = Manifest(resolve_manifest(train_csv, "train"))
-    except DataError as e:
-        raise DataError(f"{e} (the LM is built from the checkpoint's training transcripts, data.train_csv; "
-                        f"--lm-text FILE gives it other sentences)") from e
-    return f"{manifest.path} (the checkpoint's training transcripts)", \
-        [s for s in (normalize_text(manifest[i]["text"]) for i in range(len(manifest))) if s]
+        source, sentences = str(path), [normalize_text(x) for x in corpus_sentences(path)]
+    else:
+        try:
+            manifest = Manifest(resolve_manifest(train_csv, "train"))
+        except DataError as e:
+            raise DataError(f"{e} (the LM is built from the checkpoint's training transcripts, data.train_csv; "
+                            f"--lm-text FILE gives it other sentences)") from e
+        source = f"{manifest.path} (the checkpoint's training transcripts)"
+        sentences = [normalize_text(manifest[i]["text"]) for i in range(len(manifest))]
+    # compared in the ASR manifests' spelling ("'tis" and "tis" are one sentence)
+    held_out = {normalize_transcript(r) for r in references}
+    kept = [x for x in sentences if x and normalize_transcript(x) not in held_out]
+    if not kept:
+        raise DataError(f"{source}: no sentences left for the LM once the evaluated references are left out")
+    return f"{source}, {len(sentences) - len(kept)} of them dropped as evaluated references", kept
 
 
 def pocketsphinx_results(manifest: Manifest, results: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
@@ -70,11 +79,10 @@ def eval_asr(args: argparse.Namespace) -> int:
     columns: dict[str, list[tuple[str, str, int]]] = {}
     if args.lm:
         t0 = time.perf_counter()
-        source, sentences = lm_sentences(args, cfg.data.train_csv)
+        source, sentences = lm_sentences(args, cfg.data.train_csv, [r for r, _, _ in results])
         lm = CharNgramLM.train(sentences, args.lm_order, vocab.chars)
-        print(f"char LM      order {args.lm_order}, {len(sentences)} sentences from {source}, {len(lm.ngrams)} "
-              f"n-grams ({time.perf_counter() - t0:.1f} s); {overlap(sentences, [r for r, _, _ in results])} of "
-              f"the {len(results)} references are among its sentences")
+        print(f"char LM      order {args.lm_order}, {len(sentences)} sentences from {source}; {len(lm.ngrams)} "
+              f"n-grams ({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
         lm_metrics, columns["beam+LM"] = evaluate_asr(
             model, dataset, vocab, args.batch_size, rows=rows,
@@ -110,8 +118,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a.add_argument("--examples", type=int, default=5)
     a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
     a.add_argument("--lm", action="store_true", help="also decode with prefix beam search + a character n-gram LM")
-    a.add_argument("--lm-text", default="", help="the LM's sentences, one per line (default: the checkpoint's "
-                   "training transcripts)")
+    a.add_argument("--lm-text", default="", help="a one-document-per-line corpus whose sentences train the LM "
+                   "(default: the checkpoint's training transcripts); evaluated references are always left out")
     a.add_argument("--lm-order", type=int, default=6)
     a.add_argument("--beam", type=int, default=16)
     a.add_argument("--lm-weight", type=float, default=0.8)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return greedy_decode(lp, n, vocab)
     metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows, decode=keep)
     refs = [r for r, _, _ in results]
-    source, sentences = lm_sentences(args, cfg.data.train_csv)
+    source, sentences = lm_sentences(args, cfg.data.train_csv, refs)
     lm = CharNgramLM.train(sentences, args.lm_order, vocab.chars)
     print(f"{len(refs)} rows ({rows.start}-{rows.stop - 1}) of {manifest.path}; LM order {args.lm_order} from {source}")
     print(f"greedy                           CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")

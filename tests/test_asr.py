@@ -133,6 +133,19 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     assert "overall      CER" in r.stdout and "speaker  alsa-utils" in r.stdout and "ref: " in r.stdout
     assert "6 of 9 rows decoded (rows 1-6" in r.stdout and "beam+LM      CER" in r.stdout, r.stdout
     assert "beam+LM: " in r.stdout   # each example shows the LM decoder's transcript too
+    # the LM is built from the training transcripts (here the same clips) less every scored reference
+    assert "9 sentences from" in r.stdout or "3 sentences from" in r.stdout, r.stdout
+    assert "6 of them dropped as evaluated references" in r.stdout, r.stdout
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Front left. And you always want to see it in the superlative degree. "
+                      "Front right, said the man. A new sentence here.\n")
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr", "--ckpt", str(tmp_path / "ck"),
+                        "--csv", str(CLIPS), "--lm", "--lm-text", str(corpus), "--skip", "7"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # split as the audio builder splits a corpus ("Front left." is too short to be a sentence); the
+    # arctic sentence is scored (row 8), so it leaves the LM
+    assert "2 sentences from" in r.stdout and "1 of them dropped" in r.stdout, r.stdout
     r = subprocess.run([sys.executable, "scripts/tune_ctc_lm.py", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
                         "--max-items", "4", "--lm-order", "3", "--lm-weight", "0.5", "1", "--length-bonus", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,12 +1,10 @@
 """Stage B decoding: the character n-gram LM and CTC prefix beam search with shallow fusion."""
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from omni.ctc import BLANK, CharVocab, greedy_decode
-from omni.ctc_lm import EOS, CharNgramLM, beam_decode, overlap, prefix_beam_search
+from omni.ctc_lm import EOS, CharNgramLM, beam_decode, prefix_beam_search
 
 VOCAB = CharVocab.default()
 SENTENCES = ["the cat sat on the mat", "a cat sat by the door", "the cat ran to the mat", "my cat is fat"]
@@ -72,7 +70,3 @@ def test_beam_decode_batches_with_lengths():
     out = beam_decode(torch.from_numpy(lp).float(), torch.tensor([3, 2]), VOCAB, None)
     assert out == ["hi", "o"]   # the second row's third frame is padding
 
-
-def test_overlap_counts_shared_sentences():
-    assert overlap(SENTENCES, ["my cat is fat", "something new"]) == 1
-    assert math.isclose(overlap(SENTENCES, []), 0)
