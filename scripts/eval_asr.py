@@ -70,6 +70,8 @@ def eval_asr(args: argparse.Namespace) -> int:
     manifest = Manifest(resolve_manifest(args.csv, "val"))
     dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
     rows = range(args.skip, len(manifest) if args.max_items is None else min(len(manifest), args.skip + args.max_items))
+    if not rows:
+        raise DataError(f"{manifest.path}: no rows to decode from row {args.skip} ({len(manifest)} rows)")
     t0 = time.perf_counter()
     metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows)
     print(f"checkpoint   {args.ckpt}")

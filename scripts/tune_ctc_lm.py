@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = Manifest(resolve_manifest(args.csv, "val"))
     dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
     rows = range(args.skip, min(len(manifest), args.skip + args.max_items))
+    if not rows:
+        raise DataError(f"{manifest.path}: no rows to decode from row {args.skip} ({len(manifest)} rows)")
     stored: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep(lp: torch.Tensor, n: torch.Tensor) -> list[str]:
