@@ -16,13 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, per_source_report, resolve_manifest  # noqa: E402
+from omni.asr import (AsrDataset, AsrModel, Manifest, evaluate_asr, load_asr, per_source_report,  # noqa: E402
+                      resolve_manifest)
 from omni.audio import load_audio  # noqa: E402
-from omni.ctc import error_rates, normalize_text  # noqa: E402
+from omni.ctc import CharVocab, error_rates, greedy_decode, normalize_text  # noqa: E402
 from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
 from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
@@ -37,7 +39,9 @@ def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]
         path = Path(args.lm_text)
         if not path.is_file():
             raise DataError(f"{path}: no such LM text file (--lm-text)")
-        source, sentences = str(path), [normalize_text(x) for x in corpus_sentences(path)]
+        # in the manifests' spelling, the one the model was trained to emit ("'tis" -> "tis")
+        source = str(path)
+        sentences = [normalize_text(normalize_transcript(x)) for x in corpus_sentences(path)]
     else:
         try:
             manifest = Manifest(resolve_manifest(train_csv, "train"))
@@ -52,6 +56,38 @@ def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]
     if not kept:
         raise DataError(f"{source}: no sentences left for the LM once the evaluated references are left out")
     return f"{source}, {len(sentences) - len(kept)} of them dropped as evaluated references", kept
+
+
+def selected_rows(args: argparse.Namespace, manifest: Manifest) -> range:
+    """The rows ``--skip`` and ``--max-items`` select; none is an error naming the manifest."""
+    stop = len(manifest) if args.max_items is None else min(len(manifest), args.skip + args.max_items)
+    rows = range(args.skip, stop)
+    if not rows:
+        raise DataError(f"{manifest.path}: no rows to decode from row {args.skip} ({len(manifest)} rows)")
+    return rows
+
+
+def greedy_pass(model: AsrModel, dataset: AsrDataset, vocab: CharVocab, batch_size: int, rows: range
+                ) -> tuple[dict[str, float], list[tuple[str, str, int]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Greedy CTC over ``rows`` -> (metrics, (reference, hypothesis, row) per item, and each batch's
+    log-probs (B, T, V) with lengths (B,)), so other decoders reuse one run of the model."""
+    stored: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(lp: torch.Tensor, n: torch.Tensor) -> list[str]:
+        stored.append((lp.cpu(), n.cpu()))
+        return greedy_decode(lp, n, vocab)
+    metrics, results = evaluate_asr(model, dataset, vocab, batch_size, rows=rows, decode=keep)
+    return metrics, results, stored
+
+
+def train_lm(args: argparse.Namespace, train_csv: str, vocab: CharVocab, references: list[str]
+             ) -> tuple[str, list[str], CharNgramLM]:
+    """(where from, its sentences, the LM) for ``--lm``; a sentence the vocabulary cannot spell is a DataError."""
+    source, sentences = lm_sentences(args, train_csv, references)
+    try:
+        return source, sentences, CharNgramLM.train(sentences, args.lm_order, vocab.chars)
+    except ValueError as e:
+        raise DataError(f"{source}: {e}") from e
 
 
 def pocketsphinx_results(manifest: Manifest, results: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
@@ -69,11 +105,9 @@ def eval_asr(args: argparse.Namespace) -> int:
     model, vocab, cfg = load_asr(args.ckpt, device)
     manifest = Manifest(resolve_manifest(args.csv, "val"))
     dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
-    rows = range(args.skip, len(manifest) if args.max_items is None else min(len(manifest), args.skip + args.max_items))
-    if not rows:
-        raise DataError(f"{manifest.path}: no rows to decode from row {args.skip} ({len(manifest)} rows)")
+    rows = selected_rows(args, manifest)
     t0 = time.perf_counter()
-    metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows)
+    metrics, results, stored = greedy_pass(model, dataset, vocab, args.batch_size, rows)
     print(f"checkpoint   {args.ckpt}")
     print(f"manifest     {manifest.path}: {int(metrics['val_items'])} of {len(manifest)} rows decoded "
           f"(rows {rows.start}-{rows.stop - 1}, {time.perf_counter() - t0:.1f} s, greedy CTC)")
@@ -81,15 +115,15 @@ def eval_asr(args: argparse.Namespace) -> int:
     columns: dict[str, list[tuple[str, str, int]]] = {}
     if args.lm:
         t0 = time.perf_counter()
-        source, sentences = lm_sentences(args, cfg.data.train_csv, [r for r, _, _ in results])
-        lm = CharNgramLM.train(sentences, args.lm_order, vocab.chars)
+        source, sentences, lm = train_lm(args, cfg.data.train_csv, vocab, [r for r, _, _ in results])
         print(f"char LM      order {args.lm_order}, {len(sentences)} sentences from {source}; {len(lm.ngrams)} "
               f"n-grams ({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
-        lm_metrics, columns["beam+LM"] = evaluate_asr(
-            model, dataset, vocab, args.batch_size, rows=rows,
-            decode=lambda lp, n: beam_decode(lp, n, vocab, lm, args.beam, args.lm_weight, args.length_bonus))
-        print(f"beam+LM      CER {lm_metrics['val_cer']:.4f}  WER {lm_metrics['val_wer']:.4f}  (beam {args.beam}, "
+        hyps = [h for lp, n in stored for h in beam_decode(lp, n, vocab, lm, args.beam, args.lm_weight,
+                                                          args.length_bonus)]
+        columns["beam+LM"] = [(ref, h, row) for (ref, _, row), h in zip(results, hyps)]
+        r = error_rates([ref for ref, _, _ in results], hyps)
+        print(f"beam+LM      CER {r['cer']:.4f}  WER {r['wer']:.4f}  (beam {args.beam}, "
               f"lm weight {args.lm_weight}, length bonus {args.length_bonus}; {time.perf_counter() - t0:.1f} s)")
     if args.pocketsphinx:
         columns["pocketsphinx"] = pocketsphinx_results(manifest, results)
@@ -109,14 +143,28 @@ def eval_asr(args: argparse.Namespace) -> int:
     return 0
 
 
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``asr`` subcommand in scripts/evaluate.py."""
     a = subparsers.add_parser("asr", help="CER/WER of the audio encoder (Stage B), per source")
     a.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
     a.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
     a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--skip", type=int, default=0, help="start at this row")
-    a.add_argument("--max-items", type=int, default=None, help="decode at most this many rows")
+    a.add_argument("--skip", type=non_negative, default=0, help="start at this row")
+    a.add_argument("--max-items", type=positive, default=None, help="decode at most this many rows")
     a.add_argument("--examples", type=int, default=5)
     a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
     a.add_argument("--lm", action="store_true", help="also decode with prefix beam search + a character n-gram LM")

@@ -17,25 +17,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.asr import AsrDataset, Manifest, evaluate_asr, load_asr, resolve_manifest  # noqa: E402
+from omni.asr import AsrDataset, Manifest, load_asr, resolve_manifest  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.ctc import error_rates, greedy_decode  # noqa: E402
-from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
+from omni.ctc import error_rates  # noqa: E402
+from omni.ctc_lm import beam_decode  # noqa: E402
 from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
-from scripts.eval_asr import lm_sentences  # noqa: E402
+from scripts.eval_asr import greedy_pass, non_negative, positive, selected_rows, train_lm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
     p.add_argument("--csv", required=True)
-    p.add_argument("--skip", type=int, default=0)
-    p.add_argument("--max-items", type=int, default=100)
+    p.add_argument("--skip", type=non_negative, default=0)
+    p.add_argument("--max-items", type=positive, default=100)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lm-text", default="")
     p.add_argument("--lm-order", type=int, default=6)
@@ -48,18 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     model, vocab, cfg = load_asr(args.ckpt, pick_device(args.device))
     manifest = Manifest(resolve_manifest(args.csv, "val"))
     dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
-    rows = range(args.skip, min(len(manifest), args.skip + args.max_items))
-    if not rows:
-        raise DataError(f"{manifest.path}: no rows to decode from row {args.skip} ({len(manifest)} rows)")
-    stored: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def keep(lp: torch.Tensor, n: torch.Tensor) -> list[str]:
-        stored.append((lp.cpu(), n.cpu()))
-        return greedy_decode(lp, n, vocab)
-    metrics, results = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows, decode=keep)
+    rows = selected_rows(args, manifest)
+    metrics, results, stored = greedy_pass(model, dataset, vocab, args.batch_size, rows)
     refs = [r for r, _, _ in results]
-    source, sentences = lm_sentences(args, cfg.data.train_csv, refs)
-    lm = CharNgramLM.train(sentences, args.lm_order, vocab.chars)
+    source, _, lm = train_lm(args, cfg.data.train_csv, vocab, refs)
     print(f"{len(refs)} rows ({rows.start}-{rows.stop - 1}) of {manifest.path}; LM order {args.lm_order} from {source}")
     print(f"greedy                           CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
     best = None

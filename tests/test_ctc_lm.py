@@ -70,3 +70,17 @@ def test_beam_decode_batches_with_lengths():
     out = beam_decode(torch.from_numpy(lp).float(), torch.tensor([3, 2]), VOCAB, None)
     assert out == ["hi", "o"]   # the second row's third frame is padding
 
+
+
+def test_length_bonus_and_end_of_sentence_decide_between_hypotheses():
+    # a confident "the" and then an unsure "n" (0.3): without a bonus the LM-free search drops it,
+    # a large enough bonus per character keeps it
+    lp = _frames([{"t": 0.9}, {"h": 0.9}, {"e": 0.9}, {"_": 0.7, "n": 0.3}])
+    lm = CharNgramLM.train(["then", "the end"], 3, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.0, length_bonus=0.0) == "the"
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.0, length_bonus=2.0) == "then"
+    # with the LM alone: "the" never ends a sentence it knows ("the" + end of sentence is unseen,
+    # "then" + end is), so the end-of-sentence term tips the choice to "then"
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=1.0, length_bonus=0.0) == "then"
+    no_eos = CharNgramLM.train(["the", "the end"], 3, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, no_eos, lm_weight=1.0, length_bonus=0.0) == "the"
