@@ -1,17 +1,22 @@
-"""CER/WER of a Stage B (audio encoder, CTC) checkpoint on any ASR manifest, per source.
+"""CER/WER of a Stage B (audio encoder, CTC) checkpoint on any ASR manifest, per source; and the
+choice of the LM decoder's weights.
 
     python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best \
         --csv data/audio/production_asr_val.csv [--pocketsphinx] [--lm]
+    python scripts/evaluate.py asr-tune --ckpt checkpoints/audio_enc_tiny/best \
+        --csv data/audio/production_asr_val.csv --max-items 100 --lm-weight 0.5 0.8 --length-bonus 1 1.5
 
 Greedy CTC always; with ``--lm`` also prefix beam search fused with a character n-gram LM built in
 the same run from the checkpoint's training transcripts (or the sentences of ``--lm-text``), less any
 sentence being scored, both columns side by side; with ``--pocketsphinx`` also pocketsphinx on the same clips. ``--skip``/``--max-items``
-select a slice of rows, so the LM weights can be chosen on one part of a set and scored on another.
-``add_parser`` registers the subcommand in scripts/evaluate.py.
+select a slice of rows, so the LM weights can be chosen on one part of a set (``asr-tune``: one
+model pass, then every pair of weights, greedy first) and scored on another (``asr --lm --skip N``).
+``add_parser`` registers both subcommands in scripts/evaluate.py.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni.asr import (AsrDataset, AsrModel, Manifest, evaluate_asr, load_asr, per_source_report,  # noqa: E402
                       resolve_manifest)
+from omni.config import AsrStageConfig  # noqa: E402
 from omni.audio import load_audio  # noqa: E402
 from omni.ctc import CharVocab, error_rates, greedy_decode, normalize_text  # noqa: E402
 from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
@@ -99,13 +105,17 @@ def pocketsphinx_results(manifest: Manifest, results: list[tuple[str, str, int]]
     return out
 
 
-def eval_asr(args: argparse.Namespace) -> int:
-    """CER/WER of a Stage B checkpoint on a manifest, overall and per source, with examples."""
-    device = pick_device(args.device)
-    model, vocab, cfg = load_asr(args.ckpt, device)
+def load_rows(args: argparse.Namespace) -> tuple[AsrModel, CharVocab, AsrStageConfig, Manifest, AsrDataset, range]:
+    """The checkpoint, the manifest, its dataset and the rows ``--skip``/``--max-items`` select."""
+    model, vocab, cfg = load_asr(args.ckpt, pick_device(args.device))
     manifest = Manifest(resolve_manifest(args.csv, "val"))
     dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
-    rows = selected_rows(args, manifest)
+    return model, vocab, cfg, manifest, dataset, selected_rows(args, manifest)
+
+
+def eval_asr(args: argparse.Namespace) -> int:
+    """CER/WER of a Stage B checkpoint on a manifest, overall and per source, with examples."""
+    model, vocab, cfg, manifest, dataset, rows = load_rows(args)
     t0 = time.perf_counter()
     metrics, results, stored = greedy_pass(model, dataset, vocab, args.batch_size, rows)
     print(f"checkpoint   {args.ckpt}")
@@ -143,6 +153,26 @@ def eval_asr(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_asr_lm(args: argparse.Namespace) -> int:
+    """CER/WER of beam+LM decoding for every (LM weight, length bonus) pair on the selected rows."""
+    model, vocab, cfg, manifest, dataset, rows = load_rows(args)
+    metrics, results, stored = greedy_pass(model, dataset, vocab, args.batch_size, rows)
+    refs = [r for r, _, _ in results]
+    source, _, lm = train_lm(args, cfg.data.train_csv, vocab, refs)
+    print(f"{len(refs)} rows ({rows.start}-{rows.stop - 1}) of {manifest.path}; LM order {args.lm_order} from {source}")
+    print(f"greedy                           CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    best = None
+    for w, b in itertools.product(args.lm_weight, args.length_bonus):
+        t0 = time.perf_counter()
+        r = error_rates(refs, [h for lp, n in stored for h in beam_decode(lp, n, vocab, lm, args.beam, w, b)])
+        print(f"lm weight {w:<5} length bonus {b:<5} CER {r['cer']:.4f}  WER {r['wer']:.4f}  "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        if best is None or r["cer"] < best[0]:
+            best = (r["cer"], w, b)
+    print(f"best: --lm-weight {best[1]} --length-bonus {best[2]} (CER {best[0]:.4f} on these rows)")
+    return 0
+
+
 def non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -157,23 +187,33 @@ def positive(text: str) -> int:
     return value
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The arguments ``asr`` and ``asr-tune`` share: checkpoint, rows, and the LM."""
+    p.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
+    p.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--skip", type=non_negative, default=0, help="start at this row")
+    p.add_argument("--max-items", type=positive, default=None, help="decode at most this many rows")
+    p.add_argument("--lm-text", default="", help="a one-document-per-line corpus whose sentences train the LM "
+                   "(default: the checkpoint's training transcripts); evaluated references are always left out")
+    p.add_argument("--lm-order", type=int, default=6)
+    p.add_argument("--beam", type=int, default=16)
+    p.add_argument("--device", default="auto")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``asr`` subcommand in scripts/evaluate.py."""
+    """Register the ``asr`` and ``asr-tune`` subcommands in scripts/evaluate.py."""
     a = subparsers.add_parser("asr", help="CER/WER of the audio encoder (Stage B), per source")
-    a.add_argument("--ckpt", default="checkpoints/audio_enc_tiny/best")
-    a.add_argument("--csv", required=True, help="wav,text[,engine,voice] CSV, or a registered dataset name")
-    a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--skip", type=non_negative, default=0, help="start at this row")
-    a.add_argument("--max-items", type=positive, default=None, help="decode at most this many rows")
+    _add_common(a)
     a.add_argument("--examples", type=int, default=5)
     a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
     a.add_argument("--lm", action="store_true", help="also decode with prefix beam search + a character n-gram LM")
-    a.add_argument("--lm-text", default="", help="a one-document-per-line corpus whose sentences train the LM "
-                   "(default: the checkpoint's training transcripts); evaluated references are always left out")
-    a.add_argument("--lm-order", type=int, default=6)
-    a.add_argument("--beam", type=int, default=16)
     a.add_argument("--lm-weight", type=float, default=0.8)
     a.add_argument("--length-bonus", type=float, default=1.0)
-    a.add_argument("--device", default="auto")
     a.set_defaults(run=eval_asr)
+    t = subparsers.add_parser("asr-tune", help="choose the Stage B LM decoder's weight and length bonus on some rows")
+    _add_common(t)
+    t.add_argument("--lm-weight", type=float, nargs="+", default=[0.3, 0.5, 0.8, 1.0])
+    t.add_argument("--length-bonus", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    t.set_defaults(run=tune_asr_lm)
     return a

@@ -2,6 +2,7 @@
 
     python scripts/evaluate.py text --ckpt checkpoints/thinker_tiny --file data/text/production_val.txt
     python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best --csv data/audio/production_asr_val.csv
+    python scripts/evaluate.py asr-tune --ckpt checkpoints/audio_enc_tiny/best --csv ... --max-items 100
     python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best --candidates 100
     python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best --beam 4
     python scripts/evaluate.py tts --talker checkpoints/talker_tiny --asr-ckpt checkpoints/audio_enc_tiny/best

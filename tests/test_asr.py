@@ -146,12 +146,12 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     # split as the audio builder splits a corpus ("Front left." is too short to be a sentence); the
     # arctic sentence is scored (row 8), so it leaves the LM
     assert "2 sentences from" in r.stdout and "1 of them dropped" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "scripts/tune_ctc_lm.py", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
                         "--max-items", "4", "--lm-order", "3", "--lm-weight", "0.5", "1", "--length-bonus", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("length bonus 1.0") == 2 and "best: --lm-weight" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "scripts/tune_ctc_lm.py", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
                         "--skip", "9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "clips.csv: no rows to decode from row 9 (9 rows)" in r.stderr, r.stderr
 
