@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS_CSV = ROOT / "assets" / "audio" / "clips.csv"
-ESPEAK, FLITE = "espeak-ng", "flite"
-APT_PACKAGES = {ESPEAK: "espeak-ng", FLITE: "flite"}
+ESPEAK, FLITE, MBROLA, PICO = "espeak-ng", "flite", "mbrola", "pico"
+# what each engine needs from apt; mbrola's voices and pico are in Debian's contrib/non-free
+# (Ubuntu: multiverse), see apt_hint()
+APT_PACKAGES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"],
+                MBROLA: ["espeak-ng", "mbrola", "mbrola-us1", "mbrola-us2", "mbrola-us3", "mbrola-en1"],
+                PICO: ["libttspico-utils"]}
+BINARIES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"], MBROLA: ["espeak-ng", "mbrola"], PICO: ["pico2wave"]}
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp",
                   "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
@@ -45,6 +50,12 @@ HELD_OUT_ESPEAK_VARIANTS = ("f4", "m6")
 HELD_OUT_FLITE_VOICES = ("rms",)
 ESPEAK_SPEED, ESPEAK_PITCH = (130, 200), (25, 75)  # words/minute (default 175), 0-99 (default 50)
 FLITE_STRETCH = (0.85, 1.2)  # duration_stretch: > 1 is slower
+# training-only speakers (none is held out): MBROLA diphone voices driven by espeak-ng's front end
+# (us1 female, us2 and us3 male, en1 British male) and SVOX pico's two HMM voices (female)
+MBROLA_VOICES = ("us1", "us2", "us3", "en1")
+MBROLA_DIR = Path("/usr/share/mbrola")
+PICO_VOICES = ("en-US", "en-GB")
+PICO_SPEED, PICO_PITCH = (85, 120), (85, 115)  # percent of the voice's default
 SMOKE_SENTENCES = (
     "The cat sat on the warm mat.", "Please open the window before you leave.",
     "We walked to the river and back.", "She reads a book every night.",
@@ -116,7 +127,8 @@ def corpus_sentences(path: Path, min_words: int = 3, max_words: int = 20) -> lis
 
 @dataclass(frozen=True)
 class Voice:
-    """engine: espeak-ng | flite; name: `accent+variant` (espeak-ng) or a flite voice."""
+    """engine: espeak-ng | flite | mbrola | pico; name: `accent+variant` (espeak-ng), a flite
+    voice, an MBROLA voice (us1) or a pico language (en-US)."""
 
     engine: str
     name: str
@@ -133,9 +145,15 @@ def flite_voices(held_out: bool) -> list[Voice]:
     return [Voice(FLITE, v) for v in FLITE_VOICES if (v in HELD_OUT_FLITE_VOICES) == held_out]
 
 
+def extra_voices() -> list[Voice]:
+    """The MBROLA and pico voices: training speakers only, never in a held-out manifest."""
+    return [Voice(MBROLA, v) for v in MBROLA_VOICES] + [Voice(PICO, v) for v in PICO_VOICES]
+
+
 @dataclass(frozen=True)
 class SynthJob:
-    """One utterance to synthesise; speed is wpm (espeak-ng) or a duration stretch (flite)."""
+    """One utterance to synthesise; speed is wpm (espeak-ng, mbrola), a duration stretch (flite)
+    or a percentage (pico); pitch is espeak-ng's 0-99 or pico's percentage."""
 
     voice: Voice
     text: str
@@ -145,9 +163,16 @@ class SynthJob:
 
     def command(self, wav: Path) -> list[str]:
         """The engine's command line writing this utterance to wav."""
-        if self.voice.engine == ESPEAK:
-            return [ESPEAK, "-v", self.voice.name, "-s", str(int(self.speed)),
+        if self.voice.engine in (ESPEAK, MBROLA):
+            name = f"mb-{self.voice.name}" if self.voice.engine == MBROLA else self.voice.name
+            return [ESPEAK, "-v", name, "-s", str(int(self.speed)),
                     "-p", str(self.pitch), "-w", str(wav), self.text]
+        if self.voice.engine == PICO:
+            if any(c in self.text for c in "<>&"):  # clean_sentence never lets these through
+                raise ValueError(f"pico markup characters in {self.text!r}")
+            return ["pico2wave", "-l", self.voice.name, "-w", str(wav),
+                    f'<speed level="{int(self.speed)}"><pitch level="{self.pitch}">{self.text}'
+                    f"</pitch></speed>"]
         return [FLITE, "-voice", self.voice.name, "--setf", f"duration_stretch={self.speed}",
                 "-t", self.text, "-o", str(wav)]
 
@@ -241,12 +266,24 @@ def run_parallel(fn: Callable, jobs: Sequence, workers: int, desc: str) -> list[
     return results
 
 
+def apt_hint(engines: Iterable[str]) -> str:
+    """Where the apt packages of these engines live, for an error message."""
+    if not {MBROLA, PICO} & set(engines):
+        return ""
+    return ("; mbrola-us1/us2/us3/en1 and libttspico-utils are in Debian's contrib and non-free "
+            "components (Ubuntu: multiverse): add them to the apt sources, or build without these "
+            "voices with --extra-fraction 0")
+
+
 def require_engines(engines: Iterable[str]) -> None:
-    """Raise with the apt command when a synthesis engine is not on PATH."""
-    missing = [APT_PACKAGES[e] for e in engines if shutil.which(e) is None]
+    """Raise with the apt command when a synthesis engine (or an MBROLA voice) is missing."""
+    missing = sorted({p for e in engines for b, p in zip(BINARIES[e], APT_PACKAGES[e])
+                      if shutil.which(b) is None})
+    if MBROLA in engines:
+        missing += [f"mbrola-{v}" for v in MBROLA_VOICES if not (MBROLA_DIR / v / v).is_file()]
     if missing:
         raise FileNotFoundError(f"speech engines not found; install them: apt-get install -y "
-                                f"{' '.join(missing)}")
+                                f"{' '.join(missing)}{apt_hint(engines)}")
 
 
 # ----------------------------------------------------------------------------- manifests

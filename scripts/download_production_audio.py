@@ -3,7 +3,8 @@
 
   offline      (default) synthesised from data/text/production_corpus.txt sentences, no network:
                production_asr.csv (wav,text,engine,voice): espeak-ng (8 English accents x 13
-               variants) and flite (kal, kal16, awb, slt) at random speeds and pitches;
+               variants), flite (kal, kal16, awb, slt), MBROLA (us1, us2, us3, en1, through
+               espeak-ng) and pico (en-US, en-GB) at random speeds and pitches;
                production_asr_val.csv: held-out voices (espeak-ng variants f4, m6 in every
                accent; flite rms) speaking held-out sentences; production_tts.csv (text,wav):
                flite slt; production_tts_val.csv: slt speaking held-out sentences.
@@ -86,10 +87,20 @@ def sizes(args: argparse.Namespace) -> dict[str, int]:
             "tts": min(args.tts_train, cap), "tts_val": min(args.tts_val, cap)}
 
 
-def asr_job(rng: random.Random, text: str, held_out: bool, flite_fraction: float,
+def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namespace,
             wav_dir: Path) -> sd.SynthJob:
-    """A random engine, voice (from the training or held-out set), speed and pitch for text."""
-    if rng.random() < flite_fraction:
+    """A random engine, voice (from the training or held-out set), speed and pitch for text.
+
+    A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
+    clips draw nothing for it, so the held-out set does not depend on --extra-fraction.
+    """
+    if not held_out and rng.random() < args.extra_fraction:
+        voice = rng.choice(sd.extra_voices())
+        if voice.engine == sd.PICO:
+            speed, pitch = rng.randint(*sd.PICO_SPEED), rng.randint(*sd.PICO_PITCH)
+        else:
+            speed, pitch = rng.randint(*sd.ESPEAK_SPEED), rng.randint(*sd.ESPEAK_PITCH)
+    elif rng.random() < args.flite_fraction:
         voice = rng.choice(sd.flite_voices(held_out))
         speed, pitch = round(rng.uniform(*sd.FLITE_STRETCH), 2), None
     else:
@@ -123,17 +134,31 @@ def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, li
     plan = {}
     for name in ("production_asr.csv", "production_asr_val.csv"):
         rng = random.Random(f"{args.seed}:{name}")
-        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args.flite_fraction, asr_dir) for t in texts[name]]
+        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args, asr_dir) for t in texts[name]]
     for name in ("production_tts.csv", "production_tts_val.csv"):
         plan[name] = [sd.SynthJob(TTS_VOICE, t, 1.0, None,
                                   tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts[name]]
     return plan
 
 
+def offline_engines(args: argparse.Namespace) -> list[str]:
+    """The engines the offline plan can draw (the TTS sets are flite's)."""
+    n = sizes(args)
+    engines = [sd.FLITE]
+    if args.flite_fraction < 1 and n["asr"] + n["asr_val"]:
+        engines.append(sd.ESPEAK)
+    if args.extra_fraction > 0 and n["asr"]:
+        engines += [sd.MBROLA, sd.PICO]
+    return engines
+
+
 def build_offline(args: argparse.Namespace) -> dict[str, Manifest]:
     """Synthesise every planned clip (reusing finished ones) and lay out the four manifests."""
-    engines = [sd.ESPEAK, sd.FLITE] if args.flite_fraction < 1 else [sd.FLITE]
-    dl.ensure_apt_packages([sd.APT_PACKAGES[e] for e in engines])
+    engines = offline_engines(args)
+    try:
+        dl.ensure_apt_packages(sorted({p for e in engines for p in sd.APT_PACKAGES[e]}))
+    except dl.MissingPackageError as e:
+        raise dl.MissingPackageError(f"{e}{sd.apt_hint(engines)}") from None
     sd.require_engines(engines)
     sentences = sd.corpus_sentences(args.corpus)
     logging.info("%s: %d usable sentences", args.corpus, len(sentences))
@@ -297,11 +322,13 @@ def describe_plan(args: argparse.Namespace) -> None:
     """--dry-run: what would be installed, fetched and written; touches nothing."""
     print(f"dry run: nothing is downloaded, installed, synthesised or written (out {args.out})")
     if args.source == "offline":
-        missing = dl.missing_apt_packages(list(sd.APT_PACKAGES.values()))
+        packages = sorted({p for e in offline_engines(args) for p in sd.APT_PACKAGES[e]})
+        missing = dl.missing_apt_packages(packages)
         state = f"would install {missing}" if missing else "installed"
-        print(f"  apt {list(sd.APT_PACKAGES.values())} ({state})")
+        print(f"  apt {packages} ({state})")
         print(f"  sentences from {args.corpus}; rows per manifest {sizes(args)}; seed {args.seed}; "
-              f"flite fraction {args.flite_fraction}; {args.workers} workers")
+              f"extra (MBROLA, pico) fraction {args.extra_fraction}, then flite fraction "
+              f"{args.flite_fraction}; {args.workers} workers")
         names = ["production_asr.csv", "production_asr_val.csv", "production_tts.csv",
                  "production_tts_val.csv"]
     elif args.source == "fixtures":
@@ -333,7 +360,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tts-train", type=int, default=10000)
     p.add_argument("--tts-val", type=int, default=100)
     p.add_argument("--flite-fraction", type=float, default=0.5,
-                   help="offline ASR: share of utterances from flite (the rest espeak-ng)")
+                   help="offline ASR: share of the remaining utterances from flite (the rest espeak-ng)")
+    p.add_argument("--extra-fraction", type=float, default=0.3,
+                   help="offline ASR training: share of utterances from the MBROLA and pico voices "
+                        "(0: espeak-ng and flite only)")
     p.add_argument("--val-fraction", type=float, default=0.02, help="ljspeech: held-out share")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="synthesis/conversion processes")
@@ -347,8 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--url/--sha256 apply to --source librispeech|ljspeech only")
     if args.max_samples is not None and args.max_samples < 1:
         p.error("--max-samples must be >= 1")
-    if not 0.0 <= args.flite_fraction <= 1.0 or not 0.0 <= args.val_fraction < 1.0:
-        p.error("--flite-fraction must be in [0, 1] and --val-fraction in [0, 1)")
+    if not (0.0 <= args.flite_fraction <= 1.0 and 0.0 <= args.extra_fraction <= 1.0
+            and 0.0 <= args.val_fraction < 1.0):
+        p.error("--flite-fraction and --extra-fraction must be in [0, 1], --val-fraction in [0, 1)")
     if min(args.asr_train, args.asr_val, args.tts_train, args.tts_val) < 0 or args.workers < 1:
         p.error("sizes must be >= 0 and --workers >= 1")
     return args

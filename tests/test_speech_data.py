@@ -27,10 +27,18 @@ from omni import speech_data as sd
 from omni.audio import SAMPLE_RATE, AudioError, load_audio, save_wav
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_engines = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed: apt-get install -y espeak-ng flite",
-)
+def missing_engines(engines: list[str]) -> str | None:
+    """require_engines' message (the apt command) when an engine is missing, else None."""
+    try:
+        sd.require_engines(engines)
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+ALL_ENGINES = [sd.ESPEAK, sd.FLITE, sd.MBROLA, sd.PICO]
+needs_engines = pytest.mark.skipif(missing_engines(ALL_ENGINES) is not None,
+                                   reason=str(missing_engines(ALL_ENGINES)) + " (bash scripts/setup.sh)")
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng not installed: apt-get install -y espeak-ng")
 
@@ -229,7 +237,8 @@ def test_offline_plan_sets_depend_only_on_their_own_sizes(tmp_path: Path) -> Non
 
     def plan(asr: int) -> dict:
         args = argparse.Namespace(max_samples=None, asr_train=asr, asr_val=5, tts_train=6, tts_val=3,
-                                  flite_fraction=0.5, seed=0, out=tmp_path, corpus=tmp_path / "corpus.txt")
+                                  flite_fraction=0.5, extra_fraction=0.3, seed=0, out=tmp_path,
+                                  corpus=tmp_path / "corpus.txt")
         return script.plan_offline(sentences, args)
 
     small, big = plan(10), plan(40)
@@ -239,6 +248,66 @@ def test_offline_plan_sets_depend_only_on_their_own_sizes(tmp_path: Path) -> Non
     held = {j.text for name in ("production_asr_val.csv", "production_tts_val.csv") for j in big[name]}
     train = {j.text for name in ("production_asr.csv", "production_tts.csv") for j in big[name]}
     assert len(held) == 8 and len(train) == 46 and not held & train
+
+
+def test_extra_voices_train_only_and_leave_the_held_out_set_alone(tmp_path: Path) -> None:
+    """--extra-fraction moves training clips to the MBROLA/pico voices; the held-out manifests are
+    the same jobs whatever it is, and never hold one of those voices."""
+    import argparse
+    script = load_script("download_production_audio")
+    sentences = sd.corpus_sentences(tiny_corpus(tmp_path / "corpus.txt"))
+
+    def plan(extra: float) -> dict:
+        args = argparse.Namespace(max_samples=None, asr_train=60, asr_val=20, tts_train=0, tts_val=0,
+                                  flite_fraction=0.5, extra_fraction=extra, seed=0, out=tmp_path,
+                                  corpus=tmp_path / "corpus.txt")
+        return script.plan_offline(sentences, args)
+
+    none, some, only = plan(0.0), plan(0.3), plan(1.0)
+    extra = set(sd.extra_voices())
+    assert none["production_asr_val.csv"] == some["production_asr_val.csv"] == only["production_asr_val.csv"]
+    assert not extra & {j.voice for j in only["production_asr_val.csv"]}
+    assert not extra & {j.voice for j in none["production_asr.csv"]}
+    assert {j.voice for j in only["production_asr.csv"]} == extra  # all six drawn, nothing else
+    n_extra = sum(j.voice in extra for j in some["production_asr.csv"])
+    assert 8 <= n_extra <= 30, n_extra
+    assert [j.text for j in none["production_asr.csv"]] == [j.text for j in only["production_asr.csv"]]
+    for job in only["production_asr.csv"]:
+        lo, hi = sd.PICO_SPEED if job.voice.engine == sd.PICO else sd.ESPEAK_SPEED
+        assert lo <= job.speed <= hi
+
+
+def test_synth_commands_per_engine(tmp_path: Path) -> None:
+    wav = tmp_path / "x.wav"
+    mb = sd.SynthJob(sd.Voice(sd.MBROLA, "us2"), "Hello there.", 150, 40, wav).command(wav)
+    assert mb == ["espeak-ng", "-v", "mb-us2", "-s", "150", "-p", "40", "-w", str(wav), "Hello there."]
+    pico = sd.SynthJob(sd.Voice(sd.PICO, "en-GB"), "Hello there.", 90, 110, wav).command(wav)
+    assert pico == ["pico2wave", "-l", "en-GB", "-w", str(wav),
+                    '<speed level="90"><pitch level="110">Hello there.</pitch></speed>']
+    with pytest.raises(ValueError, match="markup"):
+        sd.SynthJob(sd.Voice(sd.PICO, "en-US"), "a <b> c", 90, 110, wav).command(wav)
+
+
+def test_missing_engine_names_the_packages_and_the_way_out(monkeypatch) -> None:
+    monkeypatch.setattr(sd.shutil, "which", lambda name: None if name == "pico2wave" else "/bin/" + name)
+    monkeypatch.setattr(sd, "MBROLA_DIR", Path("/nonexistent"))
+    with pytest.raises(FileNotFoundError) as e:
+        sd.require_engines([sd.ESPEAK, sd.MBROLA, sd.PICO])
+    msg = str(e.value)
+    assert "apt-get install -y libttspico-utils mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1" in msg
+    assert "contrib" in msg and "--extra-fraction 0" in msg
+    sd.require_engines([sd.ESPEAK, sd.FLITE])  # the others are not needed for these
+
+
+@needs_engines
+def test_extra_voices_synthesise_speech(tmp_path: Path) -> None:
+    for voice in sd.extra_voices():
+        speed, pitch = (100, 100) if voice.engine == sd.PICO else (175, 50)
+        job = sd.SynthJob(voice, "The cat sat on the warm mat.", speed, pitch, tmp_path / f"{voice.name}.wav")
+        result = sd.synthesize(job)
+        assert result.samples is not None, result.error
+        audio = load_audio(job.out)
+        assert 0.8 < len(audio) / SAMPLE_RATE < 4.0 and np.abs(audio).max() > 0.05, voice
 
 
 def test_offline_build_needs_the_corpus(tmp_path: Path, capsys) -> None:
