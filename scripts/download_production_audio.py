@@ -361,7 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tts-val", type=int, default=100)
     p.add_argument("--flite-fraction", type=float, default=0.5,
                    help="offline ASR: share of the remaining utterances from flite (the rest espeak-ng)")
-    p.add_argument("--extra-fraction", type=float, default=0.3,
+    p.add_argument("--extra-fraction", type=float, default=0.0,
                    help="offline ASR training: share of utterances from the MBROLA and pico voices "
                         "(0: espeak-ng and flite only)")
     p.add_argument("--val-fraction", type=float, default=0.02, help="ljspeech: held-out share")
