@@ -92,9 +92,10 @@ def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namesp
     """A random engine, voice (from the training or held-out set), speed and pitch for text.
 
     A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
-    clips draw nothing for it, so the held-out set does not depend on --extra-fraction.
+    clips, and every clip at --extra-fraction 0, draw nothing for it, so the held-out set never
+    depends on it and --extra-fraction 0 gives exactly the espeak-ng/flite plan it had before.
     """
-    if not held_out and rng.random() < args.extra_fraction:
+    if not held_out and args.extra_fraction > 0 and rng.random() < args.extra_fraction:
         voice = rng.choice(sd.extra_voices())
         if voice.engine == sd.PICO:
             speed, pitch = rng.randint(*sd.PICO_SPEED), rng.randint(*sd.PICO_PITCH)

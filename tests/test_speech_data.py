@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.util
 import io
+import random
 import shutil
 import sys
 import tarfile
@@ -272,6 +273,14 @@ def test_extra_voices_train_only_and_leave_the_held_out_set_alone(tmp_path: Path
     n_extra = sum(j.voice in extra for j in some["production_asr.csv"])
     assert 8 <= n_extra <= 30, n_extra
     assert [j.text for j in none["production_asr.csv"]] == [j.text for j in only["production_asr.csv"]]
+    rng = random.Random("0:production_asr.csv")  # at 0, exactly the espeak-ng/flite draws as before
+    for job in none["production_asr.csv"]:
+        if rng.random() < 0.5:
+            voice, speed = rng.choice(sd.flite_voices(False)), round(rng.uniform(*sd.FLITE_STRETCH), 2)
+        else:
+            voice, speed = rng.choice(sd.espeak_voices(False)), rng.randint(*sd.ESPEAK_SPEED)
+            rng.randint(*sd.ESPEAK_PITCH)
+        assert (job.voice, job.speed) == (voice, speed)
     for job in only["production_asr.csv"]:
         lo, hi = sd.PICO_SPEED if job.voice.engine == sd.PICO else sd.ESPEAK_SPEED
         assert lo <= job.speed <= hi
