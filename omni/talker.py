@@ -15,6 +15,12 @@ pronounced by what follows them ("night", "cake"); ``text_layers`` bidirectional
 whole text first (a padding mask over the text keeps a padded row equal to the row alone).
 ``code_dropout`` (Tacotron's pre-net dropout, applied to whole frames) blanks a share of the input
 groups in training, so the Talker cannot lean on its own history alone and must keep reading the text.
+``depth_layers`` > 0 predicts a group's r * n_q codes as a chain instead of all at once from one
+hidden state: code s is predicted from the hidden state plus the embeddings of codes 0..s-1 of the
+same group (frame-major: frame 0's codebooks, then frame 1's), through a small MLP shared by the
+slots (RQ-Transformer's depth step, as an MLP). With independent heads a residual codebook is
+chosen without knowing which base code it refines, and frame 2 without knowing frame 1; the chain
+makes the group's distribution a proper product of conditionals, sampled code by code.
 The training objective (CE, stop flag, guided attention, self-feeding) is in omni/talker_loss.py.
 """
 from __future__ import annotations
@@ -63,6 +69,8 @@ class TalkerConfig:
     max_frames_per_char: float = 12.0  # generation stops at this many codec frames per character
     text_layers: int = 0        # bidirectional blocks over the text before the causal decoder
     code_dropout: float = 0.0   # training only: each input group is replaced by zeros with this probability
+    depth_layers: int = 0       # 0: a group's codes all from one hidden state; n: a chain over them (DepthChain)
+    depth_ff: int = 0           # the chain's MLP width (0: d_ff)
 
 
 class TextVocab:
@@ -135,6 +143,25 @@ def make_targets(codes: torch.Tensor, lengths: torch.Tensor, r: int) -> dict[str
     return {"groups": groups.view(B, G, r, n_q), "targets": targets, "stop": stop, "n_groups": n_groups}
 
 
+class DepthChain(nn.Module):
+    """Slot s's state = MLP(h + slot_s + sum of the embeddings of slots < s) (residual MLP blocks)."""
+
+    def __init__(self, d_model: int, d_ff: int, n_layers: int, n_slots: int) -> None:
+        super().__init__()
+        self.slot = nn.Parameter(torch.zeros(n_slots, d_model))
+        self.layers = nn.ModuleList(
+            nn.Sequential(RMSNorm(d_model), nn.Linear(d_model, d_ff, bias=False), nn.SiLU(),
+                          nn.Linear(d_ff, d_model, bias=False)) for _ in range(n_layers))
+        self.norm = RMSNorm(d_model)
+
+    def forward(self, h: torch.Tensor, prev: torch.Tensor, slots: slice = slice(None)) -> torch.Tensor:
+        """h (..., D), prev (..., S', D) the summed embeddings of the earlier slots -> (..., S', D)."""
+        u = h.unsqueeze(-2) + self.slot[slots] + prev
+        for layer in self.layers:
+            u = u + layer(u)
+        return self.norm(u)
+
+
 class Talker(nn.Module):
     def __init__(self, cfg: TalkerConfig) -> None:
         super().__init__()
@@ -157,8 +184,12 @@ class Talker(nn.Module):
         self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, r * n_q * K + 1, bias=False)  # codes of the next group + stop
         self.register_buffer("offsets", (torch.arange(r * n_q) * K).view(r, n_q), persistent=False)
+        self.depth = (DepthChain(cfg.d_model, cfg.depth_ff or cfg.d_ff, cfg.depth_layers, r * n_q)
+                      if cfg.depth_layers > 0 else None)
         init_weights(self, cfg.n_layers)
         nn.init.normal_(self.bos, std=0.02)
+        if self.depth is not None:
+            nn.init.normal_(self.depth.slot, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -196,17 +227,58 @@ class Talker(nn.Module):
             cache.pos += x.shape[1]
         return self.norm(x)
 
-    def split_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (..., D) -> code logits (..., r, n_q, K) and stop logits (...)."""
+    def split_logits(self, h: torch.Tensor, next_groups: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (..., D) -> code logits (..., r, n_q, K) and stop logits (...). With the depth chain the
+        codes of the group each position predicts, ``next_groups`` (..., r, n_q), are the chain's
+        teacher-forced inputs (slot s's logits see slots < s of that group only)."""
         cfg = self.cfg
-        out = self.head(h)
-        return (out[..., :-1].unflatten(-1, (cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size)),
-                out[..., -1])
+        shape = (cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size)
+        if self.depth is None:
+            out = self.head(h)
+            return out[..., :-1].unflatten(-1, shape), out[..., -1]
+        if next_groups is None:
+            raise ValueError("a Talker with depth_layers > 0 needs the next groups' codes (teacher forcing)")
+        emb = self.code_emb(next_groups.clamp(min=0) + self.offsets).flatten(-3, -2)  # (..., S, D)
+        prev = emb.cumsum(-2) - emb                                                # slots before s
+        logits = self.slot_logits(self.depth(h, prev), slice(None))
+        return logits.unflatten(-2, shape[:2]), self.stop_logit(h)
 
-    def forward(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor, probe=None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def slot_logits(self, u: torch.Tensor, slots: slice) -> torch.Tensor:
+        """Chain states u (..., S', D) of ``slots`` -> their code logits (..., S', K)."""
+        S, K = self.cfg.frames_per_step * self.cfg.n_codebooks, self.cfg.codebook_size
+        w = self.head.weight[:-1].view(S, K, -1)[slots]
+        return torch.einsum("...sd,skd->...sk", u, w)
+
+    def stop_logit(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.head.weight[-1]
+
+    def pick_groups(self, h: torch.Tensor, pick) -> torch.Tensor:
+        """h (..., D) -> a group's codes (..., r, n_q), each picked by ``pick(logits (..., K))``:
+        all at once with independent heads, code by code through the depth chain."""
+        cfg = self.cfg
+        r, n_q, K = cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size
+        if self.depth is None:
+            return pick(self.split_logits(h)[0])
+        prev, ids = torch.zeros_like(h), []
+        for s in range(r * n_q):
+            u = self.depth(h, prev.unsqueeze(-2), slice(s, s + 1))
+            c = pick(self.slot_logits(u, slice(s, s + 1))[..., 0, :])
+            ids.append(c)
+            prev = prev + self.code_emb(c + s * K)
+        return torch.stack(ids, -1).unflatten(-1, (r, n_q))
+
+    def forward(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor, probe=None,
+                next_groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """text (B, L) ``[<s>, chars, pads]``, text_lens (B,) (with <s>), groups (B, G, r, n_q) ->
-        code logits (B, G+1, r, n_q, K) and stop logits (B, G+1), one per position from BOS on."""
+        code logits (B, G+1, r, n_q, K) and stop logits (B, G+1), one per position from BOS on.
+        ``next_groups`` (B, G+1, r, n_q): the codes each position predicts (make_targets' targets;
+        IGNORE allowed), needed by the depth chain only."""
+        return self.split_logits(self.speech_hidden(text, text_lens, groups, probe), next_groups)
+
+    def speech_hidden(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor, probe=None
+                      ) -> torch.Tensor:
+        """The hidden states (B, G+1, D) at BOS and each input group (the positions that predict)."""
         B, G = text.shape[0], groups.shape[1]
         code_x = self.embed_groups(groups)
         if self.training and self.cfg.code_dropout > 0:
@@ -216,8 +288,7 @@ class Talker(nn.Module):
         index = (text_lens[:, None] + torch.arange(G + 1, device=text.device))[..., None].expand_as(speech)
         text_x = self.encode_text(text, text_lens)
         x = torch.cat([text_x, speech.new_zeros(speech.shape)], dim=1).scatter(1, index, speech)
-        h = self.hidden(x, probe=probe)
-        return self.split_logits(h.gather(1, index))
+        return self.hidden(x, probe=probe).gather(1, index)
 
     @torch.no_grad()
     def teacher_forced(self, text_ids: list[int], codes: torch.Tensor) -> torch.Tensor:
@@ -238,9 +309,10 @@ class Talker(nn.Module):
     @torch.no_grad()
     def predict_groups(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """The argmax of every input group (B, G, r, n_q), each predicted from the text and the
-        groups before it: the position holding group j-1 (BOS for j = 0) predicts group j."""
-        logits, _ = self(text, text_lens, groups)
-        return logits[:, :-1].argmax(-1)
+        groups before it: the position holding group j-1 (BOS for j = 0) predicts group j
+        (through the depth chain: greedily code by code, from the predicted codes before it)."""
+        h = self.speech_hidden(text, text_lens, groups)[:, :-1]
+        return self.pick_groups(h, lambda logits: logits.argmax(-1))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight
@@ -280,10 +352,9 @@ class Talker(nn.Module):
         step_in, out = x, []
         for _ in range(limit):
             h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
-            code_logits, stop_logit = self.split_logits(h.float())
-            if out and torch.sigmoid(stop_logit).item() > 0.5:
+            if out and torch.sigmoid(self.stop_logit(h.float())).item() > 0.5:
                 break
-            group = sample_codes(code_logits[0], temperature, top_k, generator)  # (r, n_q)
+            group = self.pick_groups(h[0].float(), lambda logits: sample_codes(logits, temperature, top_k, generator))
             out.append(group)
             emb = self.embed_groups(group[None, None])
             step_in = emb

@@ -102,9 +102,9 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
     if feed > 0:
         groups = self_fed(model, batch["text"], batch["text_lens"], groups, feed, generator)
     probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
-    code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe)
-    K = code_logits.shape[-1]
     tgt = t["targets"]
+    code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe, next_groups=tgt)
+    K = code_logits.shape[-1]
     ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
                              reduction="none").view(tgt.shape)
     valid = tgt != IGNORE

@@ -98,26 +98,27 @@ def test_text_layers_give_each_character_its_right_context():
     assert torch.allclose(x[0, :3], y[0, :3], atol=1e-5) and not torch.allclose(x[0, 3], y[0, 3], atol=1e-4)
 
 
-@pytest.mark.parametrize("text_layers", [0, 1])
-def test_a_padded_row_gives_the_same_logits_as_alone(text_layers):
-    model = _talker(text_layers=text_layers)
+@pytest.mark.parametrize("text_layers,depth", [(0, 0), (1, 0), (0, 1)])
+def test_a_padded_row_gives_the_same_logits_as_alone(text_layers, depth):
+    model = _talker(text_layers=text_layers, depth_layers=depth)
     short = (torch.tensor(TextVocab.default().encode("hi")[0]), torch.randint(0, K, (5, N_Q)))
     long = (torch.tensor(TextVocab.default().encode("a much longer text")[0]), torch.randint(0, K, (11, N_Q)))
     batch = collate_talker([short, long])
     assert batch["text"][0].tolist()[:5] == [START] + short[0].tolist() + [PAD, PAD]
     t = make_targets(batch["codes"], batch["code_lens"], R)
-    both, stop_both = model(batch["text"], batch["text_lens"], t["groups"])
+    both, stop_both = model(batch["text"], batch["text_lens"], t["groups"], next_groups=t["targets"])
     alone_batch = collate_talker([short])
     t1 = make_targets(alone_batch["codes"], alone_batch["code_lens"], R)
-    alone, stop_alone = model(alone_batch["text"], alone_batch["text_lens"], t1["groups"])
+    alone, stop_alone = model(alone_batch["text"], alone_batch["text_lens"], t1["groups"], next_groups=t1["targets"])
     n = alone.shape[1]
     assert torch.allclose(both[0, :n], alone[0], atol=1e-5)
     assert torch.allclose(stop_both[0, :n], stop_alone[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("temperature,text_layers", [(0.0, 0), (1.0, 0), (1.0, 1)])
-def test_kv_cache_generation_equals_uncached(temperature, text_layers):
-    model = _talker(text_layers=text_layers)
+@pytest.mark.parametrize("temperature,text_layers,depth", [(0.0, 0, 0), (1.0, 0, 0), (1.0, 1, 0), (0.0, 0, 1),
+                                                           (1.0, 1, 1)])
+def test_kv_cache_generation_equals_uncached(temperature, text_layers, depth):
+    model = _talker(text_layers=text_layers, depth_layers=depth)
     ids = TextVocab.default().encode("the cache must not change a thing")[0]
     cached = model.generate(ids, temperature, top_k=5, max_groups=12, generator=torch.Generator().manual_seed(3))
     full = model.generate(ids, temperature, top_k=5, max_groups=12, use_cache=False,
@@ -127,10 +128,12 @@ def test_kv_cache_generation_equals_uncached(temperature, text_layers):
     assert cached.min() >= 0 and cached.max() < K
 
 
-def test_teacher_forced_argmax_reproduces_greedy_generation():
+@pytest.mark.parametrize("depth", [0, 1])
+def test_teacher_forced_argmax_reproduces_greedy_generation(depth):
     """Fed its own greedy output as the real codes, the teacher-forced argmax of every frame is that
-    output: one shift, the same positions as generation."""
-    model = _talker(text_layers=1)
+    output: one shift, the same positions as generation (and, with the depth chain, the same order
+    of codes within a group)."""
+    model = _talker(text_layers=1, depth_layers=depth)
     torch.nn.init.constant_(model.head.weight[-1], 0.0)  # never stops: all 7 groups
     ids = TextVocab.default().encode("teacher forcing")[0]
     out = model.generate(ids, 0.0, max_groups=7)
@@ -159,6 +162,33 @@ def test_self_feeding_replaces_inputs_by_the_talkers_own_one_shift_predictions()
     half = self_fed(model, text, lens, groups, 0.5)
     same = (half == groups).flatten(2).all(-1)[0]
     assert torch.equal(half[0, ~same], fed[0, ~same]) and 0 < int(same.sum()) < groups.shape[1]
+
+
+def test_depth_chain_code_s_sees_the_codes_before_it_in_its_group_only():
+    """With depth_layers, the logits of code s (frame-major slot order) at a position change with
+    slots < s of the group it predicts and never with slots >= s, nor with later input groups; a
+    forward pass without the predicted groups is an error, not a silent independent-heads answer."""
+    model = _talker(depth_layers=1)
+    text = _text("a chain of codes")
+    lens = torch.tensor([text.shape[1]])
+    groups = torch.randint(0, K, (1, 4, R, N_Q))
+    nxt = torch.randint(0, K, (1, 5, R, N_Q))
+    base, _ = model(text, lens, groups, next_groups=nxt)
+    S = R * N_Q
+    for s in range(S):
+        changed = nxt.clone().flatten(2)
+        changed[0, 2, s] = (changed[0, 2, s] + 1) % K
+        logits, _ = model(text, lens, groups, next_groups=changed.view_as(nxt))
+        flat, ref = logits.flatten(2, 3), base.flatten(2, 3)  # (1, G+1, S, K)
+        assert torch.allclose(flat[0, 2, :s + 1], ref[0, 2, :s + 1], atol=1e-5)
+        assert s == S - 1 or not torch.allclose(flat[0, 2, s + 1:], ref[0, 2, s + 1:], atol=1e-4)
+        assert torch.allclose(torch.cat([flat[0, :2], flat[0, 3:]]), torch.cat([ref[0, :2], ref[0, 3:]]), atol=1e-5)
+    later = groups.clone()
+    later[0, 2:] = (later[0, 2:] + 1) % K
+    logits, _ = model(text, lens, later, next_groups=nxt)
+    assert torch.allclose(logits[0, :3], base[0, :3], atol=1e-5)
+    with pytest.raises(ValueError, match="next groups"):
+        model(text, lens, groups)
 
 
 def test_generation_stops_at_the_limit_and_rejects_empty_text():
@@ -197,15 +227,17 @@ def test_long_text_is_split_at_sentences_then_clauses_then_words():
     assert split_text("short.", 60) == ["short."]
 
 
-@pytest.mark.parametrize("self_feed", [0.0, 0.5])
-def test_loss_decreases_and_reports_per_codebook_ce(self_feed):
-    model = _talker().train()
+@pytest.mark.parametrize("self_feed,depth", [(0.0, 0), (0.5, 0), (0.5, 1)])
+def test_loss_decreases_and_reports_per_codebook_ce(self_feed, depth):
+    model = _talker(depth_layers=depth).train()
     batch = collate_talker([(torch.tensor(TextVocab.default().encode("hello")[0]), torch.randint(0, K, (7, N_Q)))])
     loss, logs = talker_loss(model, batch, TalkerLossConfig(self_feed=self_feed), R)
     assert set(f"ce_q{i}" for i in range(N_Q)) <= set(logs) and 0 <= logs["guided"] <= 1
     assert abs(logs["ce"] - torch.log(torch.tensor(float(K))).item()) < 0.5  # near uniform at init
     loss.backward()
     assert model.blocks[1].attn.qkv.weight.grad.abs().sum() > 0
+    if depth:
+        assert model.depth.layers[0][1].weight.grad.abs().sum() > 0
 
 
 def test_tiny_config_is_about_2_24m_params():
@@ -217,11 +249,12 @@ def test_tiny_config_is_about_2_24m_params():
 
 
 @pytest.mark.slow
-def test_overfits_a_few_utterances():
+@pytest.mark.parametrize("depth", [0, 1])
+def test_overfits_a_few_utterances(depth):
     """Four texts, each with its own code sequence: teacher forcing reaches ~100% accuracy and
     greedy generation from the text alone reproduces the codes and stops at the right length."""
     torch.manual_seed(0)
-    model = _talker(d_model=66, d_ff=128, dropout=0.0).train()
+    model = _talker(d_model=66, d_ff=128, dropout=0.0, depth_layers=depth).train()
     vocab = TextVocab.default()
     texts = ["red fish", "blue bird", "green frog in a pond", "yellow sun"]
     items = [(torch.tensor(vocab.encode(t)[0]), torch.randint(0, K, (2 * len(t), N_Q))) for t in texts]
