@@ -148,12 +148,13 @@ class MelCodec(nn.Module):
         return codes
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, T', n_codebooks) -> denormalised log-mel (B, T' * frames_per_code, 128)."""
+    def decode(self, codes: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """codes (B, T', n_codebooks) -> denormalised log-mel (B, T' * frames_per_code, 128);
+        ``keep``: from the first ``keep`` codebooks only (a diagnosis: what the residuals add)."""
         if codes.dim() != 3:
             raise ValueError(f"codes must be (B, T', n_codebooks), got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")
-        q = self.rvq.embed(codes)
+        q = self.rvq.embed(codes, keep)
         return self.denormalise(self.decoder(q.transpose(1, 2)).transpose(1, 2))

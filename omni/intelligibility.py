@@ -85,15 +85,16 @@ def griffinlim_path(n_iter: int = 32, device: torch.device | str = "cpu") -> Syn
     return run
 
 
-def codec_path(codec: MelCodec, n_iter: int = 32) -> SynthPath:
-    """Ground-truth log-mel -> codec.encode -> codec.decode -> Griffin-Lim (codec's device)."""
+def codec_path(codec: MelCodec, n_iter: int = 32, keep: int | None = None) -> SynthPath:
+    """Ground-truth log-mel -> codec.encode -> codec.decode (of the first ``keep`` codebooks; all
+    by default) -> Griffin-Lim (codec's device)."""
     device = next(codec.parameters()).device
     logmel = LogMel(SPEECH_OUT_MEL).to(device)
 
     @torch.no_grad()
     def run(text: str, audio: np.ndarray) -> np.ndarray:
         mel = logmel(torch.from_numpy(audio).to(device)[None])
-        recon = codec.decode(codec.encode(mel))[:, :mel.shape[1]]
+        recon = codec.decode(codec.encode(mel), keep)[:, :mel.shape[1]]
         return mel_to_wav(recon, n_iter=n_iter)[0].cpu().numpy()
     return run
 

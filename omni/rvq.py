@@ -131,11 +131,15 @@ class ResidualVQ(nn.Module):
         code_grid[mask] = torch.stack(codes, -1)
         return out, code_grid, commit, torch.stack(perplexity)
 
-    def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, T, n_q) -> sum of the chosen code vectors (B, T, D)."""
+    def embed(self, codes: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """codes (B, T, n_q) -> sum of the chosen code vectors (B, T, D); ``keep``: of the first
+        ``keep`` codebooks only (what the base and the first residuals carry alone)."""
         if codes.shape[-1] != len(self.layers):
             raise ValueError(f"codes have {codes.shape[-1]} codebooks, the codec has {len(self.layers)}")
-        return sum(F.embedding(codes[..., i], vq.codebook) for i, vq in enumerate(self.layers))
+        keep = len(self.layers) if keep is None else keep
+        if not 1 <= keep <= len(self.layers):
+            raise ValueError(f"keep={keep}: the codec has {len(self.layers)} codebooks")
+        return sum(F.embedding(codes[..., i], vq.codebook) for i, vq in enumerate(self.layers[:keep]))
 
     def pop_resets(self) -> list[int]:
         """Dead codes re-seeded per codebook since the last call."""

@@ -29,6 +29,7 @@ class TalkerLossConfig:
     guided_sigma: float = 0.2           # DC-TTS's g: width of the allowed band around the diagonal
     guided_layers: tuple[int, ...] = (1, 2)
     self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
+    codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
 
 
 class GuidedAttention:
@@ -109,13 +110,21 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
                              reduction="none").view(tgt.shape)
     valid = tgt != IGNORE
     per_q = (ce_all * valid).sum(dim=(0, 1, 2)) / valid.sum(dim=(0, 1, 2)).clamp(min=1)  # (n_q,)
-    ce = per_q.mean()
+    ce = per_q.mean()  # logged unweighted, so that runs with other weights compare
+    if cfg.codebook_weights:
+        if len(cfg.codebook_weights) != per_q.numel():
+            raise ValueError(f"loss.codebook_weights has {len(cfg.codebook_weights)} weights for "
+                             f"{per_q.numel()} codebooks")
+        w = per_q.new_tensor(cfg.codebook_weights)
+        code_loss = (per_q * w).sum() / w.sum()
+    else:
+        code_loss = ce
     stop_ok = t["stop"] >= 0
     stop_bce = F.binary_cross_entropy_with_logits(
         stop_logits.float()[stop_ok], t["stop"][stop_ok],
         pos_weight=torch.tensor(cfg.stop_pos_weight, device=stop_logits.device))
     guided = probe.loss() if probe.losses else torch.zeros((), device=ce.device)
-    loss = ce + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
+    loss = code_loss + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
     with torch.no_grad():
         acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
         at_end = stop_logits.gather(1, t["n_groups"][:, None])[:, 0] > 0

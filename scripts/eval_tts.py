@@ -59,6 +59,19 @@ def teacher_forced_path(synth: Synthesizer, n_iter: int):
     return run
 
 
+def keeps(spec: str, n_codebooks: int) -> list[int]:
+    """``--codec-keep 1,2`` -> [1, 2], each in 1..n_codebooks - 1 (all of them is the codec path)."""
+    try:
+        out = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--codec-keep {spec!r}: give comma-separated codebook counts, e.g. 1,2") from None
+    bad = [k for k in out if not 1 <= k < n_codebooks]
+    if bad:
+        raise SystemExit(f"--codec-keep {bad}: the codec has {n_codebooks} codebooks; give counts from 1 to "
+                         f"{n_codebooks - 1}")
+    return out
+
+
 def eval_tts(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.paths.split(",") if s.strip()]
     if set(names) - set(PATHS):
@@ -79,6 +92,8 @@ def eval_tts(args: argparse.Namespace) -> int:
         codec, _ = load_codec(args.codec, "cpu")
     if codec is not None:
         paths["codec_griffinlim"] = codec_path(codec, args.gl_iters)
+        for k in keeps(args.codec_keep, codec.n_codebooks):
+            paths[f"codec_first{k}_griffinlim"] = codec_path(codec, args.gl_iters, keep=k)
     if synth is not None:
         paths["talker_codec_griffinlim"] = lambda text, audio: synth.synthesize(text, seed=args.seed)
         paths["teacher_forced_talker"] = teacher_forced_path(synth, args.gl_iters)
@@ -115,6 +130,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--csv", default="data/audio/production_tts_val.csv", help="text,wav CSV (held out)")
     t.add_argument("--n", type=int, default=50, help="rows to evaluate")
     t.add_argument("--paths", default=",".join(PATHS), help=f"comma list from {','.join(PATHS)}")
+    t.add_argument("--codec-keep", default="", help="with the codec path, also decode from the first K "
+                   "codebooks only, for each K in this comma list (how much the residuals carry)")
     t.add_argument("--asr-ckpt", default="", help="also transcribe every path with this Stage B checkpoint")
     t.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
     t.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)

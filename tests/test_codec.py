@@ -62,6 +62,21 @@ def test_encode_decode_shapes_and_ranges(fpc):
         codec.decode(torch.zeros(1, 3, 3, dtype=torch.long))
 
 
+def test_decoding_from_the_first_codebooks_only_drops_the_residuals():
+    """decode(keep=k) decodes the sum of the first k codebooks' vectors: keep = all is the plain
+    decode, keep=1 equals decoding with every residual code's vector replaced by zero."""
+    codec = warmed(tiny_codec())
+    codes = codec.encode(torch.stack([mels(0.6)[0][:30]]))
+    assert torch.equal(codec.decode(codes, keep=2), codec.decode(codes))
+    q = torch.nn.functional.embedding(codes[..., 0], codec.rvq.layers[0].codebook)
+    base_only = codec.denormalise(codec.decoder(q.transpose(1, 2)).transpose(1, 2))
+    assert torch.allclose(codec.decode(codes, keep=1), base_only, atol=1e-6)
+    assert not torch.allclose(codec.decode(codes, keep=1), codec.decode(codes), atol=1e-3)
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="codebooks"):
+            codec.decode(codes, keep=bad)
+
+
 @pytest.mark.parametrize("fpc", [1, 2])
 def test_n_seconds_of_codes_decode_to_n_seconds(fpc):
     codec = warmed(tiny_codec(fpc))

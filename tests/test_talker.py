@@ -269,3 +269,16 @@ def test_overfits_a_few_utterances(depth):
     for ids, codes in items:
         out = model.generate(ids.tolist())
         assert torch.equal(out[:len(codes)], codes) and len(out) == len(codes)
+
+
+def test_codebook_weights_weight_the_code_loss_and_leave_the_logged_ce_unweighted():
+    model = _talker().train()
+    torch.manual_seed(2)
+    batch = collate_talker([(torch.tensor(TextVocab.default().encode("weights")[0]), torch.randint(0, K, (8, N_Q)))])
+    cfg = TalkerLossConfig(guided_weight=0.0, stop_weight=0.0, codebook_weights=(1.0, 0.0, 0.0))
+    model.eval()  # no dropout: the two passes see the same model
+    loss, logs = talker_loss(model, batch, cfg, R)
+    assert abs(loss.item() - logs["ce_q0"]) < 1e-5
+    assert abs(logs["ce"] - sum(logs[f"ce_q{i}"] for i in range(N_Q)) / N_Q) < 1e-5
+    with pytest.raises(ValueError, match="codebook_weights has 2 weights for 3 codebooks"):
+        talker_loss(model, batch, TalkerLossConfig(codebook_weights=(1.0, 1.0)), R)

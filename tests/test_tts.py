@@ -180,11 +180,14 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert out_wav.is_file() and "RTF" in capsys.readouterr().out
     # every speech-out path on the same rows, scored by pocketsphinx, plus codebook usage
     assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "2",
-                          "--gl-iters", "2"]) == 0
+                          "--gl-iters", "2", "--codec-keep", "1"]) == 0
     out = capsys.readouterr().out
-    for path in ("original", "griffinlim", "codec_griffinlim", "talker_codec_griffinlim", "teacher_forced_talker",
-                 "q1: usage"):
+    for path in ("original", "griffinlim", "codec_griffinlim", "codec_first1_griffinlim", "talker_codec_griffinlim",
+                 "teacher_forced_talker", "q1: usage"):
         assert path in out
+    with pytest.raises(SystemExit, match="codec-keep"):
+        evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--paths", "codec",
+                       "--codec-keep", "9"])
     # a trained HiFi-GAN takes Griffin-Lim's place when asked for (or found by "auto")
     (tmp_path / "voc.json").write_text(json.dumps(vocoder_stage(tmp_path, tmp_path / "voc", steps=2)))
     assert train_vocoder.main(["--config", str(tmp_path / "voc.json")]) == 0
@@ -210,3 +213,15 @@ def test_config_rejects_unknown_keys(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps(cfg))
     assert train_talker.main(["--config", str(tmp_path / "bad.json")]) == 2
     assert "did you mean 'd_model'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0], [1.0, 1.0, -1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+def test_codebook_weights_must_give_one_weight_per_codec_codebook(weights):
+    from types import SimpleNamespace
+    from omni.config import ConfigError, config_from_dict
+    from omni.talker_data import TalkerStageConfig
+    raw = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+    raw["loss"]["codebook_weights"] = weights
+    cfg = config_from_dict(raw, TalkerStageConfig)
+    with pytest.raises(ConfigError, match="codebook_weights"):
+        train_talker.fill_from_codec(cfg, SimpleNamespace(n_codebooks=4, codebook_size=256), TextVocab.default())
