@@ -56,10 +56,10 @@ def fill_from_codec(cfg: TalkerStageConfig, codec, vocab: TextVocab) -> None:
             raise ConfigError(f"talker.{key}={getattr(t, key)} but the codec/vocabulary has {actual}; set it to 0 "
                               "(filled automatically) or to the real value")
         setattr(t, key, actual)
-    weights = cfg.loss.codebook_weights
-    if weights and (len(weights) != codec.n_codebooks or min(weights) < 0 or sum(weights) <= 0):
-        raise ConfigError(f"loss.codebook_weights={list(weights)}: give {codec.n_codebooks} non-negative weights "
-                          "(one per codec codebook, not all zero), or [] for equal weights")
+    try:
+        cfg.loss.code_weights(codec.n_codebooks)  # checked before training, not at the first step
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:

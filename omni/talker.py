@@ -19,7 +19,7 @@ groups in training, so the Talker cannot lean on its own history alone and must 
 hidden state: code s is predicted from the hidden state plus the embeddings of codes 0..s-1 of the
 same group (frame-major: frame 0's codebooks, then frame 1's), through a small MLP shared by the
 slots (RQ-Transformer's depth step, as an MLP). With independent heads a residual codebook is
-chosen without knowing which base code it refines, and frame 2 without knowing frame 1; the chain
+chosen without knowing which base code it refines, and a group's second frame without its first; the chain
 makes the group's distribution a proper product of conditionals, sampled code by code.
 The training objective (CE, stop flag, guided attention, self-feeding) is in omni/talker_loss.py.
 """

@@ -31,6 +31,15 @@ class TalkerLossConfig:
     self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
     codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
 
+    def code_weights(self, n_codebooks: int) -> list[float]:
+        """The per-codebook CE weights for a codec of ``n_codebooks`` (equal when none are given);
+        ValueError for a wrong count, a negative weight or all zeros."""
+        w = list(self.codebook_weights) or [1.0] * n_codebooks
+        if len(w) != n_codebooks or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"loss.codebook_weights={list(self.codebook_weights)}: give {n_codebooks} non-negative "
+                             "weights (one per codec codebook, not all zero), or [] for equal weights")
+        return w
+
 
 class GuidedAttention:
     """DC-TTS guided attention for a prefix LM: each frame query's attention over the *text* keys
@@ -111,14 +120,8 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
     valid = tgt != IGNORE
     per_q = (ce_all * valid).sum(dim=(0, 1, 2)) / valid.sum(dim=(0, 1, 2)).clamp(min=1)  # (n_q,)
     ce = per_q.mean()  # logged unweighted, so that runs with other weights compare
-    if cfg.codebook_weights:
-        if len(cfg.codebook_weights) != per_q.numel():
-            raise ValueError(f"loss.codebook_weights has {len(cfg.codebook_weights)} weights for "
-                             f"{per_q.numel()} codebooks")
-        w = per_q.new_tensor(cfg.codebook_weights)
-        code_loss = (per_q * w).sum() / w.sum()
-    else:
-        code_loss = ce
+    w = per_q.new_tensor(cfg.code_weights(per_q.numel()))
+    code_loss = (per_q * w).sum() / w.sum()
     stop_ok = t["stop"] >= 0
     stop_bce = F.binary_cross_entropy_with_logits(
         stop_logits.float()[stop_ok], t["stop"][stop_ok],
