@@ -48,16 +48,23 @@ def codec_finished(save_dir: Path, max_steps: int) -> bool:
 
 def fill_from_codec(cfg: TalkerStageConfig, codec, vocab: TextVocab) -> None:
     """The Talker's code and text sizes come from the codec and the vocabulary; a config that
-    names other values is an error rather than a silent override."""
+    names other values is an error rather than a silent override. ``talker.n_codebooks`` may also
+    name fewer codebooks than the codec has: the Talker then predicts the first ones only and
+    synthesis decodes from those (the base codebook and the first residuals carry the words)."""
     t = cfg.talker
-    for key, actual in (("n_codebooks", codec.n_codebooks), ("codebook_size", codec.codebook_size),
-                        ("text_vocab_size", len(vocab))):
+    if not 0 <= t.n_codebooks <= codec.n_codebooks:
+        raise ConfigError(f"talker.n_codebooks={t.n_codebooks} but the codec has {codec.n_codebooks}; set it to 0 "
+                          f"(all of them) or to 1..{codec.n_codebooks} (the first ones)")
+    t.n_codebooks = t.n_codebooks or codec.n_codebooks
+    if t.n_codebooks < codec.n_codebooks:
+        log.info("the Talker predicts the first %d of the codec's %d codebooks", t.n_codebooks, codec.n_codebooks)
+    for key, actual in (("codebook_size", codec.codebook_size), ("text_vocab_size", len(vocab))):
         if getattr(t, key) not in (0, actual):
             raise ConfigError(f"talker.{key}={getattr(t, key)} but the codec/vocabulary has {actual}; set it to 0 "
                               "(filled automatically) or to the real value")
         setattr(t, key, actual)
     try:
-        cfg.loss.code_weights(codec.n_codebooks)  # checked before training, not at the first step
+        cfg.loss.code_weights(t.n_codebooks)  # checked before training, not at the first step
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -75,17 +82,18 @@ def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:
     for split, name in (("train", cfg.data.train_csv), ("val", cfg.data.val_csv)):
         csv = resolve_manifest(name, split)
         cache = CodeCache.load_or_build(csv, cache_dir, codec, sha, cfg.data.max_seconds)
-        sets[split] = TalkerDataset(Manifest(csv), cache, vocab, cfg.talker.max_text_chars)
+        sets[split] = TalkerDataset(Manifest(csv), cache, vocab, cfg.talker.max_text_chars, cfg.talker.n_codebooks)
     train_set, val_set = sets["train"], sets["val"]
     torch.manual_seed(cfg.train.seed)
     model = Talker(cfg.talker)
-    log.info("Talker: %.2fM parameters; codec %s: %d codebooks x %d codes", model.num_params() / 1e6,
-             codec_dir, codec.n_codebooks, codec.codebook_size)
+    log.info("Talker: %.2fM parameters, predicting %d codebooks; codec %s: %d codebooks x %d codes",
+             model.num_params() / 1e6, cfg.talker.n_codebooks, codec_dir, codec.n_codebooks, codec.codebook_size)
     lengths = train_set.lengths()
     log.info("%s: %d usable rows of %d, %d codec frames", cfg.data.train_csv, int((lengths > 0).sum()),
              len(train_set), int(train_set.cache.offsets[-1]))
     r = cfg.talker.frames_per_step
-    baseline = {"val_unigram_ce": unigram_code_ce(train_set.cache.codes, val_set.cache.codes, codec.codebook_size)}
+    baseline = {"val_unigram_ce": unigram_code_ce(train_set.cache.codes[:, :cfg.talker.n_codebooks],
+                                                 val_set.cache.codes[:, :cfg.talker.n_codebooks], codec.codebook_size)}
     log.info("baseline: val code CE under the training code frequencies %.4f nats", baseline["val_unigram_ce"])
 
     def save_extra(d: Path) -> None:

@@ -149,10 +149,11 @@ class MelCodec(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, keep: int | None = None) -> torch.Tensor:
-        """codes (B, T', n_codebooks) -> denormalised log-mel (B, T' * frames_per_code, 128);
-        ``keep``: from the first ``keep`` codebooks only (a diagnosis: what the residuals add)."""
+        """codes (B, T', n) of the first n <= n_codebooks codebooks -> denormalised log-mel
+        (B, T' * frames_per_code, 128); ``keep``: from the first ``keep`` codebooks only (a
+        diagnosis: what the residuals add)."""
         if codes.dim() != 3:
-            raise ValueError(f"codes must be (B, T', n_codebooks), got {tuple(codes.shape)}")
+            raise ValueError(f"codes must be (B, T', n <= n_codebooks), got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")

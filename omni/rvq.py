@@ -132,13 +132,15 @@ class ResidualVQ(nn.Module):
         return out, code_grid, commit, torch.stack(perplexity)
 
     def embed(self, codes: torch.Tensor, keep: int | None = None) -> torch.Tensor:
-        """codes (B, T, n_q) -> sum of the chosen code vectors (B, T, D); ``keep``: of the first
-        ``keep`` codebooks only (what the base and the first residuals carry alone)."""
-        if codes.shape[-1] != len(self.layers):
-            raise ValueError(f"codes have {codes.shape[-1]} codebooks, the codec has {len(self.layers)}")
-        keep = len(self.layers) if keep is None else keep
-        if not 1 <= keep <= len(self.layers):
-            raise ValueError(f"keep={keep}: the codec has {len(self.layers)} codebooks")
+        """codes (B, T, n) of the first n <= n_q codebooks -> sum of the chosen code vectors (B, T, D);
+        ``keep``: of the first ``keep`` <= n codebooks only (what the base and the first residuals
+        carry alone). A Talker that predicts only the first codebooks is decoded this way."""
+        n = codes.shape[-1]
+        if not 1 <= n <= len(self.layers):
+            raise ValueError(f"codes have {n} codebooks, the codec has {len(self.layers)}")
+        keep = n if keep is None else keep
+        if not 1 <= keep <= n:
+            raise ValueError(f"keep={keep}: the codes have {n} codebooks")
         return sum(F.embedding(codes[..., i], vq.codebook) for i, vq in enumerate(self.layers[:keep]))
 
     def pop_resets(self) -> list[int]:

@@ -51,8 +51,8 @@ _REPLACE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014"
 
 @dataclass
 class TalkerConfig:
-    """The Talker. ``n_codebooks``/``codebook_size`` must match the codec; ``text_vocab_size`` is
-    filled from the character vocabulary."""
+    """The Talker. ``codebook_size`` must match the codec, ``n_codebooks`` is the codec's or fewer
+    (the first ones); ``text_vocab_size`` is filled from the character vocabulary."""
     d_model: int
     n_layers: int
     n_heads: int
@@ -62,7 +62,7 @@ class TalkerConfig:
     dropout: float
     frames_per_step: int = 2
     rope_theta: float = 10000.0
-    n_codebooks: int = 0        # 0: take from the codec
+    n_codebooks: int = 0        # 0: all of the codec's; k: its first k (synthesis decodes from those)
     codebook_size: int = 0      # 0: take from the codec
     text_vocab_size: int = 0    # 0: take from the character vocabulary
     max_text_chars: int = 200   # longer text is split at sentence / clause / word boundaries

@@ -136,10 +136,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 class TalkerDataset(SkipCountingDataset):
-    """item i -> (text ids (L,) long, codes (T, n_q) long) or None when the row is unusable."""
+    """item i -> (text ids (L,) long, codes (T, n_q) long) or None when the row is unusable;
+    ``n_codebooks``: the first that many of the cached codebooks (all by default)."""
 
-    def __init__(self, manifest: Manifest, cache: CodeCache, vocab: TextVocab, max_text_chars: int) -> None:
+    def __init__(self, manifest: Manifest, cache: CodeCache, vocab: TextVocab, max_text_chars: int,
+                 n_codebooks: int | None = None) -> None:
         self.m, self.cache, self.vocab = manifest, cache, vocab
+        self.n_q = n_codebooks or cache.codes.shape[1]
         super().__init__()
         self.text: list[list[int] | None] = []
         dropped: Counter = Counter()
@@ -181,7 +184,7 @@ class TalkerDataset(SkipCountingDataset):
             self.counts[why] += 1
             return None
         a, b = self.cache.offsets[i], self.cache.offsets[i + 1]
-        return torch.tensor(self.text[i]), torch.from_numpy(self.cache.codes[a:b].astype(np.int64))
+        return torch.tensor(self.text[i]), torch.from_numpy(self.cache.codes[a:b, :self.n_q].astype(np.int64))
 
 
 

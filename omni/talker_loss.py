@@ -32,12 +32,12 @@ class TalkerLossConfig:
     codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
 
     def code_weights(self, n_codebooks: int) -> list[float]:
-        """The per-codebook CE weights for a codec of ``n_codebooks`` (equal when none are given);
+        """The per-codebook CE weights for a Talker of ``n_codebooks`` (equal when none are given);
         ValueError for a wrong count, a negative weight or all zeros."""
         w = list(self.codebook_weights) or [1.0] * n_codebooks
         if len(w) != n_codebooks or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"loss.codebook_weights={list(self.codebook_weights)}: give {n_codebooks} non-negative "
-                             "weights (one per codec codebook, not all zero), or [] for equal weights")
+                             "weights (one per codebook the Talker predicts, not all zero), or [] for equal weights")
         return w
 
 

@@ -52,7 +52,7 @@ def teacher_forced_path(synth: Synthesizer, n_iter: int):
 
     @torch.no_grad()
     def run(text: str, audio):
-        codes = synth.codec.encode(logmel(torch.from_numpy(audio)[None]))[0]
+        codes = synth.codec.encode(logmel(torch.from_numpy(audio)[None]))[0, :, :synth.talker.cfg.n_codebooks]
         ids, _ = synth.vocab.encode(text)
         pred = synth.talker.teacher_forced(ids, codes)
         return mel_to_wav(synth.codec.decode(pred[None]), n_iter=n_iter)[0].numpy()

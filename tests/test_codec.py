@@ -72,6 +72,10 @@ def test_decoding_from_the_first_codebooks_only_drops_the_residuals():
     base_only = codec.denormalise(codec.decoder(q.transpose(1, 2)).transpose(1, 2))
     assert torch.allclose(codec.decode(codes, keep=1), base_only, atol=1e-6)
     assert not torch.allclose(codec.decode(codes, keep=1), codec.decode(codes), atol=1e-3)
+    # the codes of the first codebooks alone (what a Talker with fewer codebooks predicts) decode the same
+    assert torch.equal(codec.decode(codes[..., :1]), codec.decode(codes, keep=1))
+    with pytest.raises(ValueError, match="keep=2: the codes have 1 codebooks"):
+        codec.decode(codes[..., :1], keep=2)
     for bad in (0, 3):
         with pytest.raises(ValueError, match="codebooks"):
             codec.decode(codes, keep=bad)

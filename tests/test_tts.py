@@ -68,6 +68,8 @@ def test_code_cache_builds_skips_bad_rows_and_is_reused(tmp_path):
     assert data.lengths()[n_good] == 0 and data.lengths()[0] > 0
     batch = collate_talker(items)
     assert batch["text"].shape[0] == n_good and batch["codes"].max() < K
+    first = TalkerDataset(Manifest(csv), cache, TextVocab.default(), 200, n_codebooks=1)  # the base codebook only
+    assert torch.equal(first[0][1], items[0][1][:, :1])
     # a second load reads the cache; a different codec (SHA) re-encodes
     npy = tmp_path / "codes" / "tts.csv.codes.npy"
     mtime = npy.stat().st_mtime_ns
@@ -178,7 +180,15 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert tts_cli.main(["--text", "Hello there.", "--out", str(out_wav), "--ckpt", str(tmp_path / "ckpt"),
                          "--seed", "0", "--device", "cpu", "--gl-iters", "2"]) == 0
     assert out_wav.is_file() and "RTF" in capsys.readouterr().out
-    # every speech-out path on the same rows, scored by pocketsphinx, plus codebook usage
+    # a Talker of the codec's first codebook only: trained on those codes, decoded from them alone
+    assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=2", "talker.n_codebooks=1"]) == 0
+    assert json.loads((talker_dir / "config.json").read_text())["talker"]["n_codebooks"] == 1
+    synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
+    assert [c.shape[1] for c in synth.codes("Front left.")] == [1]
+    assert len(synth.synthesize("Front left.", seed=0)) > 0
+    capsys.readouterr()
+    # every speech-out path on the same rows (the teacher-forced one with that Talker), scored by
+    # pocketsphinx, plus codebook usage
     assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "2",
                           "--gl-iters", "2", "--codec-keep", "1"]) == 0
     out = capsys.readouterr().out
@@ -225,3 +235,21 @@ def test_codebook_weights_must_give_one_weight_per_codec_codebook(weights):
     cfg = config_from_dict(raw, TalkerStageConfig)
     with pytest.raises(ConfigError, match="codebook_weights"):
         train_talker.fill_from_codec(cfg, SimpleNamespace(n_codebooks=4, codebook_size=256), TextVocab.default())
+
+
+def test_talker_may_predict_the_first_codebooks_only():
+    from types import SimpleNamespace
+    from omni.config import ConfigError, config_from_dict
+    from omni.talker_data import TalkerStageConfig
+    raw = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+    codec = SimpleNamespace(n_codebooks=4, codebook_size=256)
+    for asked, filled in ((0, 4), (2, 2), (4, 4)):
+        raw["talker"]["n_codebooks"] = asked
+        raw["loss"]["codebook_weights"] = [1.0] * filled
+        cfg = config_from_dict(raw, TalkerStageConfig)
+        train_talker.fill_from_codec(cfg, codec, TextVocab.default())
+        assert cfg.talker.n_codebooks == filled and cfg.talker.codebook_size == 256
+    for bad in (5, -1):
+        raw["talker"]["n_codebooks"] = bad
+        with pytest.raises(ConfigError, match=rf"talker.n_codebooks={bad} but the codec has 4"):
+            train_talker.fill_from_codec(config_from_dict(raw, TalkerStageConfig), codec, TextVocab.default())
