@@ -157,5 +157,16 @@ class MelCodec(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")
-        q = self.rvq.embed(codes, keep)
+        return self._decode_latent(self.rvq.embed(codes, keep))
+
+    @torch.no_grad()
+    def decode_expected(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs (B, T', n, codebook_size), a Talker's distribution over each code -> denormalised
+        log-mel (B, T' * frames_per_code, 128) decoded from the expected code vectors (not from one
+        picked code per codebook)."""
+        if probs.dim() != 4:
+            raise ValueError(f"probs must be (B, T', n <= n_codebooks, codebook_size), got {tuple(probs.shape)}")
+        return self._decode_latent(self.rvq.embed_expected(probs))
+
+    def _decode_latent(self, q: torch.Tensor) -> torch.Tensor:
         return self.denormalise(self.decoder(q.transpose(1, 2)).transpose(1, 2))

@@ -143,6 +143,16 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"keep={keep}: the codes have {n} codebooks")
         return sum(F.embedding(codes[..., i], vq.codebook) for i, vq in enumerate(self.layers[:keep]))
 
+    def embed_expected(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs (B, T, n, K), a distribution over the codes of each of the first n <= n_q codebooks
+        -> the expected sum of code vectors (B, T, D): sum_i probs_i @ codebook_i. One-hot probs give
+        ``embed``; a spread distribution gives the mean of the vectors it weighs."""
+        n = probs.shape[-2]
+        if not 1 <= n <= len(self.layers) or probs.shape[-1] != self.layers[0].codebook_size:
+            raise ValueError(f"probs must be (B, T, n <= {len(self.layers)}, {self.layers[0].codebook_size}), "
+                             f"got {tuple(probs.shape)}")
+        return sum(probs[..., i, :].float() @ vq.codebook for i, vq in enumerate(self.layers[:n]))
+
     def pop_resets(self) -> list[int]:
         """Dead codes re-seeded per codebook since the last call."""
         out = [vq.resets for vq in self.layers]

@@ -253,20 +253,28 @@ class Talker(nn.Module):
     def stop_logit(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.head.weight[-1]
 
-    def pick_groups(self, h: torch.Tensor, pick) -> torch.Tensor:
+    def pick_groups(self, h: torch.Tensor, pick, with_probs: bool = False):
         """h (..., D) -> a group's codes (..., r, n_q), each picked by ``pick(logits (..., K))``:
-        all at once with independent heads, code by code through the depth chain."""
+        all at once with independent heads, code by code through the depth chain. ``with_probs``:
+        also the distribution each code was picked from, softmax of its logits (..., r, n_q, K)
+        (through the chain: given the codes picked before it)."""
         cfg = self.cfg
         r, n_q, K = cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size
         if self.depth is None:
-            return pick(self.split_logits(h)[0])
-        prev, ids = torch.zeros_like(h), []
+            logits = self.split_logits(h)[0]
+            ids = pick(logits)
+            return (ids, F.softmax(logits.float(), -1)) if with_probs else ids
+        prev, ids, probs = torch.zeros_like(h), [], []
         for s in range(r * n_q):
             u = self.depth(h, prev.unsqueeze(-2), slice(s, s + 1))
-            c = pick(self.slot_logits(u, slice(s, s + 1))[..., 0, :])
+            logits = self.slot_logits(u, slice(s, s + 1))[..., 0, :]
+            c = pick(logits)
             ids.append(c)
+            if with_probs:
+                probs.append(F.softmax(logits.float(), -1))
             prev = prev + self.code_emb(c + s * K)
-        return torch.stack(ids, -1).unflatten(-1, (r, n_q))
+        ids = torch.stack(ids, -1).unflatten(-1, (r, n_q))
+        return (ids, torch.stack(probs, -2).unflatten(-2, (r, n_q))) if with_probs else ids
 
     def forward(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor, probe=None,
                 next_groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,9 +299,10 @@ class Talker(nn.Module):
         return self.hidden(x, probe=probe).gather(1, index)
 
     @torch.no_grad()
-    def teacher_forced(self, text_ids: list[int], codes: torch.Tensor) -> torch.Tensor:
+    def teacher_forced(self, text_ids: list[int], codes: torch.Tensor, with_probs: bool = False):
         """One text's ids and its real codes (T, n_q) -> the argmax code of every frame (T, n_q),
-        each predicted from the text and the *real* codes before it (one shift, as in training).
+        each predicted from the text and the *real* codes before it (one shift, as in training);
+        ``with_probs``: also the distributions (T, n_q, K) they were taken from.
         Against free-running ``generate`` this separates "cannot predict a frame" from "drifts
         when fed its own output" (a diagnosis path of scripts/evaluate.py tts)."""
         was_training = self.training
@@ -302,17 +311,21 @@ class Talker(nn.Module):
         text = torch.tensor([[START] + list(text_ids)], device=device)
         T = codes.shape[0]
         t = make_targets(codes[None].to(device), torch.tensor([T], device=device), self.cfg.frames_per_step)
-        pred = self.predict_groups(text, torch.tensor([text.shape[1]], device=device), t["groups"])
+        pred = self.predict_groups(text, torch.tensor([text.shape[1]], device=device), t["groups"], with_probs)
         self.train(was_training)
+        if with_probs:
+            return pred[0][0].flatten(0, 1)[:T], pred[1][0].flatten(0, 1)[:T]
         return pred[0].flatten(0, 1)[:T]
 
     @torch.no_grad()
-    def predict_groups(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def predict_groups(self, text: torch.Tensor, text_lens: torch.Tensor, groups: torch.Tensor,
+                       with_probs: bool = False):
         """The argmax of every input group (B, G, r, n_q), each predicted from the text and the
         groups before it: the position holding group j-1 (BOS for j = 0) predicts group j
-        (through the depth chain: greedily code by code, from the predicted codes before it)."""
+        (through the depth chain: greedily code by code, from the predicted codes before it);
+        ``with_probs``: also their distributions (B, G, r, n_q, K), as ``pick_groups``."""
         h = self.speech_hidden(text, text_lens, groups)[:, :-1]
-        return self.pick_groups(h, lambda logits: logits.argmax(-1))
+        return self.pick_groups(h, lambda logits: logits.argmax(-1), with_probs)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight
@@ -327,12 +340,13 @@ class Talker(nn.Module):
     @torch.no_grad()
     def generate(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
                  max_groups: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, with_probs: bool = False):
         """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step.
 
         Stops when the stop flag's probability passes 0.5 or after ``max_groups`` (default from the
         text length). temperature 0 is greedy per codebook; otherwise sampled, top_k 0 = all codes.
-        Without the cache each step re-runs the whole sequence (the reference path).
+        Without the cache each step re-runs the whole sequence (the reference path). ``with_probs``:
+        also the distribution (T, n_q, K) each code was drawn from (softmax at temperature 1).
         """
         if not text_ids:
             raise ValueError("generate: empty text (nothing to say)")
@@ -349,18 +363,23 @@ class Talker(nn.Module):
             log.warning("generation limited to %d groups by ctx_len %d", limit, self.cfg.ctx_len)
         cache = self.new_cache(1, text.shape[1] + 1 + limit) if use_cache else None
         x = self.embed_prefix(text)
-        step_in, out = x, []
+        step_in, out, probs = x, [], []
         for _ in range(limit):
             h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
             if out and torch.sigmoid(self.stop_logit(h.float())).item() > 0.5:
                 break
-            group = self.pick_groups(h[0].float(), lambda logits: sample_codes(logits, temperature, top_k, generator))
+            group = self.pick_groups(h[0].float(), lambda logits: sample_codes(logits, temperature, top_k, generator),
+                                     with_probs)
+            if with_probs:
+                group, p = group
+                probs.append(p)
             out.append(group)
             emb = self.embed_groups(group[None, None])
             step_in = emb
             x = torch.cat([x, emb], dim=1)
         self.train(was_training)
-        return torch.cat(out, dim=0)
+        codes = torch.cat(out, dim=0)
+        return (codes, torch.cat(probs, dim=0)) if with_probs else codes
 
 
 def sample_codes(logits: torch.Tensor, temperature: float, top_k: int,

@@ -81,6 +81,9 @@ DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 0.6, 20
 
 
 VOCODERS = ("griffinlim", "hifigan")
+# How the codec turns the Talker's output into a log-mel: from the codes it picked, or from the
+# expected code vectors under the distributions it picked them from (the feedback stays the codes).
+DECODINGS = ("codes", "expected")
 VOCODER_DIR = Path("checkpoints/vocoder_tiny")  # where train_vocoder.py writes by default
 
 
@@ -107,9 +110,12 @@ class Synthesizer:
 
     def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
-                 pause_s: float = 0.15) -> None:
+                 pause_s: float = 0.15, decoding: str = "codes") -> None:
         """``vocoder``: a trained HiFi-GAN generator (omni/vocoder_stage.load_generator), or None
-        for Griffin-Lim (``gl_iters`` iterations)."""
+        for Griffin-Lim (``gl_iters`` iterations). ``decoding``: one of DECODINGS."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding '{decoding}'; choose from {', '.join(DECODINGS)}")
+        self.decoding = decoding
         self.talker, self.vocab, self.codec, self.device = talker.eval(), vocab, codec.eval(), device
         self.vocoder = vocoder.eval() if vocoder is not None else None
         self.vocoder_name = "griffinlim" if vocoder is None else "hifigan"
@@ -146,15 +152,24 @@ class Synthesizer:
         return cls(talker.to(device), TextVocab.load(tdir / VOCAB_FILE), codec, device, gen, **kw)
 
     @torch.no_grad()
-    def codes(self, text: str, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Raw text -> one codes tensor (T, n_q) per chunk; [] when nothing speakable is left."""
+    def codes(self, text: str, generator: torch.Generator | None = None, with_probs: bool = False) -> list:
+        """Raw text -> one codes tensor (T, n_q) per chunk; [] when nothing speakable is left.
+        ``with_probs``: (codes, distributions (T, n_q, K)) per chunk."""
         clean, dropped = self.vocab.normalize(text)
         if dropped:
             log.warning("dropped %d character(s) the Talker cannot read: %s", sum(dropped.values()), dict(dropped))
         self.last_stats["dropped_chars"] = float(sum(dropped.values()))
         pieces = split_text(clean, self.talker.cfg.max_text_chars)
         return [self.talker.generate([self.vocab.index[c] for c in p], self.temperature, self.top_k,
-                                     generator=generator) for p in pieces]
+                                     generator=generator, with_probs=with_probs) for p in pieces]
+
+    def decode(self, codes: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """One chunk's codes (T, n_q) (and distributions (T, n_q, K)) -> log-mel (1, frames, 128)."""
+        if self.decoding == "expected":
+            if probs is None:
+                raise ValueError("expected decoding needs the Talker's distributions (with_probs=True)")
+            return self.codec.decode_expected(probs[None].to(self.device)).float()
+        return self.codec.decode(codes[None].to(self.device)).float()
 
     @torch.no_grad()
     def synthesize(self, text: str, seed: int | None = None) -> np.ndarray:
@@ -163,7 +178,8 @@ class Synthesizer:
         self.last_stats = {}
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         t0 = time.perf_counter()
-        chunks = self.codes(text, gen)
+        expected = self.decoding == "expected"
+        chunks = [c if expected else (c, None) for c in self.codes(text, gen, with_probs=expected)]
         t1 = time.perf_counter()
         if not chunks:
             log.warning("nothing to synthesise in %r", text[:80])
@@ -172,10 +188,10 @@ class Synthesizer:
         pause = torch.full((1, round(self.pause_s * SPEECH_OUT_MEL.sample_rate / SPEECH_OUT_MEL.hop_length),
                             SPEECH_OUT_MEL.n_mels), float(np.log(LOG_FLOOR)), device=self.device)
         mels = []
-        for k, c in enumerate(chunks):
+        for k, (c, p) in enumerate(chunks):
             if k:
                 mels.append(pause)
-            mels.append(self.codec.decode(c[None].to(self.device)).float())
+            mels.append(self.decode(c, p))
         mel = torch.cat(mels, dim=1)
         t2 = time.perf_counter()
         wav = (vocode(self.vocoder, mel) if self.vocoder is not None else mel_to_wav(mel, n_iter=self.gl_iters))

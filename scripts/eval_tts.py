@@ -31,7 +31,7 @@ from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
 from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
 from omni.rvq import usage_stats  # noqa: E402
-from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
+from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
 
 PATHS = ("original", "griffinlim", "codec", "talker", "teacher")
 
@@ -54,8 +54,9 @@ def teacher_forced_path(synth: Synthesizer, n_iter: int):
     def run(text: str, audio):
         codes = synth.codec.encode(logmel(torch.from_numpy(audio)[None]))[0, :, :synth.talker.cfg.n_codebooks]
         ids, _ = synth.vocab.encode(text)
-        pred = synth.talker.teacher_forced(ids, codes)
-        return mel_to_wav(synth.codec.decode(pred[None]), n_iter=n_iter)[0].numpy()
+        pred = synth.talker.teacher_forced(ids, codes, with_probs=synth.decoding == "expected")
+        mel = synth.decode(*pred) if isinstance(pred, tuple) else synth.decode(pred)
+        return mel_to_wav(mel, n_iter=n_iter)[0].numpy()
     return run
 
 
@@ -86,7 +87,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     synth = codec = None
     if args.talker:
         synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k,
-                                 gl_iters=args.gl_iters)
+                                 gl_iters=args.gl_iters, decoding=args.decoding)
         codec = synth.codec
     if args.codec:
         codec, _ = load_codec(args.codec, "cpu")
@@ -105,7 +106,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     report = report_paths(rows, chosen, also=also)
     sampling = f"; Talker sampling temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}" \
-        if {"talker", "teacher"} & set(names) else ""
+        + f", decoding {args.decoding}" if {"talker", "teacher"} & set(names) else ""
     print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
           f"{sampling}; {time.perf_counter() - t0:.0f} s")
     extra = f" {'Stage B CER':>12}" if also else ""
@@ -137,6 +138,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     t.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--decoding", choices=DECODINGS, default="codes",
+                   help="talker/teacher paths: decode the picked codes, or the expected code vectors "
+                        "under the Talker's distributions")
     t.add_argument("--examples", type=int, default=2, help="example transcripts per path")
     t.add_argument("--json", default="", help="also write the report here")
     t.set_defaults(run=eval_tts)

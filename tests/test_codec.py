@@ -81,6 +81,24 @@ def test_decoding_from_the_first_codebooks_only_drops_the_residuals():
             codec.decode(codes, keep=bad)
 
 
+def test_expected_decoding_is_the_mean_of_the_code_vectors():
+    """decode_expected of one-hot distributions is decode of those codes; of a 50/50 mixture of two
+    codes, the decoding of the mean of their vectors."""
+    codec = warmed(tiny_codec())
+    codes = codec.encode(torch.stack([mels(0.6)[0][:30]]))
+    K = codec.codebook_size
+    one_hot = torch.nn.functional.one_hot(codes, K).float()
+    assert torch.allclose(codec.decode_expected(one_hot), codec.decode(codes), atol=1e-5)
+    assert torch.allclose(codec.decode_expected(one_hot[..., :1, :]), codec.decode(codes[..., :1]), atol=1e-5)
+    other = (codes + 1) % K
+    mix = 0.5 * one_hot + 0.5 * torch.nn.functional.one_hot(other, K).float()
+    z = 0.5 * (codec.rvq.embed(codes) + codec.rvq.embed(other))
+    want = codec.denormalise(codec.decoder(z.transpose(1, 2)).transpose(1, 2))
+    assert torch.allclose(codec.decode_expected(mix), want, atol=1e-5)
+    with pytest.raises(ValueError, match="probs"):
+        codec.decode_expected(one_hot[..., :K - 1])
+
+
 @pytest.mark.parametrize("fpc", [1, 2])
 def test_n_seconds_of_codes_decode_to_n_seconds(fpc):
     codec = warmed(tiny_codec(fpc))

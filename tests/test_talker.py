@@ -142,6 +142,24 @@ def test_teacher_forced_argmax_reproduces_greedy_generation(depth):
     assert model.teacher_forced(ids, out[:5]).shape == (5, N_Q)  # a length that is not a multiple of r
 
 
+@pytest.mark.parametrize("depth", [0, 1])
+def test_generation_reports_the_distribution_each_code_was_drawn_from(depth):
+    """with_probs: the same codes as without (same seed), one distribution per code; greedy codes
+    are those distributions' argmax; teacher forcing reports its distributions the same way."""
+    model = _talker(depth_layers=depth)
+    torch.nn.init.constant_(model.head.weight[-1], 0.0)
+    ids = TextVocab.default().encode("the odds of it")[0]
+    sampled = model.generate(ids, 1.0, top_k=5, max_groups=6, generator=torch.Generator().manual_seed(1))
+    codes, probs = model.generate(ids, 1.0, top_k=5, max_groups=6, generator=torch.Generator().manual_seed(1),
+                                  with_probs=True)
+    assert torch.equal(codes, sampled) and probs.shape == (*codes.shape, K)
+    assert torch.allclose(probs.sum(-1), torch.ones(codes.shape))
+    greedy, p = model.generate(ids, 0.0, max_groups=6, with_probs=True)
+    assert torch.equal(p.argmax(-1), greedy)
+    tf, tp = model.teacher_forced(ids, greedy, with_probs=True)
+    assert torch.equal(tf, greedy) and torch.allclose(tp, p, atol=1e-5)
+
+
 def test_self_feeding_replaces_inputs_by_the_talkers_own_one_shift_predictions():
     model = _talker()
     ids = TextVocab.default().encode("scheduled sampling")[0]

@@ -185,7 +185,17 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert json.loads((talker_dir / "config.json").read_text())["talker"]["n_codebooks"] == 1
     synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
     assert [c.shape[1] for c in synth.codes("Front left.")] == [1]
-    assert len(synth.synthesize("Front left.", seed=0)) > 0
+    wav = synth.synthesize("Front left.", seed=0)
+    assert len(wav) > 0
+    # expected decoding: the same codes drawn (same seed), decoded from the mean code vectors
+    soft = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2, decoding="expected")
+    assert len(soft.synthesize("Front left.", seed=0)) == len(wav)
+    codes, probs = soft.codes("Front left.", torch.Generator().manual_seed(0), with_probs=True)[0]
+    assert torch.equal(codes, synth.codes("Front left.", torch.Generator().manual_seed(0))[0])
+    hard_mel, soft_mel = synth.decode(codes), soft.decode(codes, probs)
+    assert soft_mel.shape == hard_mel.shape and not torch.allclose(soft_mel, hard_mel)
+    with pytest.raises(ValueError, match="unknown decoding"):
+        Synthesizer.load(tmp_path / "ckpt", "cpu", decoding="mean")
     capsys.readouterr()
     # every speech-out path on the same rows (the teacher-forced one with that Talker), scored by
     # pocketsphinx, plus codebook usage
@@ -195,6 +205,9 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     for path in ("original", "griffinlim", "codec_griffinlim", "codec_first1_griffinlim", "talker_codec_griffinlim",
                  "teacher_forced_talker", "q1: usage"):
         assert path in out
+    assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "1",
+                          "--gl-iters", "2", "--paths", "talker,teacher", "--decoding", "expected"]) == 0
+    assert "decoding expected" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="codec-keep"):
         evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--paths", "codec",
                        "--codec-keep", "9"])
