@@ -256,8 +256,8 @@ class Talker(nn.Module):
     def pick_groups(self, h: torch.Tensor, pick, with_probs: bool = False):
         """h (..., D) -> a group's codes (..., r, n_q), each picked by ``pick(logits (..., K))``:
         all at once with independent heads, code by code through the depth chain. ``with_probs``:
-        also the distribution each code was picked from, softmax of its logits (..., r, n_q, K)
-        (through the chain: given the codes picked before it)."""
+        also the Talker's distribution over each code, the softmax of its logits (..., r, n_q, K),
+        before any sampling temperature or top-k (through the chain: given the codes picked before it)."""
         cfg = self.cfg
         r, n_q, K = cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size
         if self.depth is None:
@@ -346,7 +346,7 @@ class Talker(nn.Module):
         Stops when the stop flag's probability passes 0.5 or after ``max_groups`` (default from the
         text length). temperature 0 is greedy per codebook; otherwise sampled, top_k 0 = all codes.
         Without the cache each step re-runs the whole sequence (the reference path). ``with_probs``:
-        also the distribution (T, n_q, K) each code was drawn from (softmax at temperature 1).
+        also the Talker's distribution (T, n_q, K) over each code (softmax at temperature 1, no top-k).
         """
         if not text_ids:
             raise ValueError("generate: empty text (nothing to say)")

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from cli import add_vocoder_args  # noqa: E402
 from omni.audio import save_wav  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, resolve_vocoder  # noqa: E402
+from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, resolve_vocoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
     p.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
+    p.add_argument("--decoding", choices=DECODINGS, default="codes",
+                   help="decode the Talker's codes, or the expected code vectors under its distributions")
     add_vocoder_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         synth = Synthesizer.load(args.ckpt, args.device, vocoder=resolve_vocoder(args.vocoder, args.vocoder_dir),
                                  vocoder_dir=args.vocoder_dir, temperature=args.temperature, top_k=args.top_k,
-                                 gl_iters=args.gl_iters)
+                                 gl_iters=args.gl_iters, decoding=args.decoding)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

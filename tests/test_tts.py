@@ -180,6 +180,8 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert tts_cli.main(["--text", "Hello there.", "--out", str(out_wav), "--ckpt", str(tmp_path / "ckpt"),
                          "--seed", "0", "--device", "cpu", "--gl-iters", "2"]) == 0
     assert out_wav.is_file() and "RTF" in capsys.readouterr().out
+    assert tts_cli.main(["--text", "Hello there.", "--out", str(out_wav), "--ckpt", str(tmp_path / "ckpt"),
+                         "--device", "cpu", "--gl-iters", "2", "--decoding", "expected"]) == 0
     # a Talker of the codec's first codebook only: trained on those codes, decoded from them alone
     assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=2", "talker.n_codebooks=1"]) == 0
     assert json.loads((talker_dir / "config.json").read_text())["talker"]["n_codebooks"] == 1
