@@ -253,21 +253,29 @@ class Talker(nn.Module):
     def stop_logit(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.head.weight[-1]
 
-    def pick_groups(self, h: torch.Tensor, pick, with_probs: bool = False):
+    def pick_groups(self, h: torch.Tensor, pick, with_probs: bool = False, h_free: torch.Tensor | None = None,
+                    guidance: float = 0.0):
         """h (..., D) -> a group's codes (..., r, n_q), each picked by ``pick(logits (..., K))``:
         all at once with independent heads, code by code through the depth chain. ``with_probs``:
         also the Talker's distribution over each code, the softmax of its logits (..., r, n_q, K),
-        before any sampling temperature or top-k (through the chain: given the codes picked before it)."""
+        before any sampling temperature or top-k (through the chain: given the codes picked before it).
+        ``h_free``: the hidden state of the same history without the text; the logits picked from
+        are then ``l + guidance * (l - l_free)`` (classifier-free guidance)."""
         cfg = self.cfg
         r, n_q, K = cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size
+
+        def guided(logits, free_logits):
+            return logits if h_free is None else logits + guidance * (logits - free_logits())
         if self.depth is None:
-            logits = self.split_logits(h)[0]
+            logits = guided(self.split_logits(h)[0], lambda: self.split_logits(h_free)[0])
             ids = pick(logits)
             return (ids, F.softmax(logits.float(), -1)) if with_probs else ids
         prev, ids, probs = torch.zeros_like(h), [], []
         for s in range(r * n_q):
-            u = self.depth(h, prev.unsqueeze(-2), slice(s, s + 1))
-            logits = self.slot_logits(u, slice(s, s + 1))[..., 0, :]
+            slots = slice(s, s + 1)
+            u = self.depth(h, prev.unsqueeze(-2), slots)
+            logits = guided(self.slot_logits(u, slots)[..., 0, :],
+                            lambda: self.slot_logits(self.depth(h_free, prev.unsqueeze(-2), slots), slots)[..., 0, :])
             c = pick(logits)
             ids.append(c)
             if with_probs:
@@ -340,13 +348,16 @@ class Talker(nn.Module):
     @torch.no_grad()
     def generate(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
                  max_groups: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, with_probs: bool = False):
+                 generator: torch.Generator | None = None, with_probs: bool = False, guidance: float = 0.0):
         """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step.
 
         Stops when the stop flag's probability passes 0.5 or after ``max_groups`` (default from the
         text length). temperature 0 is greedy per codebook; otherwise sampled, top_k 0 = all codes.
         Without the cache each step re-runs the whole sequence (the reference path). ``with_probs``:
         also the Talker's distribution (T, n_q, K) over each code (softmax at temperature 1, no top-k).
+        ``guidance`` > 0: classifier-free guidance, the codes picked from ``l + guidance * (l - l_free)``,
+        l_free the logits of the same history without the text (a second, text-free sequence; the
+        Talker learns it with ``loss.text_dropout``). The stop flag is the text branch's.
         """
         if not text_ids:
             raise ValueError("generate: empty text (nothing to say)")
@@ -364,12 +375,18 @@ class Talker(nn.Module):
         cache = self.new_cache(1, text.shape[1] + 1 + limit) if use_cache else None
         x = self.embed_prefix(text)
         step_in, out, probs = x, [], []
+        free = guidance > 0  # the text-free branch: [<s>] [BOS] and the same groups
+        if free:
+            free_cache = self.new_cache(1, 2 + limit) if use_cache else None
+            x_free = self.embed_prefix(text[:, :1])
+            free_in = x_free
         for _ in range(limit):
             h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
             if out and torch.sigmoid(self.stop_logit(h.float())).item() > 0.5:
                 break
+            h_free = self.hidden(free_in if use_cache else x_free, cache=free_cache)[0, -1].float() if free else None
             group = self.pick_groups(h[0].float(), lambda logits: sample_codes(logits, temperature, top_k, generator),
-                                     with_probs)
+                                     with_probs, h_free, guidance)
             if with_probs:
                 group, p = group
                 probs.append(p)
@@ -377,6 +394,8 @@ class Talker(nn.Module):
             emb = self.embed_groups(group[None, None])
             step_in = emb
             x = torch.cat([x, emb], dim=1)
+            if free:
+                free_in, x_free = emb, torch.cat([x_free, emb], dim=1)
         self.train(was_training)
         codes = torch.cat(out, dim=0)
         return (codes, torch.cat(probs, dim=0)) if with_probs else codes

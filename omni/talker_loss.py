@@ -17,7 +17,7 @@ from torch import nn
 
 from omni.layers import Block
 from omni.runtime import unwrap
-from omni.talker import IGNORE, make_targets
+from omni.talker import IGNORE, PAD, make_targets
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TalkerLossConfig:
     guided_layers: tuple[int, ...] = (1, 2)
     self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
     codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
+    text_dropout: float = 0.0           # share of training rows that see no text (for guided generation)
 
     def code_weights(self, n_codebooks: int) -> list[float]:
         """The per-codebook CE weights for a Talker of ``n_codebooks`` (equal when none are given);
@@ -53,6 +54,7 @@ class GuidedAttention:
         self.layers = set(layers)
         device = text_lens.device
         n_chars = text_lens - 1                                                   # without <s>
+        has_text = n_chars > 0                                                    # rows without text: no guide
         self.L = int(text_lens.max())
         col = torch.arange(self.L - 1, device=device)[None, :]
         self.key_ok = col < n_chars[:, None]                                      # (B, L-1)
@@ -60,7 +62,7 @@ class GuidedAttention:
         G = int(n_groups.max()) + 1
         j = torch.arange(G, device=device)[None, :]
         self.index = text_lens[:, None] + j                                       # (B, G+1) query positions
-        self.q_ok = j <= n_groups[:, None]
+        self.q_ok = (j <= n_groups[:, None]) & has_text[:, None]
         speech_pos = ((j + 0.5) / n_groups.clamp(min=1)[:, None]).clamp(max=1.0)
         diff = speech_pos[:, :, None] - text_pos[:, None, :]                      # (B, G+1, L-1)
         self.weight = 1.0 - torch.exp(-diff.pow(2) / (2 * sigma ** 2))
@@ -76,13 +78,24 @@ class GuidedAttention:
         q = q.gather(2, self.index[:, None, :, None].expand(-1, H, -1, q.shape[-1]))   # frame queries
         k = k[:, :, 1:self.L].repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # text keys
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
-        probs = scores.masked_fill(~self.key_ok[:, None, None, :], float("-inf")).softmax(-1)
+        # -1e9, not -inf: a row without text keys gets a finite (unused) softmax, no NaN gradient
+        probs = scores.masked_fill(~self.key_ok[:, None, None, :], -1e9).softmax(-1)
         per_query = (probs * self.weight[:, None]).sum(-1)                         # (B, H, G+1)
         mask = self.q_ok[:, None].float()
-        self.losses.append((per_query * mask).sum() / (mask.sum() * H))
+        self.losses.append((per_query * mask).sum() / (mask.sum() * H).clamp(min=1))
 
     def loss(self) -> torch.Tensor:
         return torch.stack(self.losses).mean()
+
+
+def drop_text(text: torch.Tensor, text_lens: torch.Tensor, share: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row, with probability ``share``, loses its text: only ``<s>`` is left (the rest padding),
+    so the Talker also learns to continue speech unconditionally, the second branch of
+    classifier-free guidance (Talker.generate's ``guidance``)."""
+    drop = torch.rand(text.shape[0], generator=generator, device=text.device) < share
+    keep = torch.arange(text.shape[1], device=text.device)[None, :] < 1
+    return torch.where(drop[:, None] & ~keep, torch.full_like(text, PAD), text), torch.where(drop, 1, text_lens)
 
 
 @torch.no_grad()
@@ -107,13 +120,15 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
     logs: ce (mean over codebooks), ce_q<i> per codebook, acc (top-1 over codes), stop_bce,
     stop_acc (at each row's true end), guided (the attention penalty, also when its weight is 0)."""
     t = make_targets(batch["codes"], batch["code_lens"], r)
-    groups = t["groups"]
+    groups, text, text_lens = t["groups"], batch["text"], batch["text_lens"]
+    if model.training and cfg.text_dropout > 0:
+        text, text_lens = drop_text(text, text_lens, cfg.text_dropout)
     feed = (cfg.self_feed if model.training else 0.0) if feed is None else feed
     if feed > 0:
-        groups = self_fed(model, batch["text"], batch["text_lens"], groups, feed, generator)
-    probe = GuidedAttention(batch["text_lens"], t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
+        groups = self_fed(model, text, text_lens, groups, feed, generator)
+    probe = GuidedAttention(text_lens, t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
     tgt = t["targets"]
-    code_logits, stop_logits = model(batch["text"], batch["text_lens"], groups, probe=probe, next_groups=tgt)
+    code_logits, stop_logits = model(text, text_lens, groups, probe=probe, next_groups=tgt)
     K = code_logits.shape[-1]
     ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
                              reduction="none").view(tgt.shape)

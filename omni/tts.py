@@ -110,12 +110,15 @@ class Synthesizer:
 
     def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
-                 pause_s: float = 0.15, decoding: str = "codes") -> None:
+                 pause_s: float = 0.15, decoding: str = "codes", guidance: float = 0.0) -> None:
         """``vocoder``: a trained HiFi-GAN generator (omni/vocoder_stage.load_generator), or None
-        for Griffin-Lim (``gl_iters`` iterations). ``decoding``: one of DECODINGS."""
+        for Griffin-Lim (``gl_iters`` iterations). ``decoding``: one of DECODINGS. ``guidance``:
+        classifier-free guidance scale (Talker.generate; 0 = none)."""
         if decoding not in DECODINGS:
             raise ValueError(f"unknown decoding '{decoding}'; choose from {', '.join(DECODINGS)}")
-        self.decoding = decoding
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0 (0 = none), got {guidance}")
+        self.decoding, self.guidance = decoding, guidance
         self.talker, self.vocab, self.codec, self.device = talker.eval(), vocab, codec.eval(), device
         self.vocoder = vocoder.eval() if vocoder is not None else None
         self.vocoder_name = "griffinlim" if vocoder is None else "hifigan"
@@ -161,7 +164,8 @@ class Synthesizer:
         self.last_stats["dropped_chars"] = float(sum(dropped.values()))
         pieces = split_text(clean, self.talker.cfg.max_text_chars)
         return [self.talker.generate([self.vocab.index[c] for c in p], self.temperature, self.top_k,
-                                     generator=generator, with_probs=with_probs) for p in pieces]
+                                     generator=generator, with_probs=with_probs, guidance=self.guidance)
+                for p in pieces]
 
     def decode(self, codes: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """One chunk's codes (T, n_q) (and distributions (T, n_q, K)) -> log-mel (1, frames, 128)."""

@@ -87,7 +87,8 @@ def eval_tts(args: argparse.Namespace) -> int:
     synth = codec = None
     if args.talker:
         synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k,
-                                 gl_iters=args.gl_iters, decoding=args.decoding)
+                                 gl_iters=args.gl_iters, decoding=args.decoding,
+                                 guidance=args.guidance)
         codec = synth.codec
     if args.codec:
         codec, _ = load_codec(args.codec, "cpu")
@@ -106,7 +107,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     report = report_paths(rows, chosen, also=also)
     sampling = f"; Talker sampling temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}" \
-        + f", decoding {args.decoding}" if {"talker", "teacher"} & set(names) else ""
+        + f", decoding {args.decoding}, guidance {args.guidance}" if {"talker", "teacher"} & set(names) else ""
     print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
           f"{sampling}; {time.perf_counter() - t0:.0f} s")
     extra = f" {'Stage B CER':>12}" if also else ""
@@ -141,6 +142,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--decoding", choices=DECODINGS, default="codes",
                    help="talker/teacher paths: decode the picked codes, or the expected code vectors "
                         "under the Talker's distributions")
+    t.add_argument("--guidance", type=float, default=0.0,
+                   help="talker path: classifier-free guidance scale against the text-free branch "
+                        "(a Talker trained with loss.text_dropout); 0 = none")
     t.add_argument("--examples", type=int, default=2, help="example transcripts per path")
     t.add_argument("--json", default="", help="also write the report here")
     t.set_defaults(run=eval_tts)

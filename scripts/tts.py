@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
     p.add_argument("--decoding", choices=DECODINGS, default="codes",
                    help="decode the Talker's codes, or the expected code vectors under its distributions")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance scale (a Talker trained with loss.text_dropout); 0 = none")
     add_vocoder_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         synth = Synthesizer.load(args.ckpt, args.device, vocoder=resolve_vocoder(args.vocoder, args.vocoder_dir),
                                  vocoder_dir=args.vocoder_dir, temperature=args.temperature, top_k=args.top_k,
-                                 gl_iters=args.gl_iters, decoding=args.decoding)
+                                 gl_iters=args.gl_iters, decoding=args.decoding,
+                                 guidance=args.guidance)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

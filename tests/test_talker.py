@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omni.talker import IGNORE, PAD, START, Talker, TalkerConfig, TextVocab, make_targets
-from omni.talker_loss import TalkerLossConfig, self_fed, talker_loss
+from omni.talker_loss import TalkerLossConfig, drop_text, self_fed, talker_loss
 from omni.talker_data import collate_talker
 from omni.tts import split_text
 from tests.conftest import ROOT
@@ -300,3 +300,50 @@ def test_codebook_weights_weight_the_code_loss_and_leave_the_logged_ce_unweighte
     assert abs(logs["ce"] - sum(logs[f"ce_q{i}"] for i in range(N_Q)) / N_Q) < 1e-5
     with pytest.raises(ValueError, match=r"codebook_weights=\[1.0, 1.0\]: give 3 non-negative"):
         talker_loss(model, batch, TalkerLossConfig(codebook_weights=(1.0, 1.0)), R)
+
+
+def test_text_dropout_leaves_only_the_start_and_trains_without_nan():
+    """A dropped row keeps only <s> (its text length becomes 1); a batch with every row dropped
+    has no guided-attention term and finite gradients; the other rows are untouched."""
+    vocab = TextVocab.default()
+    items = [(torch.tensor(vocab.encode(t)[0]), torch.randint(0, K, (6, N_Q))) for t in ("one text", "another")]
+    batch = collate_talker(items)
+    text, lens = drop_text(batch["text"], batch["text_lens"], 1.0)
+    assert (text[:, 0] == START).all() and (text[:, 1:] == PAD).all() and (lens == 1).all()
+    same, same_lens = drop_text(batch["text"], batch["text_lens"], 0.0)
+    assert torch.equal(same, batch["text"]) and torch.equal(same_lens, batch["text_lens"])
+    model = _talker(depth_layers=1).train()
+    loss, logs = talker_loss(model, batch, TalkerLossConfig(text_dropout=1.0), R)
+    loss.backward()
+    assert logs["guided"] == 0 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()  # validation never drops text
+    assert talker_loss(model, batch, TalkerLossConfig(text_dropout=1.0), R)[1]["guided"] > 0
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_guided_generation_picks_from_the_guided_logits(depth):
+    """guidance w: the first group's greedy codes are the argmax of l + w (l - l_free), l_free from
+    the same position without the text; cached and uncached generation agree."""
+    model = _talker(depth_layers=depth)
+    torch.nn.init.constant_(model.head.weight[-1], 0.0)
+    ids = TextVocab.default().encode("guide me")[0]
+    w = 2.0
+    text = torch.tensor([[START] + ids])
+    h = model.hidden(model.embed_prefix(text))[0, -1]
+    h_free = model.hidden(model.embed_prefix(text[:, :1]))[0, -1]
+    if depth:
+        prev, want = torch.zeros_like(h), []
+        for s in range(R * N_Q):
+            lc = model.slot_logits(model.depth(h, prev[None], slice(s, s + 1)), slice(s, s + 1))[0]
+            lu = model.slot_logits(model.depth(h_free, prev[None], slice(s, s + 1)), slice(s, s + 1))[0]
+            want.append((lc + w * (lc - lu)).argmax())
+            prev = prev + model.code_emb(want[-1] + s * K)
+        want = torch.stack(want).view(R, N_Q)
+    else:
+        lc, lu = model.split_logits(h)[0], model.split_logits(h_free)[0]
+        want = (lc + w * (lc - lu)).argmax(-1)
+    out = model.generate(ids, 0.0, max_groups=5, guidance=w)
+    assert torch.equal(out[:R], want)
+    assert not torch.equal(out, model.generate(ids, 0.0, max_groups=5))
+    assert torch.equal(out, model.generate(ids, 0.0, max_groups=5, guidance=w, use_cache=False))
