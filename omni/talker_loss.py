@@ -5,6 +5,8 @@ A guided-attention loss nudges frame queries in the chosen layers towards the di
 which is what makes a tiny model read the text within a CPU budget. Self-feeding replaces a share of
 the input frames with the Talker's own predictions, so it learns to continue from the kind of history
 it makes when it speaks on its own (exposure bias); it helps as a second phase on a trained Talker.
+Text dropout hides the text from a share of the rows, so the same Talker also models speech without
+text: the second branch of classifier-free guidance at generation (Talker.generate's ``guidance``).
 """
 from __future__ import annotations
 
