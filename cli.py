@@ -37,6 +37,19 @@ def add_vocoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocoder-dir", default=str(VOCODER_DIR), help="HiFi-GAN checkpoint folder (default %(default)s)")
 
 
+def add_talker_args(p: argparse.ArgumentParser) -> None:
+    """How the Talker speaks: --temperature, --top-k, --decoding, --guidance (Synthesizer's
+    arguments), shared by scripts/tts.py and evaluate.py tts."""
+    from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
+    p.add_argument("--decoding", choices=DECODINGS, default="codes",
+                   help="decode the Talker's codes, or the expected code vectors under its distributions")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance scale against the text-free branch (a Talker trained "
+                        "with loss.text_dropout); 0 = none")
+
+
 def setup_logging(rank: int = 0) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -28,7 +28,8 @@ from omni.config import ConfigError, load_config, to_dict, to_json
 from omni.data import DataError
 from omni.files import write_json_atomic
 from omni.runtime import setup_runtime, teardown
-from omni.talker import Talker, TextVocab
+from omni.talker import Talker
+from omni.talker_text import TextVocab
 from omni.talker_loss import talker_loss
 from omni.training import Stage, TrainingError, fit
 from omni.talker_data import (CODEC_LINK, VOCAB_FILE, CodeCache, TalkerDataset, TalkerStageConfig, codec_dir_of,

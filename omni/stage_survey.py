@@ -129,7 +129,7 @@ def model_fills(raw: dict) -> dict[str, int]:
 
     walk(raw)
     if (OMNI_DIR / "talker.py").is_file():
-        from omni.talker import TextVocab  # only where the Talker exists
+        from omni.talker_text import TextVocab  # only where the Talker exists
         fills["text_vocab_size"] = len(TextVocab.default())
     return fills
 

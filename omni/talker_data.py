@@ -28,7 +28,8 @@ from omni.codec_stage import CodecStageConfig
 from omni.config import TrainConfig
 from omni.data import DataError, SkipCountingDataset
 from omni.files import atomic_write, write_json_atomic
-from omni.talker import PAD, START, Talker, TalkerConfig, TextVocab
+from omni.talker import Talker, TalkerConfig
+from omni.talker_text import PAD, START, TextVocab
 from omni.talker_loss import TalkerLossConfig, talker_loss
 
 log = logging.getLogger(__name__)

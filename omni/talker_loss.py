@@ -19,7 +19,8 @@ from torch import nn
 
 from omni.layers import Block
 from omni.runtime import unwrap
-from omni.talker import IGNORE, PAD, make_targets
+from omni.talker import IGNORE, make_targets
+from omni.talker_text import PAD
 
 
 @dataclass

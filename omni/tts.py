@@ -21,7 +21,8 @@ from omni.codec_stage import load_codec
 from omni.config import config_from_dict
 from omni.griffinlim import mel_to_wav
 from omni.runtime import pick_device
-from omni.talker import Talker, TalkerConfig, TextVocab
+from omni.talker import Talker, TalkerConfig
+from omni.talker_text import TextVocab
 from omni.talker_data import CODEC_LINK, VOCAB_FILE, file_sha1
 from omni.vocoder import Generator, vocode
 from omni.vocoder_stage import load_generator

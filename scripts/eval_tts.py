@@ -31,7 +31,8 @@ from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
 from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
 from omni.rvq import usage_stats  # noqa: E402
-from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer  # noqa: E402
+from cli import add_talker_args  # noqa: E402
+from omni.tts import Synthesizer  # noqa: E402
 
 PATHS = ("original", "griffinlim", "codec", "talker", "teacher")
 
@@ -136,15 +137,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "codebooks only, for each K in this comma list (how much the residuals carry)")
     t.add_argument("--asr-ckpt", default="", help="also transcribe every path with this Stage B checkpoint")
     t.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
-    t.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    t.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    add_talker_args(t)  # --temperature, --top-k (talker path), --decoding (talker, teacher), --guidance (talker)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--decoding", choices=DECODINGS, default="codes",
-                   help="talker/teacher paths: decode the picked codes, or the expected code vectors "
-                        "under the Talker's distributions")
-    t.add_argument("--guidance", type=float, default=0.0,
-                   help="talker path: classifier-free guidance scale against the text-free branch "
-                        "(a Talker trained with loss.text_dropout); 0 = none")
     t.add_argument("--examples", type=int, default=2, help="example transcripts per path")
     t.add_argument("--json", default="", help="also write the report here")
     t.set_defaults(run=eval_tts)

@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli import add_vocoder_args  # noqa: E402
+from cli import add_talker_args, add_vocoder_args  # noqa: E402
 from omni.audio import save_wav  # noqa: E402
 from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, resolve_vocoder  # noqa: E402
+from omni.tts import Synthesizer, resolve_vocoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", default="checkpoints/talker_tiny", help="folder written by train_talker.py")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
     p.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
-    p.add_argument("--decoding", choices=DECODINGS, default="codes",
-                   help="decode the Talker's codes, or the expected code vectors under its distributions")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale (a Talker trained with loss.text_dropout); 0 = none")
+    add_talker_args(p)
     add_vocoder_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

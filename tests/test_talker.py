@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from omni.talker import IGNORE, PAD, START, Talker, TalkerConfig, TextVocab, make_targets
+from omni.talker import IGNORE, Talker, TalkerConfig, make_targets
+from omni.talker_text import PAD, START, TextVocab
 from omni.talker_loss import TalkerLossConfig, drop_text, self_fed, talker_loss
 from omni.talker_data import collate_talker
 from omni.tts import split_text

@@ -11,7 +11,8 @@ from torch import nn
 
 from omni.asr import Manifest
 from omni.checkpoint import read_metrics
-from omni.talker import Talker, TalkerConfig, TextVocab
+from omni.talker import Talker, TalkerConfig
+from omni.talker_text import TextVocab
 from omni.talker_data import CodeCache, TalkerDataset, collate_talker, unigram_code_ce
 from omni.tts import Synthesizer, resolve_vocoder
 import train_talker
