@@ -76,7 +76,7 @@ def build_talker_stage(cfg: TalkerStageConfig, device: torch.device) -> Stage:
     for p in codec.parameters():
         p.requires_grad_(False)
     sha = file_sha1(codec_dir / ckpt.MODEL_FILE)
-    vocab = TextVocab.default()
+    vocab = TextVocab.default(cfg.talker.text_input)
     fill_from_codec(cfg, codec, vocab)
     cache_dir = Path(cfg.train.save_dir) / "codes"
     sets = {}

@@ -116,7 +116,7 @@ def train_slots(raw: dict) -> list[TrainSlot]:
 
 def model_fills(raw: dict) -> dict[str, int]:
     """Values a stage fills in at build time where its config says 0 (the Talker takes its codebooks
-    from the codec section and its text vocabulary from the default character set)."""
+    from the codec section and its text vocabulary from the default set of its ``text_input``)."""
     fills: dict[str, int] = {}
 
     def walk(node: Any) -> None:
@@ -130,7 +130,8 @@ def model_fills(raw: dict) -> dict[str, int]:
     walk(raw)
     if (OMNI_DIR / "talker.py").is_file():
         from omni.talker_text import TextVocab  # only where the Talker exists
-        fills["text_vocab_size"] = len(TextVocab.default())
+        kind = raw["talker"]["text_input"] if "text_input" in raw.get("talker", {}) else "chars"
+        fills["text_vocab_size"] = len(TextVocab.default(kind))
     return fills
 
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.layers import Block, KVCache, RMSNorm, RotaryEmbedding, init_weights
-from omni.talker_text import START
+from omni.config import ConfigError
+from omni.talker_text import KINDS, START
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class TalkerConfig:
     code_dropout: float = 0.0   # training only: each input group is replaced by zeros with this probability
     depth_layers: int = 0       # 0: a group's codes all from one hidden state; n: a chain over them (DepthChain)
     depth_ff: int = 0           # the chain's MLP width (0: d_ff)
+    text_input: str = "chars"   # what the text is read as: "chars", or "phonemes" (espeak-ng IPA; omni/phonemes.py)
+
+    def __post_init__(self) -> None:
+        if self.text_input not in KINDS:
+            raise ConfigError(f"talker.text_input must be one of {', '.join(KINDS)}, got '{self.text_input}'")
 
 
 def make_targets(codes: torch.Tensor, lengths: torch.Tensor, r: int) -> dict[str, torch.Tensor]:

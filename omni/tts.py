@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,13 @@ class Synthesizer:
         if dropped:
             log.warning("dropped %d character(s) the Talker cannot read: %s", sum(dropped.values()), dict(dropped))
         self.last_stats["dropped_chars"] = float(sum(dropped.values()))
-        pieces = split_text(clean, self.talker.cfg.max_text_chars)
-        return [self.talker.generate([self.vocab.index[c] for c in p], self.temperature, self.top_k,
-                                     generator=generator, with_probs=with_probs, guidance=self.guidance)
-                for p in pieces]
+        pieces = [self.vocab.ids(p) for p in split_text(clean, self.talker.cfg.max_text_chars)]
+        lost = sum((d for _, d in pieces), Counter())
+        if lost:
+            log.warning("dropped %d symbol(s) outside the Talker's vocabulary: %s", sum(lost.values()), dict(lost))
+        return [self.talker.generate(ids, self.temperature, self.top_k, generator=generator,
+                                     with_probs=with_probs, guidance=self.guidance)
+                for ids, _ in pieces if ids]
 
     def decode(self, codes: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """One chunk's codes (T, n_q) (and distributions (T, n_q, K)) -> log-mel (1, frames, 128)."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from omni.talker import IGNORE, Talker, TalkerConfig, make_targets
+from omni.phonemes import phonemize
 from omni.talker_text import PAD, START, TextVocab
 from omni.talker_loss import TalkerLossConfig, drop_text, self_fed, talker_loss
 from omni.talker_data import collate_talker
@@ -235,6 +236,27 @@ def test_vocab_round_trips_through_json(tmp_path):
     vocab.save(tmp_path / "v.json")
     assert TextVocab.load(tmp_path / "v.json").chars == list("abc ")
     assert json.loads((tmp_path / "v.json").read_text())["pad"] == PAD
+    phonemes = TextVocab.default("phonemes")
+    phonemes.save(tmp_path / "p.json")
+    back = TextVocab.load(tmp_path / "p.json")
+    assert back.kind == "phonemes" and back.chars == phonemes.chars
+    # a vocabulary written before phoneme input (no "kind") reads characters
+    (tmp_path / "old.json").write_text(json.dumps({"pad": 0, "start": 1, "unk": 2, "chars": list("ab ")}))
+    assert TextVocab.load(tmp_path / "old.json").kind == "chars"
+    with pytest.raises(ValueError, match="unknown Talker text input 'graphemes'"):
+        TextVocab(list("ab"), "graphemes")
+
+
+def test_phonemes_are_espeak_ng_ipa_with_clause_punctuation():
+    assert phonemize("the night was cold, and dark.") == "ðə nˈaɪt wʌz kˈoʊld, ænd dˈɑːɹk."
+    # spelling that hides the sound: the same vowel sound, different letters (and the reverse)
+    assert phonemize("through")[-2:] == phonemize("true")[-2:] == "uː"
+    assert phonemize("read 42") == "ɹˈiːd fˈoːɹɾi tˈuː" and phonemize("   ") == ""
+    vocab = TextVocab.default("phonemes")
+    ids, dropped = vocab.encode("Caf\u00e9 \u2603! Is it 3:30?")
+    assert dropped == {"\u2603": 1} and all(3 <= i < len(vocab) for i in ids)
+    assert "".join(vocab.chars[i - 3] for i in ids) == phonemize(vocab.normalize("Cafe! Is it 3:30?")[0])
+    assert vocab.encode("\u2603")[0] == [] and vocab.encode("")[0] == []
 
 
 def test_long_text_is_split_at_sentences_then_clauses_then_words():

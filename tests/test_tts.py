@@ -200,6 +200,13 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     assert soft_mel.shape == hard_mel.shape and not torch.allclose(soft_mel, hard_mel)
     with pytest.raises(ValueError, match="unknown decoding"):
         Synthesizer.load(tmp_path / "ckpt", "cpu", decoding="mean")
+    # a Talker that reads espeak-ng phonemes: its vocabulary says so, and synthesis phonemizes
+    assert train_talker.main(["--config", str(cfg_path), "--overwrite", "train.max_steps=2",
+                              "talker.text_input=phonemes"]) == 0
+    assert json.loads((talker_dir / "text_vocab.json").read_text(encoding="utf-8"))["kind"] == "phonemes"
+    synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
+    assert synth.vocab.kind == "phonemes" and synth.talker.text_emb.num_embeddings == len(synth.vocab)
+    assert len(synth.synthesize("Front left.", seed=0)) > 0
     capsys.readouterr()
     # every speech-out path on the same rows (the teacher-forced one with that Talker), scored by
     # pocketsphinx, plus codebook usage
@@ -232,6 +239,13 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
 def test_tts_cli_fails_cleanly_without_a_checkpoint(tmp_path, capsys):
     assert tts_cli.main(["--text", "Hi.", "--out", str(tmp_path / "x.wav"), "--ckpt", str(tmp_path)]) == 2
     assert "train_talker.py" in capsys.readouterr().err
+
+
+def test_config_rejects_an_unknown_text_input(tmp_path, capsys):
+    cfg_path = tmp_path / "talker.json"
+    cfg_path.write_text(json.dumps(_tiny_config(tmp_path)))
+    assert train_talker.main(["--config", str(cfg_path), "talker.text_input=graphemes"]) == 2
+    assert "talker.text_input must be one of chars, phonemes, got 'graphemes'" in capsys.readouterr().err
 
 
 def test_config_rejects_unknown_keys(tmp_path, capsys):
