@@ -149,12 +149,16 @@ class Synthesizer:
             raise CheckpointError(f"{codec_dir}/{MODEL_FILE} is not the codec {tdir} was trained with "
                                   f"(SHA-1 {sha} != {link['codec_sha1']}); retrain the Talker or restore the codec")
         talker_cfg = config_from_dict(read_config(tdir)["talker"], TalkerConfig)
+        vocab = TextVocab.load(tdir / VOCAB_FILE)
+        if vocab.kind != talker_cfg.text_input:
+            raise CheckpointError(f"{tdir}: {VOCAB_FILE} reads {vocab.kind} but config.json says "
+                                  f"talker.text_input={talker_cfg.text_input}; the folder mixes two Talkers")
         talker = Talker(talker_cfg)
         load_weights(talker, tdir)
         codec, _ = load_codec(codec_dir, device)
         log.info("Talker %s (%.2fM params) + codec %s on %s", tdir, talker.num_params() / 1e6, codec_dir, device)
         gen = load_generator(best_or_self(vocoder_dir), device) if vocoder == "hifigan" else None
-        return cls(talker.to(device), TextVocab.load(tdir / VOCAB_FILE), codec, device, gen, **kw)
+        return cls(talker.to(device), vocab, codec, device, gen, **kw)
 
     @torch.no_grad()
     def codes(self, text: str, generator: torch.Generator | None = None, with_probs: bool = False) -> list:

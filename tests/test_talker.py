@@ -249,7 +249,7 @@ def test_vocab_round_trips_through_json(tmp_path):
 
 def test_phonemes_are_espeak_ng_ipa_with_clause_punctuation():
     assert phonemize("the night was cold, and dark.") == "ðə nˈaɪt wʌz kˈoʊld, ænd dˈɑːɹk."
-    # spelling that hides the sound: the same vowel sound, different letters (and the reverse)
+    # spelling that hides the sound: the same vowel sound, different letters
     assert phonemize("through")[-2:] == phonemize("true")[-2:] == "uː"
     assert phonemize("read 42") == "ɹˈiːd fˈoːɹɾi tˈuː" and phonemize("   ") == ""
     vocab = TextVocab.default("phonemes")

@@ -10,11 +10,11 @@ from safetensors import safe_open
 from torch import nn
 
 from omni.asr import Manifest
-from omni.checkpoint import read_metrics
+from omni.checkpoint import CheckpointError, read_metrics
 from omni.talker import Talker, TalkerConfig
 from omni.talker_text import TextVocab
 from omni.talker_data import CodeCache, TalkerDataset, collate_talker, unigram_code_ce
-from omni.tts import Synthesizer, resolve_vocoder
+from omni.tts import Synthesizer, resolve_vocoder, talker_dir as tts_talker_dir
 import train_talker
 import train_vocoder
 from scripts import evaluate
@@ -207,6 +207,13 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     synth = Synthesizer.load(tmp_path / "ckpt", "cpu", gl_iters=2)
     assert synth.vocab.kind == "phonemes" and synth.talker.text_emb.num_embeddings == len(synth.vocab)
     assert len(synth.synthesize("Front left.", seed=0)) > 0
+    # a vocabulary that disagrees with the config is a mixed-up folder, not something to guess around
+    loaded = tts_talker_dir(tmp_path / "ckpt") / "text_vocab.json"  # best/ when there is one
+    vocab_bytes = loaded.read_bytes()
+    TextVocab.default().save(loaded)
+    with pytest.raises(CheckpointError, match="reads chars but config.json says talker.text_input=phonemes"):
+        Synthesizer.load(tmp_path / "ckpt", "cpu")
+    loaded.write_bytes(vocab_bytes)
     capsys.readouterr()
     # every speech-out path on the same rows (the teacher-forced one with that Talker), scored by
     # pocketsphinx, plus codebook usage
