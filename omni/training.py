@@ -356,11 +356,15 @@ class Trainer:
 
     def _log_train(self, bar: tqdm, loss: float, gnorm: float, speed: float) -> None:
         lr = lr_at(max(self.p.step - 1, 0), self.cfg)
-        bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{self.stage.items_unit}/s": f"{speed:,.0f}"},
-                       refresh=False)
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{self.stage.items_unit}/s": f"{speed:,.0f}"}
+        memory = {}
+        if self.rt.device.type == "cuda":  # the allocator's peak since the start (CUDA context not included)
+            memory = {"cuda_peak_gib": torch.cuda.max_memory_allocated(self.rt.device) / 2 ** 30}
+            postfix["mem"] = f"{memory['cuda_peak_gib']:.2f}G"
+        bar.set_postfix(postfix, refresh=False)
         if self.rt.is_main:
             rec = {"event": "train", "step": self.p.step, "epoch": self.p.epoch, "loss": loss, "lr": lr,
-                   "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **self.p.extra}
+                   "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **memory, **self.p.extra}
             ckpt.append_metrics(self.save_dir, rec)
 
 
