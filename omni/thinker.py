@@ -52,9 +52,12 @@ class ThinkerLM(nn.Module):
         h = self.hidden(ids, embeds, cache)
         if targets is not None:
             h, targets = h.flatten(0, 1), targets.flatten()
-            keep = targets != IGNORE_INDEX
-            if not bool(keep.all()):  # SFT scores few positions: skip the vocab matmul for the rest
-                h, targets = h[keep], targets[keep]
+            # SFT scores few positions: skip the vocab matmul for the rest. Not under torch.compile,
+            # where the data-dependent branch would split the graph; the loss ignores them anyway.
+            if not torch.compiler.is_compiling():
+                keep = targets != IGNORE_INDEX
+                if not bool(keep.all()):
+                    h, targets = h[keep], targets[keep]
             return linear_cross_entropy(h, self.lm_head.weight, targets)
         return self.lm_head(h)
 
