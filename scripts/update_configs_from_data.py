@@ -195,28 +195,18 @@ def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers) -> tuple
     return "changed", runs
 
 
-def synthetic_batch(info: ModelInfo, model: dict, data: dict, batch: int, device):
-    """A random batch of the planned shape for the kinds the estimate can be checked on:
-    (model, batch, loss_fn) or None."""
-    import torch
-    from omni.asr import AsrModel, ctc_loss
-    from omni.config import AudioEncConfig, ThinkerConfig
-    from omni.ctc import CharVocab
-    from omni.text import lm_loss
-    from omni.thinker import ThinkerLM
-    g = torch.Generator(device="cpu").manual_seed(0)
-    if info.name == "ThinkerLM":
-        cfg = replace(config_from_dict(model, ThinkerConfig), vocab_size=info.memory.head_width)
-        ids = torch.randint(0, cfg.vocab_size, (batch, cfg.ctx_len + 1), generator=g).to(device)
-        return ThinkerLM(cfg).to(device), (ids[:, :-1], ids[:, 1:]), lm_loss
-    if info.name == "AsrModel":
-        cfg = config_from_dict(model, AudioEncConfig)
-        seconds = float(data["max_seconds"]) if "max_seconds" in data else 15.0
-        n = int(seconds * 16000)
-        b = {"audio": 0.1 * torch.randn(batch, n, generator=g), "audio_lengths": torch.full((batch,), n),
-             "labels": torch.randint(1, 20, (batch * 50,), generator=g), "label_lengths": torch.full((batch,), 50)}
-        return AsrModel(cfg, len(CharVocab.default())).to(device), {k: v.to(device) for k, v in b.items()}, ctc_loss
-    return None
+def measured_stage(raw: dict, slot, info: ModelInfo, batch: int):
+    """The stage of a train slot around a worst-case batch of the planned size (omni/stage_bench.py,
+    which scripts/bench_stages.py times too), or None when no stage's config class takes the
+    section that holds the slot."""
+    from omni.stage_bench import Shape, build, kind_of
+    kind = kind_of(get_path(raw, slot.path[:-1]))
+    if kind is None:
+        return None
+    name, cfg = kind
+    if info.name == "ThinkerLM":  # the model uses the tokenizer's real size (train_text.py)
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=info.memory.head_width))
+    return build(name, Shape(batch=batch), cfg)
 
 
 def saved_activation_bytes(model, data, loss_fn, rt) -> int:
@@ -237,30 +227,13 @@ def saved_activation_bytes(model, data, loss_fn, rt) -> int:
     return sum(saved.values())
 
 
-def cuda_peak_bytes(model, data, loss_fn, rt, train: dict) -> int:
-    """Peak allocated bytes over 3 real optimizer steps, weights included, the input batch not."""
-    import torch
-    from omni.config import TrainConfig
-    from omni.training import make_optimizer
-    opt = make_optimizer(model, config_from_dict(train, TrainConfig), rt.device)
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    for _ in range(3):
-        with rt.autocast():
-            loss, _ = loss_fn(model, data)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base + sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 def measure_all(runs: list) -> int:
     """Check the estimate on the planned batch: the measured peak on CUDA; without CUDA, the saved
     activations of one forward against the estimate's activation part (static 16 B/param excluded)."""
     import torch
     from omni.autotune import estimate_parts
     from omni.runtime import setup_runtime
+    from omni.stage_bench import Shape, step_stats
     cuda = torch.cuda.is_available()
     where = torch.cuda.get_device_name() if cuda else "CPU (no CUDA here: saved activations, not the peak)"
     print(f"\nmeasured on {where}, random data of the planned shape")
@@ -268,22 +241,21 @@ def measure_all(runs: list) -> int:
         batch = plan.updates["batch_size"]
         train = get_path(raw, slot.path)
         rt = setup_runtime("cuda" if cuda else "cpu", bool(train["use_amp"]))
-
-        built = synthetic_batch(info, get_path(raw, slot.model_path), slot.data, batch, rt.device)
+        built = measured_stage(raw, slot, info, batch)
         if built is None:
-            print(f"  {path} [{section}] {info.name}: no synthetic batch for this kind; not measured")
+            print(f"  {path} [{section}] {info.name}: no stage config takes this section; not measured")
             continue
-        model, data, loss_fn = built
         # the estimate of the precision that really runs here (a CPU without native bf16 trains in fp32)
         parts = estimate_parts(replace(info.memory, amp=rt.amp_dtype is not None), batch)
-        if cuda:
-            est, got, what = sum(parts.values()), cuda_peak_bytes(model, data, loss_fn, rt, train), "peak"
+        if cuda:  # the engine's own steps: weights, optimizer states, batch and activations
+            stats = step_stats(built, "cuda", bool(train["use_amp"]), False, 0, 3, Shape(batch=batch))
+            est, got, what = sum(parts.values()), int(stats["peak_alloc_gib"] * GIB), "peak"
         else:
             est, got, what = sum(parts.values()) - parts["static"] + (2 * info.n_params if rt.amp_dtype else 0), \
-                saved_activation_bytes(model, data, loss_fn, rt), "saved activations"
+                saved_activation_bytes(built.stage.model, built.batch, built.stage.loss_fn, rt), "saved activations"
         print(f"  {path} [{section}] {info.name} batch {batch}: estimate {est / GIB:.3f} GiB, measured {what} "
               f"{got / GIB:.3f} GiB (estimate / measured = {est / got:.2f})")
-        del model, data
+        del built
         if cuda:
             torch.cuda.empty_cache()
     return 0

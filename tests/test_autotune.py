@@ -11,7 +11,7 @@ from conftest import ROOT, SONNETS, tiny_config
 from omni import autotune as at
 from omni import token_count as tc
 from omni.asr import AsrModel
-from omni.config import AudioEncConfig, ThinkerConfig, config_from_dict
+from omni.config import AudioEncConfig, TextStageConfig, ThinkerConfig, config_from_dict
 from omni.ctc import CharVocab
 from omni.json_edit import replace_values
 from omni.stage_survey import model_info, train_slots
@@ -140,10 +140,14 @@ def test_memory_budget_lowers_batch_and_raises_accumulation():
 def test_memory_estimate_covers_measured_activations(amp):
     """The activation part of the estimate against what autograd really saves (CPU, tiny Thinker)."""
     from omni.runtime import setup_runtime
-    raw = tiny_config(ROOT)["model"]
+    from omni.stage_bench import Shape, build
+    full = tiny_config(ROOT)
+    raw = full["model"]
     info = model_info(raw, {}, amp=amp, vocab_size=300)
-    model, batch, loss_fn = update_configs.synthetic_batch(info, raw, {}, 4, torch.device("cpu"))
-    got = update_configs.saved_activation_bytes(model, batch, loss_fn, setup_runtime("cpu", amp))
+    cfg = config_from_dict({**full, "model": {**raw, "vocab_size": 300}}, TextStageConfig)
+    built = build("thinker", Shape(batch=4), cfg)  # the worst case: 4 x ctx_len tokens
+    got = update_configs.saved_activation_bytes(built.stage.model, built.batch, built.stage.loss_fn,
+                                                setup_runtime("cpu", amp))
     parts = at.estimate_parts(info.memory, 4)
     est = sum(parts.values()) - parts["static"] + (2 * info.n_params if amp else 0)
     assert got < est < 3 * got

@@ -1,4 +1,5 @@
-"""scripts/bench_stages.py: every stage's real model, loss and collate step under the engine."""
+"""scripts/bench_stages.py and omni/stage_bench.py: every stage's real model, loss and collate, stepped by the
+engine on the worst-case batch of its config."""
 from __future__ import annotations
 
 import importlib.util
@@ -42,9 +43,13 @@ def test_every_stage_steps_quick(tmp_path):
 
 
 def test_a_broken_stage_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
-    def broken(quick, g):
-        raise RuntimeError("no such shape")
-    monkeypatch.setitem(bench.BUILDERS, "codec", broken)
+    real = bench.build
+
+    def build(name, shape):
+        if name == "codec":
+            raise RuntimeError("no such shape")
+        return real(name, shape)
+    monkeypatch.setattr(bench, "build", build)
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--quick", "--warmup", "0", "--steps", "1", "--stages", "codec", "ocr",
                        "--json", str(out)]) == 1
@@ -64,3 +69,15 @@ def test_default_configs_worst_case_batches_step(tmp_path):
     assert shapes["audio_enc"].startswith("16 clips x 15 s")
     assert "200 characters + 12 s" in shapes["talker"]
     assert "10 s clip" in shapes["sft"]
+
+
+def test_a_train_section_finds_its_stage():
+    """update_configs_from_data.py --measure builds the stage of any config's train section: the
+    talker config's nested codec section is a codec, the file itself a Talker; a stranger is None."""
+    import json as _json
+    from omni.stage_bench import kind_of
+    raw = _json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+    assert kind_of(raw)[0] == "talker" and kind_of(raw["codec"])[0] == "codec"
+    assert kind_of({"model": {}, "train": {}}) is None
+    for name, file in (("thinker", "thinker_tiny.json"), ("sft", "omni_sft_tiny.json"), ("ocr", "ocr_tiny.json")):
+        assert kind_of(_json.loads((ROOT / "configs" / file).read_text()))[0] == name
