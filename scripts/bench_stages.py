@@ -2,15 +2,13 @@
 """Peak memory and speed of every stage's training step at its default config: prints numbers,
 asserts nothing.
 
-Each stage's real model (built from its configs/*_tiny.json), its real loss and its real collate
-run under the engine's own step (``omni.training.Trainer``: autocast, GradScaler, gradient
-accumulation, clipping, fused AdamW on CUDA, ``torch.compile`` when asked), on random data of the
-worst-case shape the config admits: every sequence at ``ctx_len``, every clip at the longest the
-data section keeps, every SFT sample with an image and the longest clip. Real batches are never
-larger, so the peak printed here bounds a real run's (the CUDA context, ~0.5 GiB, comes on top).
-Weights are random: speed and memory do not depend on them (the Talker's frozen codec is not run:
-the codes come from its cache). Where the autotuner has a memory model for the kind, its estimate
-(``omni/autotune.py``) is printed beside the measurement.
+Each stage's real model (built from its configs/*_tiny.json), loss and collate run under the
+engine's own step (``omni.training.Trainer``: autocast, GradScaler, gradient accumulation,
+clipping, fused AdamW on CUDA, ``torch.compile`` when asked) on the worst-case batch the config
+admits (``omni/stage_bench.py`` says which). Real batches are never larger, so the peak printed
+here bounds a real run's; the CUDA context, which the allocator does not count, comes on top. Where
+the autotuner has a memory model for the kind, its estimate (``omni/autotune.py``) is printed
+beside the measurement. ``scripts/gpu_check.sh`` runs the GPU checks built on this.
 
   python scripts/bench_stages.py                      # every stage, as configured, on cuda if present
   python scripts/bench_stages.py --stages thinker sft --precision both --compile both
