@@ -78,12 +78,14 @@ def build_thinker(cfg, shape: Shape, g: torch.Generator) -> Built:
 
 def build_audio_enc(cfg, shape: Shape, g: torch.Generator) -> Built:
     from omni.asr import AsrModel, collate_asr, ctc_loss
+    from omni.audio import ENCODER_MEL, num_frames
     from omni.ctc import CharVocab
     b = _batch(cfg, shape)
     vocab = CharVocab.default()
     seconds = 2.0 if shape.quick else cfg.data.max_seconds
     n = int(seconds * 16000)
-    n_labels = int(seconds * 16)  # ~16 characters a second: fast speech
+    # the most characters AsrDataset keeps for a clip this long (more are 'too_fast_for_ctc')
+    n_labels = -(-num_frames(n, ENCODER_MEL) // 8) * cfg.model.symbols_per_frame
     # no two equal neighbours, so CTC needs no blanks between them
     labels = lambda i: [1 + (k + i) % (len(vocab) - 1) for k in range(n_labels)]  # noqa: E731
     items = _rows(b, lambda i: ((0.1 * torch.randn(n, generator=g)).numpy(), labels(i)))

@@ -66,7 +66,7 @@ def test_default_configs_worst_case_batches_step(tmp_path):
     _check(got["results"], bench.STAGES)
     shapes = {r["stage"]: r["shape"] for r in got["results"]}
     assert shapes["thinker"].startswith("8 x 512 tokens")
-    assert shapes["audio_enc"].startswith("16 clips x 15 s")
+    assert shapes["audio_enc"].startswith("16 clips x 15 s, 376 characters")
     assert "200 characters + 12 s" in shapes["talker"]
     assert "10 s clip" in shapes["sft"]
 
