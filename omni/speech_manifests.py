@@ -1,15 +1,12 @@
 """The CSVs a speech-data build writes (scripts/download_production_audio.py): the rows planned per
-manifest with each clip's result, the refusal of a build whose engine broke, and the summary of
-rows, hours and failures per engine and voice."""
+manifest with each clip's result, and the refusal of a build whose engine broke."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omni import speech_data as sd
-from omni.audio import SAMPLE_RATE
 
 MAX_FAILED = 0.05  # more failed clips than this means a broken engine, not a bad sentence
 
@@ -49,30 +46,3 @@ def write_manifests(manifests: dict[str, Manifest], out: Path) -> None:
         logging.warning("skipped %s: %s", r.out.name, r.error)
     for name, m in manifests.items():
         sd.write_csv(out / name, m.header, m.ok_rows())
-
-
-def print_summary(manifests: dict[str, Manifest], out: Path, seconds: float) -> None:
-    """Rows, hours and MB per manifest and engine/voice group; reused clips; failures by reason."""
-    print(f"\n{'manifest':<28}{'engine voice':<28}{'rows':>7}{'hours':>8}{'MB':>9}")
-    totals = Counter()
-    for name, m in manifests.items():
-        groups: dict[str, Counter] = {}
-        for group, r in zip(m.groups, m.results):
-            g = groups.setdefault(group, Counter())
-            if r.samples is None:
-                g[f"failed:{r.reason}"] += 1
-                continue
-            g.update(rows=1, samples=r.samples, bytes=r.out.stat().st_size, reused=int(r.reused))
-        groups["total"] = sum(groups.values(), Counter())
-        for group, g in sorted(groups.items(), key=lambda kv: (kv[0] == "total", kv[0])):
-            failed = {k.split(":")[1]: v for k, v in g.items() if k.startswith("failed:")}
-            print(f"{name:<28}{group:<28}{g['rows']:>7}{g['samples'] / SAMPLE_RATE / 3600:>8.3f}"
-                  f"{g['bytes'] / 1e6:>9.1f}" + (f"  failed {failed}" if failed else ""))
-        totals.update(groups["total"])
-    hours = totals["samples"] / SAMPLE_RATE / 3600
-    print(f"all: {totals['rows']} clips, {hours:.2f} h, {totals['bytes'] / 1e6:.1f} MB; reused from "
-          f"an earlier run (skipped): {totals['reused']}; failed (not written): "
-          f"{sum(v for k, v in totals.items() if k.startswith('failed:'))}")
-    for name in manifests:
-        print(f"wrote {out / name} ({(out / name).stat().st_size:,} bytes)")
-    print(f"done in {seconds:.1f} s")

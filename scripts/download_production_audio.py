@@ -30,14 +30,15 @@ import random
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni import download as dl  # noqa: E402
 from omni import speech_data as sd  # noqa: E402
-from omni.audio import load_audio, save_wav  # noqa: E402
-from omni.speech_manifests import Manifest, SourceError, print_summary, write_manifests  # noqa: E402
+from omni.audio import SAMPLE_RATE, load_audio, save_wav  # noqa: E402
+from omni.speech_manifests import Manifest, SourceError, write_manifests  # noqa: E402
 from cli import data_script  # noqa: E402
 
 DEFAULT_URLS = {
@@ -251,6 +252,33 @@ def build_fixtures(args: argparse.Namespace) -> dict[str, Manifest]:
 
 
 # ----------------------------------------------------------------------------- output
+
+
+def print_summary(manifests: dict[str, Manifest], out: Path, seconds: float) -> None:
+    """Rows, hours and MB per manifest and engine/voice group; reused clips; failures by reason."""
+    print(f"\n{'manifest':<28}{'engine voice':<28}{'rows':>7}{'hours':>8}{'MB':>9}")
+    totals = Counter()
+    for name, m in manifests.items():
+        groups: dict[str, Counter] = {}
+        for group, r in zip(m.groups, m.results):
+            g = groups.setdefault(group, Counter())
+            if r.samples is None:
+                g[f"failed:{r.reason}"] += 1
+                continue
+            g.update(rows=1, samples=r.samples, bytes=r.out.stat().st_size, reused=int(r.reused))
+        groups["total"] = sum(groups.values(), Counter())
+        for group, g in sorted(groups.items(), key=lambda kv: (kv[0] == "total", kv[0])):
+            failed = {k.split(":")[1]: v for k, v in g.items() if k.startswith("failed:")}
+            print(f"{name:<28}{group:<28}{g['rows']:>7}{g['samples'] / SAMPLE_RATE / 3600:>8.3f}"
+                  f"{g['bytes'] / 1e6:>9.1f}" + (f"  failed {failed}" if failed else ""))
+        totals.update(groups["total"])
+    hours = totals["samples"] / SAMPLE_RATE / 3600
+    print(f"all: {totals['rows']} clips, {hours:.2f} h, {totals['bytes'] / 1e6:.1f} MB; reused from "
+          f"an earlier run (skipped): {totals['reused']}; failed (not written): "
+          f"{sum(v for k, v in totals.items() if k.startswith('failed:'))}")
+    for name in manifests:
+        print(f"wrote {out / name} ({(out / name).stat().st_size:,} bytes)")
+    print(f"done in {seconds:.1f} s")
 
 
 def describe_plan(args: argparse.Namespace) -> None:
