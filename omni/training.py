@@ -139,7 +139,7 @@ class Trainer:
         model: nn.Module = torch.compile(self.raw) if cfg.compile else self.raw
         if self.rt.device.type == "cuda" and not cfg.compile and self.rt.is_main:
             log.info("train.compile=true made every stage's step 1.2-3.8x faster on an H200 "
-                     "(README: Measured on a GPU); it compiles for 20-60 s first")
+                     "(README: Measured on a GPU); its first steps compile (10-85 s there)")
         if self.rt.distributed:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             model = DDP(model, device_ids=ids, find_unused_parameters=stage.find_unused_parameters)

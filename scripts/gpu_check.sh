@@ -31,5 +31,5 @@ cp "$e2e/metrics.jsonl" "$out/e2e_metrics.jsonl" 2>/dev/null
 rm -rf "$e2e"
 
 echo "== 3. bench_stages: torch.compile, configured precision"
-timeout "${COMPILE_S:-200}" $py scripts/bench_stages.py --compile on --json "$out/bench_compile.json" 2>&1 \
+timeout "${COMPILE_S:-480}" $py scripts/bench_stages.py --compile on --json "$out/bench_compile.json" 2>&1 \
   | tee "$out/bench_compile.log"
