@@ -226,20 +226,31 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
     accuracy and the guided-attention penalty (low = the attention follows the text). With
     ``loss_cfg.self_feed`` > 0 also val_fed_ce / val_fed_loss: the same rows with that share of the
     input frames replaced by the Talker's own predictions (seeded: the same swaps at every validation),
-    the objective that run trains."""
+    the objective that run trains.
+
+    Also val_text_gain (and val_text_gain_q0 for the base codebook): how much worse the same codes are
+    predicted when each row is given another row's text (its neighbour by length, so the lengths
+    match), in nats. It measures how much the Talker reads the text rather than continuing the sound
+    it has heard: a Talker that ignored the text would score 0."""
     device = next(model.parameters()).device
     usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
     usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
+    items = [data[i] for i in usable]
+    other = [(items[(j + 1) % len(items)][0], codes) for j, (_, codes) in enumerate(items)]
     sums: Counter = Counter()
     n = 0
     gen = torch.Generator(device=device).manual_seed(0)
-    for s in range(0, len(usable), batch_size):
-        batch = collate_talker([data[i] for i in usable[s:s + batch_size]])
+    for s in range(0, len(items), batch_size):
+        batch = collate_talker(items[s:s + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         _, logs = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step)
         if loss_cfg.self_feed > 0:
             _, fed = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step, loss_cfg.self_feed, gen)
             logs.update(fed_ce=fed["ce"], fed_stop_bce=fed["stop_bce"])
+        if len(items) > 1:
+            wrong = {k: v.to(device) for k, v in collate_talker(other[s:s + batch_size]).items()}
+            _, w = talker_loss(model, wrong, loss_cfg, model.cfg.frames_per_step)
+            logs.update(text_gain=w["ce"] - logs["ce"], text_gain_q0=w["ce_q0"] - logs["ce_q0"])
         k = batch["text"].shape[0]
         for key, v in logs.items():
             sums[key] += v * k

@@ -74,21 +74,51 @@ class GuidedAttention:
     def __call__(self, i: int, block: Block, x: torch.Tensor) -> None:
         if i not in self.layers:
             return
-        attn = block.attn
-        q, k, _ = attn.split_heads(attn.qkv(block.attn_norm(x)))
-        q, k = attn.rope(q, 0), attn.rope(k, 0)
-        H = q.shape[1]
-        q = q.gather(2, self.index[:, None, :, None].expand(-1, H, -1, q.shape[-1]))   # frame queries
-        k = k[:, :, 1:self.L].repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)  # text keys
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
+        scores = frame_scores(block, x, self.index)[..., 1:self.L]                  # text keys
         # -1e9, not -inf: a row without text keys gets a finite (unused) softmax, no NaN gradient
         probs = scores.masked_fill(~self.key_ok[:, None, None, :], -1e9).softmax(-1)
         per_query = (probs * self.weight[:, None]).sum(-1)                         # (B, H, G+1)
         mask = self.q_ok[:, None].float()
-        self.losses.append((per_query * mask).sum() / (mask.sum() * H).clamp(min=1))
+        self.losses.append((per_query * mask).sum() / (mask.sum() * probs.shape[1]).clamp(min=1))
 
     def loss(self) -> torch.Tensor:
         return torch.stack(self.losses).mean()
+
+
+def frame_scores(block: Block, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The attention scores (B, H, Q, S) of ``block`` (its input x (B, S, D)) for the queries at
+    positions ``index`` (B, Q) over every key, recomputed with the block's own weights (before masking)."""
+    attn = block.attn
+    q, k, _ = attn.split_heads(attn.qkv(block.attn_norm(x)))
+    q, k = attn.rope(q, 0), attn.rope(k, 0)
+    q = q.gather(2, index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
+    k = k.repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)
+    return (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)
+
+
+class TextAttention:
+    """A diagnostic probe for ``Talker.hidden``: per layer, how the frame queries' real (causal)
+    attention treats the text: ``mass``, the share of attention on the text characters (the rest
+    is on ``<s>`` and the speech so far), and ``chars``, the perplexity of the attention over the
+    characters (exp of its entropy): about how many characters a head reads at once."""
+
+    def __init__(self, text_lens: torch.Tensor, n_groups: torch.Tensor) -> None:
+        j = torch.arange(int(n_groups.max()) + 1, device=text_lens.device)[None, :]
+        self.index, self.text_lens = text_lens[:, None] + j, text_lens
+        self.q_ok = j <= n_groups[:, None]
+        self.stats: dict[int, dict[str, float]] = {}
+
+    def __call__(self, i: int, block: Block, x: torch.Tensor) -> None:
+        scores = frame_scores(block, x, self.index)
+        pos = torch.arange(scores.shape[-1], device=x.device)
+        probs = scores.masked_fill(pos > self.index[:, None, :, None], -1e9).softmax(-1)
+        is_text = (pos[None, :] >= 1) & (pos[None, :] < self.text_lens[:, None])   # (B, S)
+        text = probs * is_text[:, None, None, :]
+        mass = text.sum(-1)                                                        # (B, H, Q)
+        p = text / mass.clamp(min=1e-9)[..., None]
+        chars = torch.exp(-(p * p.clamp(min=1e-12).log()).sum(-1))
+        ok = self.q_ok[:, None].expand_as(mass)
+        self.stats[i] = {"mass": mass[ok].mean().item(), "chars": chars[ok].mean().item()}
 
 
 def drop_text(text: torch.Tensor, text_lens: torch.Tensor, share: float,

@@ -23,7 +23,7 @@ from omni.checkpoint import CheckpointError  # noqa: E402
 from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.text import corpus_bytes, evaluate_lm, load_thinker  # noqa: E402
-from scripts import eval_asr, eval_ocr, eval_tts, eval_vision  # noqa: E402
+from scripts import eval_asr, eval_ocr, eval_talker, eval_tts, eval_vision  # noqa: E402
 
 
 def eval_text(args: argparse.Namespace) -> int:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_asr.add_parser(sub)
     eval_vision.add_parser(sub)
     eval_tts.add_parser(sub)
+    eval_talker.add_parser(sub)
     eval_ocr.add_parser(sub)
     args = p.parse_args(argv)
     return args.run(args)

@@ -13,7 +13,8 @@ from omni.asr import Manifest
 from omni.checkpoint import CheckpointError, read_metrics
 from omni.talker import Talker, TalkerConfig
 from omni.talker_text import TextVocab
-from omni.talker_data import CodeCache, TalkerDataset, collate_talker, unigram_code_ce
+from omni.talker_data import CodeCache, TalkerDataset, collate_talker, evaluate_talker, unigram_code_ce
+from omni.talker_loss import TalkerLossConfig, talker_loss
 from omni.tts import Synthesizer, resolve_vocoder, talker_dir as tts_talker_dir
 import train_talker
 import train_vocoder
@@ -78,6 +79,32 @@ def test_code_cache_builds_skips_bad_rows_and_is_reused(tmp_path):
     assert npy.stat().st_mtime_ns == mtime
     CodeCache.load_or_build(csv, tmp_path / "codes", codec, "sha-b", 12.0)
     assert json.loads((tmp_path / "codes" / "tts.csv.codes.json").read_text())["stamp"]["codec_sha1"] == "sha-b"
+
+
+def test_text_gain_is_the_ce_lost_with_a_neighbours_text_and_zero_for_a_talker_that_ignores_text(tmp_path):
+    csv, _ = _csv_with_bad_rows(tmp_path)
+    cache = CodeCache.load_or_build(csv, tmp_path / "codes", StandInCodec(), "sha", 12.0)
+    data = TalkerDataset(Manifest(csv), cache, TextVocab.default(), 200)
+    talker = _synth().talker.eval()
+    out = evaluate_talker(talker, data, TalkerLossConfig(), batch_size=3, n_items=100)
+    assert out["val_text_gain"] != 0.0 and np.isfinite(out["val_text_gain_q0"])
+    # the same number by hand: every usable row (by length) against its neighbour's text
+    usable = sorted((i for i in range(len(data)) if data.reason(i) is None),
+                    key=lambda i: int(cache.offsets[i + 1] - cache.offsets[i]))
+    items = [data[i] for i in usable]
+    with torch.no_grad():
+        def ce(rows):
+            return np.mean([talker_loss(talker, collate_talker([r]), TalkerLossConfig(), 2)[1]["ce"] for r in rows])
+        right = ce(items)
+        wrong = ce([(items[(j + 1) % len(items)][0], c) for j, (_, c) in enumerate(items)])
+    one = evaluate_talker(talker, data, TalkerLossConfig(), batch_size=1, n_items=100)
+    assert one["val_text_gain"] == pytest.approx(wrong - right, abs=1e-5)
+    # rows that all say the same text lose nothing when given a neighbour's
+    same = tmp_path / "same.csv"
+    same.write_text("text,wav\n" + "".join(f"front left,{Manifest(CLIPS)[i]['wav']}\n" for i in range(4)))
+    same_data = TalkerDataset(Manifest(same), CodeCache.load_or_build(same, tmp_path / "codes", StandInCodec(),
+                                                                       "sha", 12.0), TextVocab.default(), 200)
+    assert evaluate_talker(talker, same_data, TalkerLossConfig(), 2, 100)["val_text_gain"] == pytest.approx(0.0)
 
 
 def _synth(max_text_chars: int = 40) -> Synthesizer:
@@ -162,7 +189,7 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     talker_dir = tmp_path / "ckpt" / "talker"
     vals = [r for r in read_metrics(talker_dir) if r["event"] == "val"]
     assert [r["step"] for r in vals] == [2, 4] and all(np.isfinite(r["val_loss"]) for r in vals)
-    assert {"val_ce_q0", "val_ce_q1", "val_stop_acc", "val_unigram_ce"} <= set(vals[0])
+    assert {"val_ce_q0", "val_ce_q1", "val_stop_acc", "val_unigram_ce", "val_text_gain", "val_text_gain_q0"} <= set(vals[0])
     cache = talker_dir / "codes" / "clips.csv.codes.npy"
     mtime = cache.stat().st_mtime_ns
     # a second run skips the finished codec and reuses the cached codes; fed its own predictions
@@ -229,6 +256,12 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     with pytest.raises(SystemExit, match="codec-keep"):
         evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--paths", "codec",
                        "--codec-keep", "9"])
+    # does it read the text: teacher-forced CE, text gain and where the attention goes, per layer
+    assert evaluate.main(["talker", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "4"]) == 0
+    out = capsys.readouterr().out
+    n_layers = json.loads((talker_dir / "config.json").read_text())["talker"]["n_layers"]
+    assert "the first 4 usable rows" in out and "text gain" in out
+    assert out.count("of the attention on the text, spread over") == n_layers
     # a trained HiFi-GAN takes Griffin-Lim's place when asked for (or found by "auto")
     (tmp_path / "voc.json").write_text(json.dumps(vocoder_stage(tmp_path, tmp_path / "voc", steps=2)))
     assert train_vocoder.main(["--config", str(tmp_path / "voc.json")]) == 0
