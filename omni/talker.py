@@ -65,10 +65,15 @@ class TalkerConfig:
     depth_layers: int = 0       # 0: a group's codes all from one hidden state; n: a chain over them (DepthChain)
     depth_ff: int = 0           # the chain's MLP width (0: d_ff)
     text_input: str = "chars"   # what the text is read as: "chars", or "phonemes" (espeak-ng IPA; omni/phonemes.py)
+    text_aux_layer: int = -1    # training only: a head on this layer's attention output (its read of the text)
+                                # predicts the next group's base codes (loss.text_aux_weight); -1: none
 
     def __post_init__(self) -> None:
         if self.text_input not in KINDS:
             raise ConfigError(f"talker.text_input must be one of {', '.join(KINDS)}, got '{self.text_input}'")
+        if not -1 <= self.text_aux_layer < self.n_layers:
+            raise ConfigError(f"talker.text_aux_layer must be -1 (none) or a layer 0..{self.n_layers - 1}, "
+                              f"got {self.text_aux_layer}")
 
 
 def make_targets(codes: torch.Tensor, lengths: torch.Tensor, r: int) -> dict[str, torch.Tensor]:
@@ -136,6 +141,8 @@ class Talker(nn.Module):
         self.register_buffer("offsets", (torch.arange(r * n_q) * K).view(r, n_q), persistent=False)
         self.depth = (DepthChain(cfg.d_model, cfg.depth_ff or cfg.d_ff, cfg.depth_layers, r * n_q)
                       if cfg.depth_layers > 0 else None)
+        # what layer text_aux_layer's attention reads predicts the base codes of the next group, alone
+        self.text_aux = nn.Linear(cfg.d_model, r * K, bias=False) if cfg.text_aux_layer >= 0 else None
         init_weights(self, cfg.n_layers)
         nn.init.normal_(self.bos, std=0.02)
         if self.depth is not None:

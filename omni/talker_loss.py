@@ -34,6 +34,7 @@ class TalkerLossConfig:
     self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
     codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
     text_dropout: float = 0.0           # share of training rows that see no text (for guided generation)
+    text_aux_weight: float = 1.0        # the weight of talker.text_aux_layer's CE (when that layer is set)
 
     def code_weights(self, n_codebooks: int) -> list[float]:
         """The per-codebook CE weights for a Talker of ``n_codebooks`` (equal when none are given);
@@ -121,6 +122,31 @@ class TextAttention:
         self.stats[i] = {"mass": mass[ok].mean().item(), "chars": chars[ok].mean().item()}
 
 
+class TextReadout:
+    """A probe for ``Talker.hidden`` that takes the attention output of ``talker.text_aux_layer`` at
+    the frame queries (what that layer read, from the text when it attends there) and predicts from
+    it alone, through ``Talker.text_aux``, the base codes of the group each position predicts.
+    Its CE trains what the text carries to say what comes next, not only what the speech so far says."""
+
+    def __init__(self, talker, text_lens: torch.Tensor, n_groups: torch.Tensor) -> None:
+        self.talker, self.layer = talker, talker.cfg.text_aux_layer
+        self.index = text_lens[:, None] + torch.arange(int(n_groups.max()) + 1, device=text_lens.device)[None, :]
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, i: int, block: Block, x: torch.Tensor) -> None:
+        if i != self.layer:
+            return
+        read = block.attn(block.attn_norm(x))                                      # (B, S, D)
+        read = read.gather(1, self.index[..., None].expand(-1, -1, read.shape[-1]))
+        cfg = self.talker.cfg
+        self.logits = self.talker.text_aux(read).unflatten(-1, (cfg.frames_per_step, cfg.codebook_size))
+
+    def ce(self, targets: torch.Tensor) -> torch.Tensor:
+        """targets (B, G+1, r, n_q) -> the CE of the base codes (mean over real targets)."""
+        K = self.logits.shape[-1]
+        return F.cross_entropy(self.logits.float().reshape(-1, K), targets[..., 0].reshape(-1), ignore_index=IGNORE)
+
+
 def drop_text(text: torch.Tensor, text_lens: torch.Tensor, share: float,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row, with probability ``share``, loses its text: only ``<s>`` is left (the rest padding),
@@ -160,8 +186,11 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
     if feed > 0:
         groups = self_fed(model, text, text_lens, groups, feed, generator)
     probe = GuidedAttention(text_lens, t["n_groups"], cfg.guided_layers, cfg.guided_sigma)
+    talker = unwrap(model)
+    readout = TextReadout(talker, text_lens, t["n_groups"]) if talker.text_aux is not None else None
     tgt = t["targets"]
-    code_logits, stop_logits = model(text, text_lens, groups, probe=probe, next_groups=tgt)
+    code_logits, stop_logits = model(text, text_lens, groups, next_groups=tgt,
+                                     probe=probe if readout is None else lambda *a: (probe(*a), readout(*a)))
     K = code_logits.shape[-1]
     ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
                              reduction="none").view(tgt.shape)
@@ -176,9 +205,14 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
         pos_weight=torch.tensor(cfg.stop_pos_weight, device=stop_logits.device))
     guided = probe.loss() if probe.losses else torch.zeros((), device=ce.device)
     loss = code_loss + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
+    if readout is not None:
+        text_aux = readout.ce(tgt)
+        loss = loss + cfg.text_aux_weight * text_aux
     with torch.no_grad():
         acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
         at_end = stop_logits.gather(1, t["n_groups"][:, None])[:, 0] > 0
     logs = {"ce": ce.item(), "acc": acc.item(), "stop_bce": stop_bce.item(), "guided": guided.item(),
             "stop_acc": at_end.float().mean().item(), **{f"ce_q{i}": v for i, v in enumerate(per_q.tolist())}}
+    if readout is not None:
+        logs["text_aux_ce"] = text_aux.item()
     return loss, logs
