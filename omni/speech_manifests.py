@@ -16,7 +16,7 @@ class SourceError(RuntimeError):
 
 
 @dataclass
-class Manifest:
+class ManifestPlan:
     """One CSV to write: header, and per planned clip its row, summary group and job result."""
 
     header: tuple[str, ...]
@@ -34,7 +34,7 @@ class Manifest:
         return [row for row, r in zip(self.rows, self.results) if r.samples is not None]
 
 
-def write_manifests(manifests: dict[str, Manifest], out: Path) -> None:
+def write_manifests(manifests: dict[str, ManifestPlan], out: Path) -> None:
     """Refuse a broken build; otherwise write every manifest atomically (never appended)."""
     results = [r for m in manifests.values() for r in m.results]
     failed = [r for r in results if r.samples is None]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omni import download as dl  # noqa: E402
 from omni import speech_data as sd  # noqa: E402
 from omni.audio import SAMPLE_RATE, load_audio, save_wav  # noqa: E402
-from omni.speech_manifests import Manifest, SourceError, write_manifests  # noqa: E402
+from omni.speech_manifests import ManifestPlan, SourceError, write_manifests  # noqa: E402
 from cli import data_script  # noqa: E402
 
 DEFAULT_URLS = {
@@ -129,7 +129,7 @@ def offline_engines(args: argparse.Namespace) -> list[str]:
     return engines
 
 
-def build_offline(args: argparse.Namespace) -> dict[str, Manifest]:
+def build_offline(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """Synthesise every planned clip (reusing finished ones) and lay out the four manifests."""
     engines = offline_engines(args)
     try:
@@ -147,10 +147,10 @@ def build_offline(args: argparse.Namespace) -> dict[str, Manifest]:
     logging.info("removed %d temp files left by an interrupted run", len(leftovers))
     jobs = [job for name in plan for job in plan[name]]
     results = iter(sd.run_parallel(sd.synthesize, jobs, args.workers, "synthesising"))
-    manifests: dict[str, Manifest] = {}
+    manifests: dict[str, ManifestPlan] = {}
     for name, plan_jobs in plan.items():
         asr = name.startswith("production_asr")
-        manifests[name] = m = Manifest(ASR_HEADER if asr else TTS_HEADER)
+        manifests[name] = m = ManifestPlan(ASR_HEADER if asr else TTS_HEADER)
         for job in plan_jobs:
             r, wav = next(results), sd.relpath(job.out, args.out)
             row = (wav, sd.normalize_transcript(job.text), job.voice.engine, job.voice.name) \
@@ -176,7 +176,7 @@ def convert_rows(jobs: list[sd.ConvertJob], args: argparse.Namespace) -> list[sd
     return sd.run_parallel(sd.convert, jobs, args.workers, f"converting {args.source}")
 
 
-def build_librispeech(args: argparse.Namespace) -> dict[str, Manifest]:
+def build_librispeech(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """One ASR manifest per split found under LibriSpeech/<split>/<spk>/<chapter>/."""
     root = fetch_and_extract(args)
     transcripts = sorted(root.glob("LibriSpeech/*/*/*/*.trans.txt"))
@@ -191,16 +191,16 @@ def build_librispeech(args: argparse.Namespace) -> dict[str, Manifest]:
             out = args.out / "librispeech" / split / speaker / f"{uid}.wav"
             job = sd.ConvertJob(trans.parent / f"{uid}.flac", out)
             by_split.setdefault(split, []).append((speaker, sd.normalize_transcript(text), job))
-    manifests: dict[str, Manifest] = {}
+    manifests: dict[str, ManifestPlan] = {}
     for split, items in sorted(by_split.items()):
         items = items[: args.max_samples]
-        m = manifests[f"librispeech_{split}.csv"] = Manifest(ASR_HEADER)
+        m = manifests[f"librispeech_{split}.csv"] = ManifestPlan(ASR_HEADER)
         for (speaker, text, job), r in zip(items, convert_rows([j for _, _, j in items], args)):
             m.add((sd.relpath(job.out, args.out), text, "librispeech", speaker), "librispeech", r)
     return manifests
 
 
-def build_ljspeech(args: argparse.Namespace) -> dict[str, Manifest]:
+def build_ljspeech(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """TTS manifests from metadata.csv (id|text|normalized); --val-fraction held out by seed."""
     root = fetch_and_extract(args)
     meta = sorted(root.glob("*/metadata.csv"))
@@ -220,7 +220,7 @@ def build_ljspeech(args: argparse.Namespace) -> dict[str, Manifest]:
     order = list(range(len(items)))
     random.Random(args.seed).shuffle(order)
     val = set(order[: round(len(items) * args.val_fraction)])
-    manifests = {name: Manifest(TTS_HEADER) for name in ("ljspeech_tts.csv", "ljspeech_tts_val.csv")}
+    manifests = {name: ManifestPlan(TTS_HEADER) for name in ("ljspeech_tts.csv", "ljspeech_tts_val.csv")}
     for i, ((text, job), r) in enumerate(zip(items, done)):
         name = "ljspeech_tts_val.csv" if i in val else "ljspeech_tts.csv"
         manifests[name].add((text, sd.relpath(job.out, args.out)), "ljspeech LJ", r)
@@ -230,7 +230,7 @@ def build_ljspeech(args: argparse.Namespace) -> dict[str, Manifest]:
 # ----------------------------------------------------------------------------- fixtures
 
 
-def build_fixtures(args: argparse.Namespace) -> dict[str, Manifest]:
+def build_fixtures(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """assets/audio: 8 alsa-utils phrases (48 -> 16 kHz) + CMU ARCTIC arctic_a0007 (+ COPYING)."""
     dl.ensure_apt_packages(["alsa-utils"])
     sdist = dl.pip_download(PYSPTK, args.cache_dir / "pip")
@@ -239,7 +239,7 @@ def build_fixtures(args: argparse.Namespace) -> dict[str, Manifest]:
     sources = [(ALSA_DIR / f"{c}.wav", c.replace("_", " "), "alsa-utils") for c in ALSA_CLIPS]
     sources.append((arctic / "arctic_a0007.wav",
                     "and you always want to see it in the superlative degree", "cmu-arctic"))
-    clips = Manifest(("wav", "text", "speaker"))
+    clips = ManifestPlan(("wav", "text", "speaker"))
     for src, text, speaker in sources:
         audio = load_audio(src)
         out = save_wav(args.out / f"{src.stem.lower()}.wav", audio)
@@ -254,7 +254,7 @@ def build_fixtures(args: argparse.Namespace) -> dict[str, Manifest]:
 # ----------------------------------------------------------------------------- output
 
 
-def print_summary(manifests: dict[str, Manifest], out: Path, seconds: float) -> None:
+def print_summary(manifests: dict[str, ManifestPlan], out: Path, seconds: float) -> None:
     """Rows, hours and MB per manifest and engine/voice group; reused clips; failures by reason."""
     print(f"\n{'manifest':<28}{'engine voice':<28}{'rows':>7}{'hours':>8}{'MB':>9}")
     totals = Counter()
