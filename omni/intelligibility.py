@@ -127,7 +127,9 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
     """Run every row through every path, transcribe with pocketsphinx, score against the text.
 
     -> {path: {"cer", "wer", "n", "synth_s" (seconds spent synthesising), "audio_s" (seconds of
-    audio produced), "examples": [(reference, hypothesis), ...] (first keep_examples)}}.
+    audio produced), "examples": [(reference, hypothesis), ...] (first keep_examples)}}, and with two
+    rows or more "cer_other": the same transcripts scored against the next row's text, the CER of
+    speech that says nothing of its own text (a path near it conveys little of what it was given).
     ``also``: more recognisers (name -> wav -> text, e.g. our Stage B model) scored on the same
     audio, as ``<name>_cer`` / ``<name>_wer``.
     """
@@ -147,6 +149,8 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
                 other[k].append(recognise(wav))
         out[name] = {**cer_wer(refs, hyps), "n": len(rows), "synth_s": synth_s, "audio_s": audio_s,
                      "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]]}
+        if len(rows) > 1:
+            out[name]["cer_other"] = cer_wer(refs[1:] + refs[:1], hyps)["cer"]
         for k, h in other.items():
             r = cer_wer(refs, h)
             out[name].update({f"{k}_cer": r["cer"], f"{k}_wer": r["wer"]})

@@ -112,10 +112,12 @@ def eval_tts(args: argparse.Namespace) -> int:
     print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
           f"{sampling}; {time.perf_counter() - t0:.0f} s")
     extra = f" {'Stage B CER':>12}" if also else ""
-    print(f"{'path':<26} {'CER':>6} {'WER':>6} {'synth RTF':>10}{extra}   (CER/WER: pocketsphinx)")
+    print(f"{'path':<26} {'CER':>6} {'WER':>6} {'other text':>10} {'synth RTF':>10}{extra}   (pocketsphinx; "
+          "'other text': its CER against the next row's text, what speech unrelated to the text scores)")
     for name, r in report.items():
         b = f" {r['stage_b_cer']:12.3f}" if also else ""
-        print(f"{name:<26} {r['cer']:6.3f} {r['wer']:6.3f} {r['synth_s'] / max(r['audio_s'], 1e-9):10.3f}{b}")
+        other = f"{r['cer_other']:10.3f}" if "cer_other" in r else f"{'-':>10}"
+        print(f"{name:<26} {r['cer']:6.3f} {r['wer']:6.3f} {other} {r['synth_s'] / max(r['audio_s'], 1e-9):10.3f}{b}")
         for ref, hyp in r["examples"][:args.examples]:
             print(f"    ref: {ref}\n    hyp: {hyp}")
     if codec is not None:

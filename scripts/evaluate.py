@@ -6,6 +6,7 @@
     python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best --candidates 100
     python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best --beam 4
     python scripts/evaluate.py tts --talker checkpoints/talker_tiny --asr-ckpt checkpoints/audio_enc_tiny/best
+    python scripts/evaluate.py talker --talker checkpoints/talker_tiny --csv data/audio/production_tts_val.csv
 """
 from __future__ import annotations
 

@@ -53,3 +53,8 @@ def test_report_paths_scores_each_path():
     assert report["original"]["cer"] < 0.2 and report["original"]["deaf_cer"] == 1.0
     assert report["silent"]["cer"] == 1.0
     assert report["original"]["n"] == 1 and report["original"]["audio_s"] == pytest.approx(len(rows[0][1]) / 16000)
+    assert "cer_other" not in report["original"]  # one row: no other text to score against
+    # against the next row's text the real recording scores far worse than against its own
+    two = report_paths(rows + [("Front Left", load_audio(ROOT / "assets" / "audio" / "front_left.wav"))],
+                       {"original": original_path()})["original"]
+    assert two["cer_other"] > two["cer"] + 0.3, two

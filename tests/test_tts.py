@@ -250,6 +250,7 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
     for path in ("original", "griffinlim", "codec_griffinlim", "codec_first1_griffinlim", "talker_codec_griffinlim",
                  "teacher_forced_talker", "q1: usage"):
         assert path in out
+    assert "other text" in out  # each path's CER against the next row's text, beside its own
     assert evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "1",
                           "--gl-iters", "2", "--paths", "talker,teacher", "--decoding", "expected", "--guidance", "1"]) == 0
     assert "decoding expected, guidance 1.0" in capsys.readouterr().out
