@@ -229,8 +229,8 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
     the objective that run trains.
 
     Also val_text_gain (and val_text_gain_q0 for the base codebook): how much worse the same codes are
-    predicted when each row is given another row's text (its neighbour by length, so the lengths
-    match), in nats. It measures how much the Talker reads the text rather than continuing the sound
+    predicted when each row is given another row's text (its neighbour by length, so that the
+    lengths are close), in nats. It measures how much the Talker reads the text rather than continuing the sound
     it has heard: a Talker that ignored the text would score 0."""
     device = next(model.parameters()).device
     usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
