@@ -178,7 +178,7 @@ class AsrModel(nn.Module):
         self.cfg = cfg
         self.mel = LogMel(ENCODER_MEL)
         self.encoder = AudioEncoderTiny(ENCODER_MEL.n_mels, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
-                                        cfg.dropout, cfg.max_frames)
+                                        cfg.dropout, cfg.max_frames, cfg.utterance_norm)
         self.head = nn.Linear(cfg.d_model, vocab_size * cfg.symbols_per_frame)
         self.vocab_size = vocab_size
         self.mel_centres = mel_bin_centres(ENCODER_MEL)

@@ -45,9 +45,9 @@ class ConvDownsample(nn.Module):
 
 class AudioEncoderTiny(nn.Module):
     def __init__(self, n_mels: int, d_model: int, n_layers: int, n_heads: int, d_ff: int,
-                 dropout: float, max_frames: int) -> None:
+                 dropout: float, max_frames: int, utterance_norm: bool = False) -> None:
         super().__init__()
-        self.n_mels, self.d_model = n_mels, d_model
+        self.n_mels, self.d_model, self.utterance_norm = n_mels, d_model, utterance_norm
         # feature normalisation, set from training-data statistics and saved with the weights
         self.register_buffer("mel_mean", torch.zeros(n_mels))
         self.register_buffer("mel_std", torch.ones(n_mels))
@@ -63,7 +63,12 @@ class AudioEncoderTiny(nn.Module):
 
         States past an example's out length are zero.
         """
-        x = (mel - self.mel_mean) / self.mel_std
+        if self.utterance_norm:  # cepstral mean normalisation: the speaker's and channel's average spectrum goes
+            real = length_mask(lengths, mel.shape[1])[..., None].to(mel.dtype)
+            mean = (mel * real).sum(1, keepdim=True) / lengths.clamp(min=1)[:, None, None].to(mel.dtype)
+            x = (mel - mean) / self.mel_std
+        else:
+            x = (mel - self.mel_mean) / self.mel_std
         x, lengths = self.down(x, lengths)
         mask = length_mask(lengths, x.shape[1])
         for block in self.blocks:

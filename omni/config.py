@@ -93,6 +93,7 @@ class AudioEncConfig:
     n_masks: int = 2
     tempo_perturb: float = 0.0       # training only: stretch time by up to +-this fraction
     vtlp: float = 0.0                # training only: scale frequencies by up to +-this fraction
+    utterance_norm: bool = False     # subtract each utterance's own mean log-mel (per bin, real frames only)
 
 
 @dataclasses.dataclass

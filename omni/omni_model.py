@@ -64,7 +64,7 @@ class OmniModel(nn.Module):
         self.thinker = ThinkerLM(comp.thinker)
         self.audio_mel = LogMel(ENCODER_MEL)
         self.audio_encoder = AudioEncoderTiny(ENCODER_MEL.n_mels, a.d_model, a.n_layers, a.n_heads, a.d_ff,
-                                              a.dropout, a.max_frames)
+                                              a.dropout, a.max_frames, a.utterance_norm)
         self.vision = ViTTiny(comp.vision)
         d = comp.thinker.d_model
         self.proj_audio = projector(a.d_model, cfg.projector_hidden, d)

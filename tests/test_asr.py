@@ -39,8 +39,9 @@ def test_downsampling_by_8_with_odd_lengths(T):
     assert downsampled_lengths(torch.tensor([T])).item() == -(-T // 8)
 
 
-def test_padding_never_changes_real_frames():
-    enc = _encoder()
+@pytest.mark.parametrize("utterance_norm", [False, True])
+def test_padding_never_changes_real_frames(utterance_norm):
+    enc = _encoder(utterance_norm=utterance_norm)
     x = torch.randn(1, 37, 128)
     alone, n = enc(x, torch.tensor([37]))
     padded = torch.cat([x, torch.randn(1, 50, 128)], 1)
@@ -49,6 +50,16 @@ def test_padding_never_changes_real_frames():
     assert lengths.tolist() == [5, 11]
     assert torch.allclose(both[0, :5], alone[0], atol=1e-5)
     assert both[0, 5:].abs().max() == 0  # states past the length are zero
+
+
+def test_utterance_norm_removes_a_constant_spectral_offset():
+    """With model.utterance_norm a fixed per-bin offset (a speaker's or channel's tilt) changes nothing."""
+    x, tilt = torch.randn(1, 40, 128), torch.linspace(-3, 3, 128)
+    for norm, same in ((True, True), (False, False)):
+        enc = _encoder(utterance_norm=norm)
+        a, _ = enc(x, torch.tensor([40]))
+        b, _ = enc(x + tilt, torch.tensor([40]))
+        assert torch.allclose(a, b, atol=1e-4) is same
 
 
 def test_ctc_greedy_decoding():
