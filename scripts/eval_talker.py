@@ -8,7 +8,8 @@ the text gain (how much worse the same codes are predicted when each row gets it
 neighbour's text: 0 for a Talker that ignores the text), and per layer how the frame queries'
 attention treats the text: the share of it on the characters (the rest is on ``<s>`` and the speech
 so far) and the perplexity of its distribution over them (about how many characters a head reads
-at once). The codes come from the cache training wrote (``<ckpt>/talker/codes/``), built there with
+at once). ``--free N`` also lets the Talker speak the first N rows on its own and compares where its
+first guided layer reads in the text, frame by frame, with where it reads given the real codes. The codes come from the cache training wrote (``<ckpt>/talker/codes/``), built there with
 the Talker's codec when the CSV has none. ``add_parser`` registers the subcommand in
 scripts/evaluate.py.
 """
@@ -19,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,8 +29,47 @@ from omni.checkpoint import read_config  # noqa: E402
 from omni.config import config_from_dict  # noqa: E402
 from omni.talker import make_targets  # noqa: E402
 from omni.talker_data import CODEC_LINK, CodeCache, TalkerDataset, TtsDataConfig, collate_talker, evaluate_talker  # noqa: E402
-from omni.talker_loss import TalkerLossConfig, TextAttention  # noqa: E402
+from omni.talker_loss import TalkerLossConfig, TextAttention, frame_scores  # noqa: E402
 from omni.tts import Synthesizer, talker_dir  # noqa: E402
+
+
+def text_position(talker, text: torch.Tensor, groups: torch.Tensor, layer: int) -> torch.Tensor:
+    """One row's text (1, L) ``[<s>, chars]`` and groups (1, G, r, n_q) -> (G + 1,): where ``layer``'s
+    frame queries read in the text, the expected character position (heads averaged, over the
+    characters only) as a fraction of the text, 0 at the first character and 1 at the last."""
+    L, found = text.shape[1], {}
+
+    def probe(i, block, x):
+        if i == layer:
+            index = L + torch.arange(groups.shape[1] + 1)[None]
+            p = frame_scores(block, x, index)[..., 1:L].softmax(-1).mean(1)[0]        # (G + 1, chars)
+            found["pos"] = p @ torch.arange(L - 1, dtype=p.dtype) / max(L - 2, 1)
+    with torch.no_grad():
+        talker.speech_hidden(text, torch.tensor([L]), groups, probe=probe)
+    return found["pos"]
+
+
+def free_alignment(synth, data: TalkerDataset, n_items: int, layer: int, seed: int = 0) -> dict[str, float]:
+    """The Talker speaks the first n_items usable rows on its own (the synthesiser's sampling); per row,
+    its length against the recording's and how far its reading position strays from the one it has
+    with the real codes at the same point of the utterance (both on a 0..1 time axis, 50 points)."""
+    talker, r = synth.talker, synth.talker.cfg.frames_per_step
+    usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
+    gen, grid = torch.Generator().manual_seed(seed), torch.linspace(0, 1, 50)
+    ratios, strays, backs = [], [], []
+    for i in usable:
+        batch = collate_talker([data[i]])
+        text = batch["text"][:, :int(batch["text_lens"][0])]
+        real = make_targets(batch["codes"], batch["code_lens"], r)["groups"]
+        codes = talker.generate(text[0, 1:].tolist(), synth.temperature, synth.top_k, generator=gen)
+        spoken = make_targets(codes[None], torch.tensor([codes.shape[0]]), r)["groups"]
+        curves = [text_position(talker, text, g, layer) for g in (real, spoken)]
+        tf, fr = (torch.from_numpy(np.interp(grid, torch.linspace(0, 1, len(c)), c)) for c in curves)
+        ratios.append(codes.shape[0] / int(batch["code_lens"][0]))
+        strays.append((fr - tf).abs().mean().item())
+        backs.append((-curves[1].diff()).clamp(min=0).sum().item())
+    return {"rows": len(usable), "length_ratio": float(np.mean(ratios)), "length_min": float(np.min(ratios)),
+            "length_max": float(np.max(ratios)), "stray": float(np.mean(strays)), "backwards": float(np.mean(backs))}
 
 
 def text_attention(talker, data: TalkerDataset, n_items: int, batch_size: int) -> dict[int, dict[str, float]]:
@@ -70,6 +111,13 @@ def eval_talker(args: argparse.Namespace) -> int:
           "the CE lost when each row gets its length neighbour's text")
     for layer, s in sorted(text_attention(talker, data, args.n, args.batch_size).items()):
         print(f"  layer {layer}: {s['mass']:.3f} of the attention on the text, spread over ~{s['chars']:.1f} characters")
+    if args.free:
+        layer = loss_cfg.guided_layers[0]
+        a = free_alignment(synth, data, args.free, layer)
+        print(f"  free-running, {a['rows']} rows (temperature {synth.temperature}, top-k {synth.top_k}): length "
+              f"{a['length_ratio']:.2f} of the recording's ({a['length_min']:.2f}-{a['length_max']:.2f}); layer {layer} "
+              f"reads {a['stray']:.3f} of the text away from where it reads given the real codes, at the same "
+              f"point of the utterance; it steps back {a['backwards']:.3f} of the text per row")
     return 0
 
 
@@ -80,5 +128,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--csv", default="data/audio/production_tts_val.csv", help="text,wav CSV (held out)")
     t.add_argument("--n", type=int, default=100, help="rows to evaluate")
     t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--free", type=int, default=0, metavar="N",
+                   help="also speak the first N rows free-running and compare where it reads in the text")
     t.set_defaults(run=eval_talker)
     return t

@@ -47,3 +47,27 @@ def test_text_aux_head_predicts_the_next_base_codes_from_what_its_layer_read():
     assert (heavier - light).item() == pytest.approx(3.0 * logs["text_aux_ce"], rel=1e-3)
     with pytest.raises(ValueError, match="text_aux_layer"):
         _talker(text_aux_layer=2)
+
+
+def test_text_position_is_the_expected_character_as_a_fraction_of_the_text(monkeypatch):
+    """``evaluate.py talker --free``'s reading position: with every score zero a frame query reads all
+    characters alike, so it reads at the middle (0.5); queries made to read character c alone read at
+    c / (n - 1): the first character at 0, the last at 1, whatever the keys of <s> and the speech score."""
+    import scripts.eval_talker as et
+    model = _talker().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.zero_()
+    text = torch.tensor([[0] + TextVocab.default().encode("hello")[0]])      # <s> and 5 characters
+    groups = torch.randint(0, K, (1, 3, R, N_Q))
+    pos = et.text_position(model, text, groups, layer=1)
+    assert pos.shape == (4,) and torch.allclose(pos, torch.full((4,), 0.5), atol=1e-6)
+    reads = torch.tensor([0, 2, 4, 1])                                        # the character each query reads
+
+    def peaked(block, x, index):
+        scores = torch.zeros(1, 2, index.shape[1], x.shape[1])
+        scores[0, :, torch.arange(4), 1 + reads] = 60.0                       # key 0 is <s>
+        scores[..., 0] = 90.0                                                 # <s> outscores all: not text
+        return scores
+    monkeypatch.setattr(et, "frame_scores", peaked)
+    assert torch.allclose(et.text_position(model, text, groups, layer=1), reads / 4.0, atol=1e-6)

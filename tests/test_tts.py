@@ -2,6 +2,7 @@
 train_talker.py end to end (codec phase, then Talker phase) on the committed clips."""
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -258,8 +259,10 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
         evaluate.main(["tts", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--paths", "codec",
                        "--codec-keep", "9"])
     # does it read the text: teacher-forced CE, text gain and where the attention goes, per layer
-    assert evaluate.main(["talker", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "4"]) == 0
+    assert evaluate.main(["talker", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "4",
+                          "--free", "2"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"free-running, 2 rows .*: length \d+\.\d\d of the recording's", out)
     n_layers = json.loads((talker_dir / "config.json").read_text())["talker"]["n_layers"]
     assert "the first 4 usable rows" in out and "text gain" in out
     assert out.count("of the attention on the text, spread over") == n_layers
