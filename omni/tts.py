@@ -75,11 +75,11 @@ def talker_dir(ckpt_dir: Path) -> Path:
 
 
 
-
-# Sampled, not greedy: greedy codes fall into a held vowel and never reach the end of the text
-# (talker_tiny at step 600: greedy audio ~2.3x the reference length). Temperature 0.6 / 0.8 / 1.0
-# (top-k 20) gave CER 0.76 / 0.84 / 0.81 on 15 held-out rows (val rows 60-74) at step 1600.
-DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 0.6, 20
+# Greedy codes by default: on 100 held-out rows the clearest Talker (talker_auxs, README Stage D) scores
+# pocketsphinx CER 0.574 greedy, 0.588 at temperature 0.3 and 0.623 at 0.6 (top-k 20), and greedy was no
+# worse in nearly every earlier comparison. An undertrained Talker (talker_tiny at step 600, an early
+# session) may hold a vowel greedily until the generation limit: sample it with --temperature 0.6.
+DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 0.0, 20
 
 
 VOCODERS = ("griffinlim", "hifigan")

@@ -137,8 +137,10 @@ def test_synthesize_returns_16k_float32_with_stats():
 
 def test_seeded_synthesis_repeats_exactly():
     synth = _synth()
+    synth.temperature = 0.6   # sampled (the default, 0, is greedy and repeats without a seed)
     a, b = synth.synthesize("Same seed.", seed=7), synth.synthesize("Same seed.", seed=7)
     assert np.array_equal(a, b)
+    assert not np.array_equal(a, synth.synthesize("Same seed.", seed=8))
 
 
 def test_empty_and_unreadable_text_give_empty_audio():
