@@ -30,7 +30,7 @@ from omni.config import config_from_dict  # noqa: E402
 from omni.talker import make_targets  # noqa: E402
 from omni.talker_data import CODEC_LINK, CodeCache, TalkerDataset, TtsDataConfig, collate_talker, evaluate_talker  # noqa: E402
 from omni.talker_loss import TalkerLossConfig, TextAttention, frame_scores  # noqa: E402
-from omni.tts import Synthesizer, talker_dir  # noqa: E402
+from omni.tts import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, talker_dir  # noqa: E402
 
 
 def text_position(talker, text: torch.Tensor, groups: torch.Tensor, layer: int) -> torch.Tensor:
@@ -90,7 +90,7 @@ def text_attention(talker, data: TalkerDataset, n_items: int, batch_size: int) -
 
 
 def eval_talker(args: argparse.Namespace) -> int:
-    synth = Synthesizer.load(args.talker, "cpu")  # checks the codec is the one the Talker was trained with
+    synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k)  # checks the codec is the one the Talker was trained with
     tdir = talker_dir(Path(args.talker))
     cfg = read_config(tdir)
     loss_cfg = config_from_dict(cfg["loss"], TalkerLossConfig)
@@ -130,5 +130,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--free", type=int, default=0, metavar="N",
                    help="also speak the first N rows free-running and compare where it reads in the text")
+    t.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="--free's sampling; 0: greedy")
+    t.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="--free's top-k; 0: all codes")
     t.set_defaults(run=eval_talker)
     return t

@@ -262,9 +262,9 @@ def test_train_talker_end_to_end_then_synthesize(tmp_path, capsys):
                        "--codec-keep", "9"])
     # does it read the text: teacher-forced CE, text gain and where the attention goes, per layer
     assert evaluate.main(["talker", "--talker", str(tmp_path / "ckpt"), "--csv", str(CLIPS), "--n", "4",
-                          "--free", "2"]) == 0
+                          "--free", "2", "--temperature", "0.6"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"free-running, 2 rows .*: length \d+\.\d\d of the recording's", out)
+    assert re.search(r"free-running, 2 rows \(temperature 0.6, top-k 20\): length \d+\.\d\d of the recording's", out)
     n_layers = json.loads((talker_dir / "config.json").read_text())["talker"]["n_layers"]
     assert "the first 4 usable rows" in out and "text gain" in out
     assert out.count("of the attention on the text, spread over") == n_layers
