@@ -74,8 +74,7 @@ def talker_dir(ckpt_dir: Path) -> Path:
     return best_or_self(ckpt_dir / "talker")
 
 
-
-# Greedy codes by default: on 100 held-out rows the clearest Talker (talker_auxs, README Stage D) scores
+# Greedy codes by default: on 100 held-out rows the self-fed aux Talker talker_auxs (README Stage D) scores
 # pocketsphinx CER 0.574 greedy, 0.588 at temperature 0.3 and 0.623 at 0.6 (top-k 20), and greedy was no
 # worse in nearly every earlier comparison. An undertrained Talker (talker_tiny at step 600, an early
 # session) may hold a vowel greedily until the generation limit: sample it with --temperature 0.6.

@@ -9,8 +9,9 @@ neighbour's text: 0 for a Talker that ignores the text), and per layer how the f
 attention treats the text: the share of it on the characters (the rest is on ``<s>`` and the speech
 so far) and the perplexity of its distribution over them (about how many characters a head reads
 at once). ``--free N`` also lets the Talker speak the first N rows on its own and compares where its
-first guided layer reads in the text, frame by frame, with where it reads given the real codes. The codes come from the cache training wrote (``<ckpt>/talker/codes/``), built there with
-the Talker's codec when the CSV has none. ``add_parser`` registers the subcommand in
+first guided layer reads in the text, frame by frame, with where it reads given the real codes. The
+codes come from the cache training wrote (``<ckpt>/talker/codes/``), built there with the Talker's
+codec when the CSV has none. ``add_parser`` registers the subcommand in
 scripts/evaluate.py.
 """
 from __future__ import annotations
