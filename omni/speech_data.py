@@ -153,7 +153,8 @@ def extra_voices() -> list[Voice]:
 @dataclass(frozen=True)
 class SynthJob:
     """One utterance to synthesise; speed is wpm (espeak-ng, mbrola), a duration stretch (flite)
-    or a percentage (pico); pitch is espeak-ng's 0-99 or pico's percentage."""
+    or a percentage (pico); pitch is espeak-ng's 0-99, or pico's or flite's percentage (flite:
+    its f0_shift, None for the voice's own pitch)."""
 
     voice: Voice
     text: str
@@ -173,8 +174,9 @@ class SynthJob:
             return ["pico2wave", "-l", self.voice.name, "-w", str(wav),
                     f'<speed level="{int(self.speed)}"><pitch level="{self.pitch}">{self.text}'
                     f"</pitch></speed>"]
+        shift = [] if self.pitch is None else ["--setf", f"f0_shift={self.pitch / 100}"]
         return [FLITE, "-voice", self.voice.name, "--setf", f"duration_stretch={self.speed}",
-                "-t", self.text, "-o", str(wav)]
+                *shift, "-t", self.text, "-o", str(wav)]
 
 
 @dataclass(frozen=True)

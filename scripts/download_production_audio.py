@@ -70,6 +70,7 @@ def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namesp
     A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
     clips, and every clip at --extra-fraction 0, draw nothing for it, so the held-out set never
     depends on it and --extra-fraction 0 gives exactly the espeak-ng/flite plan it had before.
+    --flite-pitch likewise draws only for training flite clips, and nothing at 0.
     """
     if not held_out and args.extra_fraction > 0 and rng.random() < args.extra_fraction:
         voice = rng.choice(sd.extra_voices())
@@ -80,6 +81,8 @@ def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namesp
     elif rng.random() < args.flite_fraction:
         voice = rng.choice(sd.flite_voices(held_out))
         speed, pitch = round(rng.uniform(*sd.FLITE_STRETCH), 2), None
+        if not held_out and args.flite_pitch > 0:
+            pitch = round(100 * rng.uniform(1 - args.flite_pitch, 1 + args.flite_pitch))
     else:
         voice = rng.choice(sd.espeak_voices(held_out))
         speed, pitch = rng.randint(*sd.ESPEAK_SPEED), rng.randint(*sd.ESPEAK_PITCH)
@@ -291,7 +294,7 @@ def describe_plan(args: argparse.Namespace) -> None:
         print(f"  apt {packages} ({state})")
         print(f"  sentences from {args.corpus}; rows per manifest {sizes(args)}; seed {args.seed}; "
               f"extra (MBROLA, pico) fraction {args.extra_fraction}, then flite fraction "
-              f"{args.flite_fraction}; {args.workers} workers")
+              f"{args.flite_fraction}, flite pitch ±{args.flite_pitch}; {args.workers} workers")
         names = ["production_asr.csv", "production_asr_val.csv", "production_tts.csv",
                  "production_tts_val.csv"]
     elif args.source == "fixtures":
@@ -327,6 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--extra-fraction", type=float, default=0.0,
                    help="offline ASR training: share of utterances from the MBROLA and pico voices "
                         "(0: espeak-ng and flite only)")
+    p.add_argument("--flite-pitch", type=float, default=0.0,
+                   help="offline ASR training: each flite clip's pitch is scaled by a factor drawn "
+                        "from [1-P, 1+P] (flite's f0_shift; 0: the voices' own pitch)")
     p.add_argument("--val-fraction", type=float, default=0.02, help="ljspeech: held-out share")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="synthesis/conversion processes")
@@ -341,8 +347,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_samples is not None and args.max_samples < 1:
         p.error("--max-samples must be >= 1")
     if not (0.0 <= args.flite_fraction <= 1.0 and 0.0 <= args.extra_fraction <= 1.0
-            and 0.0 <= args.val_fraction < 1.0):
-        p.error("--flite-fraction and --extra-fraction must be in [0, 1], --val-fraction in [0, 1)")
+            and 0.0 <= args.val_fraction < 1.0 and 0.0 <= args.flite_pitch < 1.0):
+        p.error("--flite-fraction and --extra-fraction must be in [0, 1], --val-fraction and "
+                "--flite-pitch in [0, 1)")
     if min(args.asr_train, args.asr_val, args.tts_train, args.tts_val) < 0 or args.workers < 1:
         p.error("sizes must be >= 0 and --workers >= 1")
     return args

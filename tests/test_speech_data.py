@@ -232,7 +232,7 @@ def test_offline_plan_sets_depend_only_on_their_own_sizes(tmp_path: Path) -> Non
 
     def plan(asr: int) -> dict:
         args = argparse.Namespace(max_samples=None, asr_train=asr, asr_val=5, tts_train=6, tts_val=3,
-                                  flite_fraction=0.5, extra_fraction=0.3, seed=0, out=tmp_path,
+                                  flite_fraction=0.5, extra_fraction=0.3, flite_pitch=0.0, seed=0, out=tmp_path,
                                   corpus=tmp_path / "corpus.txt")
         return script.plan_offline(sentences, args)
 
@@ -254,8 +254,8 @@ def test_extra_voices_train_only_and_leave_the_held_out_set_alone(tmp_path: Path
 
     def plan(extra: float) -> dict:
         args = argparse.Namespace(max_samples=None, asr_train=60, asr_val=20, tts_train=0, tts_val=0,
-                                  flite_fraction=0.5, extra_fraction=extra, seed=0, out=tmp_path,
-                                  corpus=tmp_path / "corpus.txt")
+                                  flite_fraction=0.5, extra_fraction=extra, flite_pitch=0.0, seed=0,
+                                  out=tmp_path, corpus=tmp_path / "corpus.txt")
         return script.plan_offline(sentences, args)
 
     none, some, only = plan(0.0), plan(0.3), plan(1.0)
@@ -280,6 +280,30 @@ def test_extra_voices_train_only_and_leave_the_held_out_set_alone(tmp_path: Path
         assert lo <= job.speed <= hi
 
 
+def test_flite_pitch_draws_for_training_flite_clips_only(tmp_path: Path) -> None:
+    """--flite-pitch gives training flite clips a pitch factor in [1-P, 1+P]; at 0 the plan is the
+    one it was, and the held-out manifest is the same jobs whatever it is."""
+    import argparse
+    script = load_script("download_production_audio")
+    sentences = sd.corpus_sentences(tiny_corpus(tmp_path / "corpus.txt"))
+
+    def plan(p: float) -> dict:
+        args = argparse.Namespace(max_samples=None, asr_train=60, asr_val=20, tts_train=0, tts_val=0,
+                                  flite_fraction=0.5, extra_fraction=0.0, flite_pitch=p, seed=0,
+                                  out=tmp_path, corpus=tmp_path / "corpus.txt")
+        return script.plan_offline(sentences, args)
+
+    off, on = plan(0.0), plan(0.3)
+    assert off["production_asr_val.csv"] == on["production_asr_val.csv"]
+    assert all(j.pitch is None for j in on["production_asr_val.csv"] if j.voice.engine == sd.FLITE)
+    assert all(j.pitch is None for j in off["production_asr.csv"] if j.voice.engine == sd.FLITE)
+    pitches = [j.pitch for j in on["production_asr.csv"] if j.voice.engine == sd.FLITE]
+    assert len(pitches) >= 15 and all(70 <= p <= 130 for p in pitches) and len(set(pitches)) > 5
+    # the voice, text and speed of every clip stay as they were; only flite's pitch is added
+    assert [(j.voice, j.text) for j in off["production_asr.csv"][:1]] == \
+        [(j.voice, j.text) for j in on["production_asr.csv"][:1]]
+
+
 def test_synth_commands_per_engine(tmp_path: Path) -> None:
     wav = tmp_path / "x.wav"
     mb = sd.SynthJob(sd.Voice(sd.MBROLA, "us2"), "Hello there.", 150, 40, wav).command(wav)
@@ -289,6 +313,11 @@ def test_synth_commands_per_engine(tmp_path: Path) -> None:
                     '<speed level="90"><pitch level="110">Hello there.</pitch></speed>']
     with pytest.raises(ValueError, match="markup"):
         sd.SynthJob(sd.Voice(sd.PICO, "en-US"), "a <b> c", 90, 110, wav).command(wav)
+    flite = sd.SynthJob(sd.Voice(sd.FLITE, "kal"), "Hello there.", 1.1, None, wav).command(wav)
+    assert flite == ["flite", "-voice", "kal", "--setf", "duration_stretch=1.1", "-t", "Hello there.",
+                     "-o", str(wav)]
+    shifted = sd.SynthJob(sd.Voice(sd.FLITE, "kal"), "Hello there.", 1.1, 125, wav).command(wav)
+    assert shifted[5:7] == ["--setf", "f0_shift=1.25"]
 
 
 def test_missing_engine_names_the_packages_and_the_way_out(monkeypatch) -> None:
@@ -319,3 +348,20 @@ def test_offline_build_needs_the_corpus(tmp_path: Path, capsys) -> None:
         pytest.skip("espeak-ng/flite not installed: apt-get install -y espeak-ng flite")
     code = script.main(["--corpus", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
     assert code == 1 and "download_production_text.py" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="apt-get install -y flite")
+@pytest.mark.parametrize("voice", ["kal", "slt"])
+def test_flite_pitch_shift_scales_the_voice_pitch(tmp_path: Path, voice: str) -> None:
+    """The pitch of a training flite clip (f0_shift) really moves the voice's median f0."""
+    import librosa
+
+    def median_f0(pitch: int | None) -> float:
+        job = sd.SynthJob(sd.Voice(sd.FLITE, voice), "The cat sat on the warm mat.", 1.0, pitch,
+                          tmp_path / f"{voice}-{pitch}.wav")
+        assert sd.synthesize(job).samples is not None
+        f0 = librosa.yin(load_audio(job.out), fmin=60, fmax=500, sr=SAMPLE_RATE)
+        return float(np.median(f0))
+
+    ratio = median_f0(130) / median_f0(None)
+    assert 1.2 < ratio < 1.4, ratio
