@@ -64,13 +64,14 @@ def sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namespace,
-            wav_dir: Path) -> sd.SynthJob:
+            wav_dir: Path, pitch_rng: random.Random | None = None) -> sd.SynthJob:
     """A random engine, voice (from the training or held-out set), speed and pitch for text.
 
     A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
     clips, and every clip at --extra-fraction 0, draw nothing for it, so the held-out set never
     depends on it and --extra-fraction 0 gives exactly the espeak-ng/flite plan it had before.
-    --flite-pitch likewise draws only for training flite clips, and nothing at 0.
+    --flite-pitch draws a training flite clip's pitch from pitch_rng, its own stream, so every
+    clip keeps the engine, voice, speed and text it has without it; flite clips only add a pitch.
     """
     if not held_out and args.extra_fraction > 0 and rng.random() < args.extra_fraction:
         voice = rng.choice(sd.extra_voices())
@@ -82,7 +83,7 @@ def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namesp
         voice = rng.choice(sd.flite_voices(held_out))
         speed, pitch = round(rng.uniform(*sd.FLITE_STRETCH), 2), None
         if not held_out and args.flite_pitch > 0:
-            pitch = round(100 * rng.uniform(1 - args.flite_pitch, 1 + args.flite_pitch))
+            pitch = round(100 * pitch_rng.uniform(1 - args.flite_pitch, 1 + args.flite_pitch))
     else:
         voice = rng.choice(sd.espeak_voices(held_out))
         speed, pitch = rng.randint(*sd.ESPEAK_SPEED), rng.randint(*sd.ESPEAK_PITCH)
@@ -113,8 +114,9 @@ def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, li
     asr_dir, tts_dir = args.out / "production_asr", args.out / "production_tts"
     plan = {}
     for name in ("production_asr.csv", "production_asr_val.csv"):
-        rng = random.Random(f"{args.seed}:{name}")
-        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args, asr_dir) for t in texts[name]]
+        rng, pitch_rng = random.Random(f"{args.seed}:{name}"), random.Random(f"{args.seed}:{name}:pitch")
+        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args, asr_dir, pitch_rng)
+                      for t in texts[name]]
     for name in ("production_tts.csv", "production_tts_val.csv"):
         plan[name] = [sd.SynthJob(TTS_VOICE, t, 1.0, None,
                                   tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts[name]]

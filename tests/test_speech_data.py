@@ -299,9 +299,11 @@ def test_flite_pitch_draws_for_training_flite_clips_only(tmp_path: Path) -> None
     assert all(j.pitch is None for j in off["production_asr.csv"] if j.voice.engine == sd.FLITE)
     pitches = [j.pitch for j in on["production_asr.csv"] if j.voice.engine == sd.FLITE]
     assert len(pitches) >= 15 and all(70 <= p <= 130 for p in pitches) and len(set(pitches)) > 5
-    # the voice, text and speed of every clip stay as they were; only flite's pitch is added
-    assert [(j.voice, j.text) for j in off["production_asr.csv"][:1]] == \
-        [(j.voice, j.text) for j in on["production_asr.csv"][:1]]
+    # every clip keeps its voice, text and speed; only the flite clips gain a pitch
+    assert [(j.voice, j.text, j.speed) for j in off["production_asr.csv"]] == \
+        [(j.voice, j.text, j.speed) for j in on["production_asr.csv"]]
+    assert [j for j in off["production_asr.csv"] if j.voice.engine != sd.FLITE] == \
+        [j for j in on["production_asr.csv"] if j.voice.engine != sd.FLITE]
 
 
 def test_synth_commands_per_engine(tmp_path: Path) -> None:
