@@ -38,9 +38,9 @@ def add_vocoder_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_talker_args(p: argparse.ArgumentParser) -> None:
-    """How the Talker speaks: --temperature, --top-k, --decoding, --guidance (Synthesizer's
-    arguments), shared by scripts/tts.py and evaluate.py tts."""
-    from omni.tts import DECODINGS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    """How the Talker speaks: --temperature, --top-k, --decoding, --guidance, --chunk-chars
+    (Synthesizer's arguments), shared by scripts/tts.py and evaluate.py tts."""
+    from omni.tts import DECODINGS, DEFAULT_CHUNK_CHARS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
     p.add_argument("--decoding", choices=DECODINGS, default="codes",
@@ -48,6 +48,9 @@ def add_talker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance scale against the text-free branch (a Talker trained "
                         "with loss.text_dropout); 0 = none")
+    p.add_argument("--chunk-chars", type=int, default=DEFAULT_CHUNK_CHARS,
+                   help="speak the text in pieces of at most this many characters, cut at sentence, "
+                        "clause and word boundaries (capped at the Talker's talker.max_text_chars)")
 
 
 def setup_logging(rank: int = 0) -> None:

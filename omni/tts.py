@@ -1,6 +1,7 @@
 """Stage D synthesis: ``Synthesizer`` (text -> Talker codes -> codec -> vocoder -> 16 kHz audio).
 
-text -> chunks (sentences / clauses / words under ``max_text_chars``) -> Talker codes ->
+text -> chunks (sentences / clauses / words of at most ``chunk_chars``, DEFAULT_CHUNK_CHARS unless
+given, never more than the Talker's ``max_text_chars``) -> Talker codes ->
 codec.decode -> log-mel (62.5 Hz; chunks joined by 0.15 s of silence) -> Griffin-Lim, or a trained
 HiFi-GAN -> 16 kHz. The Talker's data and training pieces are in omni/talker_data.py.
 """
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- synthesis
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+")
+# the longest piece of text the Talker speaks at once: its speech drifts over long texts, and
+# shorter pieces, cut at sentence / clause / word boundaries, are clearer (README, Stage D)
+DEFAULT_CHUNK_CHARS = 60
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -111,10 +115,15 @@ class Synthesizer:
 
     def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
-                 pause_s: float = 0.15, decoding: str = "codes", guidance: float = 0.0) -> None:
+                 pause_s: float = 0.15, decoding: str = "codes", guidance: float = 0.0,
+                 chunk_chars: int = DEFAULT_CHUNK_CHARS) -> None:
         """``vocoder``: a trained HiFi-GAN generator (omni/vocoder_stage.load_generator), or None
         for Griffin-Lim (``gl_iters`` iterations). ``decoding``: one of DECODINGS. ``guidance``:
-        classifier-free guidance scale (Talker.generate; 0 = none)."""
+        classifier-free guidance scale (Talker.generate; 0 = none). ``chunk_chars``: text is
+        spoken in pieces of at most this many characters (capped at the Talker's max_text_chars,
+        the longest text it was trained on)."""
+        if chunk_chars < 1:
+            raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
         if decoding not in DECODINGS:
             raise ValueError(f"unknown decoding '{decoding}'; choose from {', '.join(DECODINGS)}")
         if guidance < 0:
@@ -124,6 +133,7 @@ class Synthesizer:
         self.vocoder = vocoder.eval() if vocoder is not None else None
         self.vocoder_name = "griffinlim" if vocoder is None else "hifigan"
         self.temperature, self.top_k, self.gl_iters, self.pause_s = temperature, top_k, gl_iters, pause_s
+        self.chunk_chars = min(chunk_chars, talker.cfg.max_text_chars)
         self.last_stats: dict[str, float] = {}
 
     @classmethod
@@ -167,7 +177,7 @@ class Synthesizer:
         if dropped:
             log.warning("dropped %d character(s) the Talker cannot read: %s", sum(dropped.values()), dict(dropped))
         self.last_stats["dropped_chars"] = float(sum(dropped.values()))
-        pieces = [self.vocab.ids(p) for p in split_text(clean, self.talker.cfg.max_text_chars)]
+        pieces = [self.vocab.ids(p) for p in split_text(clean, self.chunk_chars)]
         lost = sum((d for _, d in pieces), Counter())
         if lost:
             log.warning("dropped %d symbol(s) outside the Talker's vocabulary: %s", sum(lost.values()), dict(lost))

@@ -89,7 +89,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     if args.talker:
         synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k,
                                  gl_iters=args.gl_iters, decoding=args.decoding,
-                                 guidance=args.guidance)
+                                 guidance=args.guidance, chunk_chars=args.chunk_chars)
         codec = synth.codec
     if args.codec:
         codec, _ = load_codec(args.codec, "cpu")

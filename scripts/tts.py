@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         synth = Synthesizer.load(args.ckpt, args.device, vocoder=resolve_vocoder(args.vocoder, args.vocoder_dir),
                                  vocoder_dir=args.vocoder_dir, temperature=args.temperature, top_k=args.top_k,
                                  gl_iters=args.gl_iters, decoding=args.decoding,
-                                 guidance=args.guidance)
+                                 guidance=args.guidance, chunk_chars=args.chunk_chars)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

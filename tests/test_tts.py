@@ -108,13 +108,13 @@ def test_text_gain_is_the_ce_lost_with_a_neighbours_text_and_zero_for_a_talker_t
     assert evaluate_talker(talker, same_data, TalkerLossConfig(), 2, 100)["val_text_gain"] == pytest.approx(0.0)
 
 
-def _synth(max_text_chars: int = 40) -> Synthesizer:
+def _synth(max_text_chars: int = 40, **kw) -> Synthesizer:
     torch.manual_seed(0)
     vocab = TextVocab.default()
     talker = Talker(TalkerConfig(d_model=48, n_layers=2, n_heads=3, n_kv_heads=1, d_ff=96, ctx_len=512,
                                  dropout=0.0, frames_per_step=2, n_codebooks=N_Q, codebook_size=K,
                                  text_vocab_size=len(vocab), max_text_chars=max_text_chars, max_frames_per_char=1.0))
-    return Synthesizer(talker, vocab, StandInCodec(), torch.device("cpu"), gl_iters=2)
+    return Synthesizer(talker, vocab, StandInCodec(), torch.device("cpu"), gl_iters=2, **kw)
 
 
 def test_unigram_code_baseline():
@@ -157,6 +157,19 @@ def test_very_long_text_is_spoken_in_chunks():
     text = "This is one sentence. " * 6 + "and a clause that goes on, and on, and on, without a full stop"
     wav = synth.synthesize(text)
     assert synth.last_stats["chunks"] >= 7 and len(wav) > 0
+
+
+def test_chunk_chars_sets_the_pieces_and_never_exceeds_what_the_talker_read():
+    text = "A first clause here, a second clause there, and a third one at the very end."  # 76 chars
+    chunks = {}
+    for n in (20, 40, 200):
+        synth = _synth(max_text_chars=80, chunk_chars=n)
+        synth.synthesize(text)
+        chunks[n] = synth.last_stats["chunks"]
+    assert chunks[200] == 1 and chunks[40] == 3 and chunks[20] == 5  # cut at the commas, then spaces
+    assert _synth(max_text_chars=40, chunk_chars=100).chunk_chars == 40  # capped at max_text_chars
+    with pytest.raises(ValueError, match="chunk_chars"):
+        _synth(chunk_chars=0)
 
 
 def test_synthesizer_rejects_an_unknown_vocoder(tmp_path):
