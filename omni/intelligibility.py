@@ -70,6 +70,22 @@ def cer_wer(refs: list[str], hyps: list[str]) -> dict[str, float]:
     return error_rates([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])
 
 
+LENGTH_BINS = (40, 60, 90)  # text length bins (characters): < 40, 40-59, 60-89, >= 90
+
+
+def cer_by_length(refs: list[str], hyps: list[str], edges: tuple[int, ...] = LENGTH_BINS) -> list[dict]:
+    """Corpus CER of the rows in each text-length bin (length of the raw reference, in characters):
+    [{"lo", "hi" (None: no upper end), "n", "cer"}], empty bins left out."""
+    bounds = [0, *edges, None]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        pick = [i for i, r in enumerate(refs) if len(r) >= lo and (hi is None or len(r) < hi)]
+        if pick:
+            out.append({"lo": lo, "hi": hi, "n": len(pick),
+                        "cer": cer_wer([refs[i] for i in pick], [hyps[i] for i in pick])["cer"]})
+    return out
+
+
 # ---------------------------------------------------------------- synthesis paths
 def original_path() -> SynthPath:
     return lambda text, audio: audio
@@ -127,7 +143,8 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
     """Run every row through every path, transcribe with pocketsphinx, score against the text.
 
     -> {path: {"cer", "wer", "n", "synth_s" (seconds spent synthesising), "audio_s" (seconds of
-    audio produced), "examples": [(reference, hypothesis), ...] (first keep_examples)}}, and with two
+    audio produced), "by_length": CER per text-length bin (cer_by_length), "examples": [(reference,
+    hypothesis), ...] (first keep_examples)}}, and with two
     rows or more "cer_other": the same transcripts scored against the next row's text, the CER of
     speech that says nothing of its own text (a path near it conveys little of what it was given).
     ``also``: more recognisers (name -> wav -> text, e.g. our Stage B model) scored on the same
@@ -148,6 +165,7 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
             for k, recognise in also.items():
                 other[k].append(recognise(wav))
         out[name] = {**cer_wer(refs, hyps), "n": len(rows), "synth_s": synth_s, "audio_s": audio_s,
+                     "by_length": cer_by_length(refs, hyps),
                      "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]]}
         if len(rows) > 1:
             out[name]["cer_other"] = cer_wer(refs[1:] + refs[:1], hyps)["cer"]

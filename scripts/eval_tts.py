@@ -118,6 +118,9 @@ def eval_tts(args: argparse.Namespace) -> int:
         b = f" {r['stage_b_cer']:12.3f}" if also else ""
         other = f"{r['cer_other']:10.3f}" if "cer_other" in r else f"{'-':>10}"
         print(f"{name:<26} {r['cer']:6.3f} {r['wer']:6.3f} {other} {r['synth_s'] / max(r['audio_s'], 1e-9):10.3f}{b}")
+        print("    CER by text length: " + ", ".join(
+            f"{x['lo']}{'+' if x['hi'] is None else '-' + str(x['hi'] - 1)} chars {x['cer']:.3f} (n {x['n']})"
+            for x in r["by_length"]))
         for ref, hyp in r["examples"][:args.examples]:
             print(f"    ref: {ref}\n    hyp: {hyp}")
     if codec is not None:

@@ -58,3 +58,12 @@ def test_report_paths_scores_each_path():
     two = report_paths(rows + [("Front Left", load_audio(ROOT / "assets" / "audio" / "front_left.wav"))],
                        {"original": original_path()})["original"]
     assert two["cer_other"] > two["cer"] + 0.3, two
+
+
+def test_cer_by_length_bins_rows_by_reference_length():
+    from omni.intelligibility import cer_by_length
+    refs = ["short one", "a" * 45, "b" * 45, "c" * 95]
+    hyps = ["short one", "a" * 45, "x" * 45, ""]
+    bins = cer_by_length(refs, hyps)
+    assert [(b["lo"], b["hi"], b["n"]) for b in bins] == [(0, 40, 1), (40, 60, 2), (90, None, 1)]
+    assert [b["cer"] for b in bins] == [0.0, 0.5, 1.0]  # empty bin (60-89) left out
