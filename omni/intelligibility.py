@@ -15,7 +15,6 @@ not systems.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from pathlib import Path
@@ -37,9 +36,11 @@ log = logging.getLogger(__name__)
 SynthPath = Callable[[str, np.ndarray], np.ndarray]  # (text, reference audio (N,)) -> audio (M,) at 16 kHz
 
 
-@functools.lru_cache(maxsize=1)
 def _decoder() -> Decoder:
-    """pocketsphinx's default en-us model (acoustic model, 3-gram LM, dictionary) at 16 kHz."""
+    """pocketsphinx's default en-us model (acoustic model, 3-gram LM, dictionary) at 16 kHz, new for
+    every utterance (0.4 s): one decoder reused carries state from one utterance into the next (its
+    transcript of the same audio changes after other audio; not the cepstral mean, which set_cmn
+    resetting did not fix), so a score would depend on the order of the rows and on the other paths."""
     return Decoder(samprate=16000, loglevel="FATAL")
 
 

@@ -67,3 +67,16 @@ def test_cer_by_length_bins_rows_by_reference_length():
     bins = cer_by_length(refs, hyps)
     assert [(b["lo"], b["hi"], b["n"]) for b in bins] == [(0, 40, 1), (40, 60, 2), (90, None, 1)]
     assert [b["cer"] for b in bins] == [0.0, 0.5, 1.0]  # empty bin (60-89) left out
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="apt install flite")
+def test_a_transcript_does_not_depend_on_what_was_transcribed_before(tmp_path):
+    """The same audio gets the same transcript whatever came before it. A reused pocketsphinx decoder
+    heard this sentence differently after 5 s of loud noise ('most' -> 'those', 'to have' -> 'jihad')."""
+    wav_path = tmp_path / "algae.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", "Most algae are plankton carried passively by water, "
+                    "although some macroalgae have holdfasts for anchorage.", "-o", str(wav_path)], check=True)
+    wav = load_audio(wav_path)
+    first = transcribe(wav)
+    transcribe(0.3 * np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32))
+    assert transcribe(wav) == first
