@@ -64,7 +64,7 @@ def sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namespace,
-            wav_dir: Path, pitch_rng: random.Random | None = None) -> sd.SynthJob:
+            wav_dir: Path, pitch_rng: random.Random) -> sd.SynthJob:
     """A random engine, voice (from the training or held-out set), speed and pitch for text.
 
     A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
