@@ -116,11 +116,12 @@ def codec_path(codec: MelCodec, n_iter: int = 32, keep: int | None = None) -> Sy
     return run
 
 
-def read_rows(csv_path: str | Path, n: int) -> tuple[list[tuple[str, np.ndarray]], dict[str, int]]:
-    """The first n usable rows of a ``text,wav`` CSV as (text, audio); and skip counts by reason."""
+def read_rows(csv_path: str | Path, n: int, skip: int = 0) -> tuple[list[tuple[str, np.ndarray]], dict[str, int]]:
+    """The first n usable rows of a ``text,wav`` CSV from row ``skip`` on (0-based, header not
+    counted) as (text, audio); and skip counts by reason."""
     m = Manifest(csv_path)
     rows, skipped = [], {}
-    for i in range(len(m)):
+    for i in range(skip, len(m)):
         if len(rows) >= n:
             break
         row = m[i]
@@ -135,7 +136,7 @@ def read_rows(csv_path: str | Path, n: int) -> tuple[list[tuple[str, np.ndarray]
             continue
         rows.append((row["text"], audio))
     if not rows:
-        raise DataError(f"{csv_path}: no usable rows (skipped: {skipped})")
+        raise DataError(f"{csv_path}: no usable rows from row {skip} of {len(m)} (skipped: {skipped})")
     return rows, skipped
 
 

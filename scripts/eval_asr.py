@@ -35,6 +35,7 @@ from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
 from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
 from omni.speech_data import corpus_sentences, normalize_transcript  # noqa: E402
+from cli import non_negative, positive  # noqa: E402
 
 
 def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]) -> tuple[str, list[str]]:
@@ -171,20 +172,6 @@ def tune_asr_lm(args: argparse.Namespace) -> int:
             best = (r["cer"], w, b)
     print(f"best: --lm-weight {best[1]} --length-bonus {best[2]} (CER {best[0]:.4f} on these rows)")
     return 0
-
-
-def non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Intelligibility of every speech-out path, scored by pocketsphinx against the text (CER/WER).
 
     python scripts/evaluate.py tts --talker checkpoints/talker_tiny \
-        [--csv data/audio/production_tts_val.csv] [--n 50] [--paths original,griffinlim,codec,talker] \
+        [--csv data/audio/production_tts_val.csv] [--n 50] [--skip 0] [--paths original,griffinlim,codec,talker] \
         [--asr-ckpt checkpoints/audio_enc_tiny/best] [--json out.json]
 
 Paths, all on the same held-out rows: original (the CSV's recordings), griffinlim (their log-mel
@@ -31,7 +31,7 @@ from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
 from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
 from omni.rvq import usage_stats  # noqa: E402
-from cli import add_talker_args  # noqa: E402
+from cli import add_talker_args, non_negative, positive  # noqa: E402
 from omni.tts import Synthesizer  # noqa: E402
 
 PATHS = ("original", "griffinlim", "codec", "talker", "teacher")
@@ -83,7 +83,7 @@ def eval_tts(args: argparse.Namespace) -> int:
         raise SystemExit("the codec and talker paths need --talker CKPT (or --codec CKPT for the codec path)")
     if {"talker", "teacher"} & set(names) and not args.talker:
         raise SystemExit("the talker and teacher paths need --talker CKPT (as written by train_talker.py)")
-    rows, skipped = read_rows(args.csv, args.n)
+    rows, skipped = read_rows(args.csv, args.n, skip=args.skip)
     paths = {"original": original_path(), "griffinlim": griffinlim_path(args.gl_iters)}
     synth = codec = None
     if args.talker:
@@ -109,7 +109,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     report = report_paths(rows, chosen, also=also)
     sampling = f"; Talker sampling temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}" \
         + f", decoding {args.decoding}, guidance {args.guidance}" if {"talker", "teacher"} & set(names) else ""
-    print(f"{args.csv}: {len(rows)} rows (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
+    print(f"{args.csv}: {len(rows)} rows from row {args.skip} (skipped {skipped or 'none'}), Griffin-Lim {args.gl_iters} iterations"
           f"{sampling}; {time.perf_counter() - t0:.0f} s")
     extra = f" {'Stage B CER':>12}" if also else ""
     print(f"{'path':<26} {'CER':>6} {'WER':>6} {'other text':>10} {'synth RTF':>10}{extra}   (pocketsphinx; "
@@ -136,7 +136,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--talker", default="", help="Stage D checkpoint folder (train_talker.py's train.save_dir parent)")
     t.add_argument("--codec", default="", help="codec checkpoint folder (default: the Talker's codec)")
     t.add_argument("--csv", default="data/audio/production_tts_val.csv", help="text,wav CSV (held out)")
-    t.add_argument("--n", type=int, default=50, help="rows to evaluate")
+    t.add_argument("--n", type=positive, default=50, help="rows to evaluate")
+    t.add_argument("--skip", type=non_negative, default=0, help="start at this row (0: the first)")
     t.add_argument("--paths", default=",".join(PATHS), help=f"comma list from {','.join(PATHS)}")
     t.add_argument("--codec-keep", default="", help="with the codec path, also decode from the first K "
                    "codebooks only, for each K in this comma list (how much the residuals carry)")

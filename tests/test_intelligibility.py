@@ -80,3 +80,20 @@ def test_a_transcript_does_not_depend_on_what_was_transcribed_before(tmp_path):
     first = transcribe(wav)
     transcribe(0.3 * np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32))
     assert transcribe(wav) == first
+
+
+def test_read_rows_skip_selects_rows_and_counts_bad_ones(tmp_path):
+    import soundfile as sf
+
+    from omni.data import DataError
+    from omni.intelligibility import read_rows
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", np.full(1600, 0.1 * (i + 1), dtype=np.float32), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"not a wav")
+    (tmp_path / "m.csv").write_text("text,wav\nzero,0.wav\nbroken,bad.wav\none,1.wav\ntwo,2.wav\n")
+    rows, skipped = read_rows(tmp_path / "m.csv", 2, skip=1)
+    assert [t for t, _ in rows] == ["one", "two"] and sum(skipped.values()) == 1
+    assert rows[0][1][0] == pytest.approx(0.2, abs=1e-3)  # 16-bit PCM
+    assert [t for t, _ in read_rows(tmp_path / "m.csv", 1)[0]] == ["zero"]
+    with pytest.raises(DataError, match="from row 4 of 4"):
+        read_rows(tmp_path / "m.csv", 1, skip=4)
