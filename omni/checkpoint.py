@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omni.config import config_from_dict
-from omni.files import atomic_write, write_text_atomic
+from omni.files import atomic_write, write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +145,46 @@ def truncate_metrics(ckpt_dir: Path, step: int) -> None:
     """On resume, drop events logged after the checkpoint's step by the interrupted run."""
     records = [r for r in read_metrics(ckpt_dir) if r.get("step", 0) <= step]
     write_text_atomic(ckpt_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def average_weights(folders: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Write the mean of the ``model.safetensors`` of ``folders`` (the same model: the same tensor
+    names, shapes and dtypes, else an error naming the first folder that differs) to ``out_dir``,
+    with the first folder's other files (config, vocabularies, codec link; not its optimizer state,
+    metrics or sub-folders) beside it: a folder any loader of that stage reads. Floating-point
+    tensors are averaged in float64; any other tensor (a counter) must be equal in all of them.
+    -> {"tensors": n, "params": n, "folders": [...]}, also written to ``averaged_from.json``."""
+    folders, out_dir = [Path(f) for f in folders], Path(out_dir)
+    if len(folders) < 2:
+        raise CheckpointError("give at least two checkpoint folders to average")
+    if any(out_dir.resolve() == f.resolve() for f in folders):
+        raise CheckpointError(f"{out_dir} is one of the folders being averaged; write the mean elsewhere")
+    missing = [str(f / MODEL_FILE) for f in folders if not (f / MODEL_FILE).is_file()]
+    if missing:
+        raise CheckpointError(f"no weights at {', '.join(missing)}")
+    first = load_file(str(folders[0] / MODEL_FILE))
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
+    for f in folders[1:]:
+        state = load_file(str(f / MODEL_FILE))
+        if state.keys() != first.keys():
+            diff = sorted(state.keys() ^ first.keys())[:5]
+            raise CheckpointError(f"{f / MODEL_FILE} has other tensors than {folders[0] / MODEL_FILE} "
+                                  f"(e.g. {diff}): not the same model")
+        for k, v in state.items():
+            if v.shape != first[k].shape or v.dtype != first[k].dtype:
+                raise CheckpointError(f"{f / MODEL_FILE}: {k} is {v.dtype} {tuple(v.shape)}, {folders[0] / MODEL_FILE} "
+                                      f"has {first[k].dtype} {tuple(first[k].shape)}: not the same model")
+            if v.is_floating_point():
+                total[k] += v.double()
+            elif not torch.equal(v, first[k]):
+                raise CheckpointError(f"{f / MODEL_FILE}: the integer tensor {k} differs from {folders[0] / MODEL_FILE}")
+    mean = {k: (v / len(folders)).to(first[k].dtype) if first[k].is_floating_point() else v for k, v in total.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(folders[0].iterdir()):
+        if src.is_file() and src.name not in (MODEL_FILE, STATE_FILE, METRICS_FILE):
+            write_bytes_atomic(out_dir / src.name, src.read_bytes())
+    names = [str(f) for f in folders]
+    atomic_write(out_dir / MODEL_FILE, lambda p: save_file(mean, str(p), metadata={"averaged_from": json.dumps(names)}))
+    info = {"tensors": len(mean), "params": sum(v.numel() for v in mean.values()), "folders": names}
+    write_text_atomic(out_dir / "averaged_from.json", json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,7 +1,7 @@
 """Stage D in one command: the Talker recipe that speaks most clearly so far (README Stage D).
 
     python scripts/train_talker_recipe.py [--config configs/talker_tiny.json] [--save-dir checkpoints/talker_read]
-        [--read 3000,6000] [--self-fed 8000,10000,12000,16000,18000,20000,24000] [--keep-rounds] [section.key=value ...]
+        [--read 3000,6000] [--self-fed 8000,10000,12000,16000,18000,20000,24000,26000] [--keep-rounds] [section.key=value ...]
 
 It runs train_talker.py in phases on one folder, each resuming the last (``--resume``), exactly as
 the README's measurements were made:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/talker_tiny.json")
     p.add_argument("--save-dir", default="checkpoints/talker_read", type=Path)
     p.add_argument("--read", default=[3000, 6000], type=step_list, help="reading phases' step counts")
-    p.add_argument("--self-fed", default=[8000, 10000, 12000, 16000, 18000, 20000, 24000], type=step_list,
+    p.add_argument("--self-fed", default=[8000, 10000, 12000, 16000, 18000, 20000, 24000, 26000], type=step_list,
                    help="self-fed phases' step counts")
     p.add_argument("--keep-rounds", action="store_true", help="copy the weights after each phase")
     p.add_argument("overrides", nargs="*", help="section.key=value, passed to every phase")

@@ -59,3 +59,45 @@ def test_config_round_trip(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 8
     with pytest.raises(ckpt.CheckpointError, match="not a μOmni checkpoint"):
         ckpt.read_config(tmp_path / "nope")
+
+
+def test_average_weights_is_the_mean_and_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(ThinkerLM(tiny()))
+        ckpt.save_weights(models[-1], tmp_path / f"m{seed}")
+        ckpt.save_config({"model": {"seed": seed}}, tmp_path / f"m{seed}")
+        (tmp_path / f"m{seed}" / "vocab.json").write_text(f"[{seed}]")
+        ckpt.append_metrics(tmp_path / f"m{seed}", {"event": "train", "step": 1})
+    info = ckpt.average_weights([tmp_path / f"m{s}" for s in range(3)], tmp_path / "avg")
+    assert info["folders"][0].endswith("m0") and info["params"] == sum(p.numel() for p in models[0].state_dict().values())
+    avg = ThinkerLM(tiny())
+    ckpt.load_weights(avg, tmp_path / "avg")
+    for k, v in avg.state_dict().items():
+        want = sum(m.state_dict()[k] for m in models) / 3
+        assert torch.allclose(v, want, atol=1e-6), k
+    assert any(not torch.equal(v, models[0].state_dict()[k]) for k, v in avg.state_dict().items())
+    # the first folder's files come along, its metrics do not
+    assert (tmp_path / "avg" / "vocab.json").read_text() == "[0]"
+    assert ckpt.read_config(tmp_path / "avg")["model"]["seed"] == 0
+    assert not (tmp_path / "avg" / ckpt.METRICS_FILE).exists()
+    assert json.loads((tmp_path / "avg" / "averaged_from.json").read_text())["folders"] == info["folders"]
+    # the script: same result, and clear errors
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "average_checkpoints.py"), "--out", str(tmp_path / "avg2"),
+                        str(tmp_path / "m0"), str(tmp_path / "m1"), str(tmp_path / "m2")], capture_output=True, text=True)
+    assert r.returncode == 0 and "mean of 3 checkpoints" in r.stdout, r.stderr
+    ckpt.save_weights(ThinkerLM(tiny(d_ff=96)), tmp_path / "other")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "average_checkpoints.py"), "--out", str(tmp_path / "avg3"),
+                        str(tmp_path / "m0"), str(tmp_path / "other")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not the same model" in r.stderr and "other" in r.stderr
+    with pytest.raises(ckpt.CheckpointError, match="no weights at"):
+        ckpt.average_weights([tmp_path / "m0", tmp_path / "missing"], tmp_path / "avg4")
+    with pytest.raises(ckpt.CheckpointError, match="one of the folders"):
+        ckpt.average_weights([tmp_path / "m0", tmp_path / "m1"], tmp_path / "m1")
+    with pytest.raises(ckpt.CheckpointError, match="at least two"):
+        ckpt.average_weights([tmp_path / "m0"], tmp_path / "avg5")
