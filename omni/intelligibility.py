@@ -27,7 +27,7 @@ from pocketsphinx import Decoder
 from omni.asr import Manifest
 from omni.audio import SPEECH_OUT_MEL, AudioError, LogMel, load_audio
 from omni.codec import MelCodec
-from omni.ctc import error_rates, normalize_text
+from omni.ctc import edit_distance, error_rates, normalize_text
 from omni.data import DataError
 from omni.griffinlim import mel_to_wav
 
@@ -85,6 +85,31 @@ def cer_by_length(refs: list[str], hyps: list[str], edges: tuple[int, ...] = LEN
             out.append({"lo": lo, "hi": hi, "n": len(pick),
                         "cer": cer_wer([refs[i] for i in pick], [hyps[i] for i in pick])["cer"]})
     return out
+
+
+def _row_counts(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: character edits and reference characters, after normalize_text (as cer_wer)."""
+    pairs = [(normalize_text(r), normalize_text(h)) for r, h in zip(refs, hyps, strict=True)]
+    return (np.array([edit_distance(r, h) for r, h in pairs], dtype=np.float64),
+            np.array([len(r) for r, _ in pairs], dtype=np.float64))
+
+
+def cer_interval(refs: list[str], hyps: list[str], *others: list[str], n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus CER over rows: the rows are resampled with
+    replacement ``n_boot`` times, so the interval says how far the score of this many rows moves
+    with other rows of the same kind. With ``others`` (a second path's transcripts of the same
+    rows): the interval of CER(hyps) - CER(others[0]), both scored on each same resample (paired)."""
+    if not refs:
+        raise ValueError("cer_interval needs at least one row")
+    edits, chars = _row_counts(refs, hyps)
+    idx = np.random.default_rng(seed).integers(0, len(refs), (n_boot, len(refs)))
+    stat = edits[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
+    if others:
+        edits_b, _ = _row_counts(refs, others[0])
+        stat = stat - edits_b[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
+    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 # ---------------------------------------------------------------- synthesis paths
@@ -146,7 +171,8 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
 
     -> {path: {"cer", "wer", "n", "synth_s" (seconds spent synthesising), "audio_s" (seconds of
     audio produced), "by_length": CER per text-length bin (cer_by_length), "examples": [(reference,
-    hypothesis), ...] (first keep_examples)}}, and with two
+    hypothesis), ...] (first keep_examples), "rows": [(text, transcript)] (every row, for
+    comparing runs: scripts/evaluate.py tts-compare)}}, and with two
     rows or more "cer_other": the same transcripts scored against the next row's text, the CER of
     speech that says nothing of its own text (a path near it conveys little of what it was given).
     ``also``: more recognisers (name -> wav -> text, e.g. our Stage B model) scored on the same
@@ -168,9 +194,11 @@ def report_paths(rows: list[tuple[str, np.ndarray]], paths: dict[str, SynthPath]
                 other[k].append(recognise(wav))
         out[name] = {**cer_wer(refs, hyps), "n": len(rows), "synth_s": synth_s, "audio_s": audio_s,
                      "by_length": cer_by_length(refs, hyps),
-                     "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]]}
+                     "examples": [(normalize_text(r), h) for r, h in list(zip(refs, hyps))[:keep_examples]],
+                     "rows": list(zip(refs, hyps))}
         if len(rows) > 1:
             out[name]["cer_other"] = cer_wer(refs[1:] + refs[:1], hyps)["cer"]
+            out[name]["cer_interval"] = cer_interval(refs, hyps)
         for k, h in other.items():
             r = cer_wer(refs, h)
             out[name].update({f"{k}_cer": r["cer"], f"{k}_wer": r["wer"]})

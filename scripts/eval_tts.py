@@ -12,7 +12,9 @@ free-running drift, as bad means the Talker cannot yet predict a frame). The cod
 Talker was trained on, or ``--codec``.
 Also prints per-codebook usage and perplexity on the same rows, and with ``--asr-ckpt`` the CER of
 our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the
-subcommand in scripts/evaluate.py, the entry point.
+subcommand in scripts/evaluate.py, the entry point. Each path's CER comes with a 95% bootstrap interval
+over the rows; ``evaluate.py tts-compare A.json B.json`` compares two ``--json`` reports of the same rows
+path by path, with the paired bootstrap interval of the difference (is one Talker really better?).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from omni.asr import load_asr, transcriber  # noqa: E402
 from omni.audio import SPEECH_OUT_MEL, LogMel  # noqa: E402
 from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
-from omni.intelligibility import codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
+from omni.intelligibility import (cer_interval, cer_wer, codec_path, griffinlim_path, original_path,  # noqa: E402
+                                  read_rows, report_paths)
 from omni.rvq import usage_stats  # noqa: E402
 from cli import add_talker_args, non_negative, positive  # noqa: E402
 from omni.tts import Synthesizer  # noqa: E402
@@ -118,6 +121,8 @@ def eval_tts(args: argparse.Namespace) -> int:
         b = f" {r['stage_b_cer']:12.3f}" if also else ""
         other = f"{r['cer_other']:10.3f}" if "cer_other" in r else f"{'-':>10}"
         print(f"{name:<26} {r['cer']:6.3f} {r['wer']:6.3f} {other} {r['synth_s'] / max(r['audio_s'], 1e-9):10.3f}{b}")
+        if "cer_interval" in r:
+            print(f"    CER 95% bootstrap interval over these rows: {r['cer_interval'][0]:.3f}-{r['cer_interval'][1]:.3f}")
         print("    CER by text length: " + ", ".join(
             f"{x['lo']}{'+' if x['hi'] is None else '-' + str(x['hi'] - 1)} chars {x['cer']:.3f} (n {x['n']})"
             for x in r["by_length"]))
@@ -128,6 +133,52 @@ def eval_tts(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def load_report(path: str) -> dict:
+    """An ``evaluate.py tts --json`` report; an error naming the file when it is not one."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read an evaluate.py tts --json report ({e})") from None
+    if not isinstance(report, dict) or not all(isinstance(v, dict) and "cer" in v for v in report.values()):
+        raise SystemExit(f"{path}: not an evaluate.py tts --json report")
+    return report
+
+
+def compare_tts(args: argparse.Namespace) -> int:
+    """CER of each path two reports share, and the paired bootstrap interval of the difference."""
+    a, b = load_report(args.a), load_report(args.b)
+    common = [k for k in a if k in b]
+    if not common:
+        raise SystemExit(f"{args.a} and {args.b} share no path (they have {sorted(a)} and {sorted(b)})")
+    print(f"A = {args.a}\nB = {args.b}")
+    print(f"{'path':<26} {'rows':>5} {'CER A':>6} {'CER B':>6} {'A - B':>7}   95% paired bootstrap interval of A - B")
+    for name in common:
+        if "rows" not in a[name] or "rows" not in b[name]:
+            raise SystemExit(f"{name}: a report has no per-row transcripts; rerun evaluate.py tts --json with "
+                             "this version")
+        refs = [r for r, _ in a[name]["rows"]]
+        if refs != [r for r, _ in b[name]["rows"]]:
+            raise SystemExit(f"{name}: the two reports scored different rows; compare runs on the same --csv, "
+                             "--skip and --n")
+        hyp_a, hyp_b = [h for _, h in a[name]["rows"]], [h for _, h in b[name]["rows"]]
+        cer_a, cer_b = cer_wer(refs, hyp_a)["cer"], cer_wer(refs, hyp_b)["cer"]
+        lo, hi = cer_interval(refs, hyp_a, hyp_b)
+        verdict = "A lower" if hi < 0 else "B lower" if lo > 0 else "no clear difference"
+        print(f"{name:<26} {len(refs):5d} {cer_a:6.3f} {cer_b:6.3f} {cer_a - cer_b:+7.3f}   {lo:+.3f} to {hi:+.3f} "
+              f"({verdict})")
+    return 0
+
+
+def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``tts-compare``: two ``tts --json`` reports of the same rows, path by path."""
+    t = subparsers.add_parser("tts-compare", help="compare two `tts --json` reports of the same rows: the CER "
+                              "difference per path with its paired bootstrap interval")
+    t.add_argument("a", help="report A (evaluate.py tts --json)")
+    t.add_argument("b", help="report B, of the same rows")
+    t.set_defaults(run=compare_tts)
+    return t
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@
     python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best --candidates 100
     python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best --beam 4
     python scripts/evaluate.py tts --talker checkpoints/talker_tiny --asr-ckpt checkpoints/audio_enc_tiny/best
+    python scripts/evaluate.py tts-compare a.json b.json   # two `tts --json` reports of the same rows
     python scripts/evaluate.py talker --talker checkpoints/talker_tiny --csv data/audio/production_tts_val.csv
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_asr.add_parser(sub)
     eval_vision.add_parser(sub)
     eval_tts.add_parser(sub)
+    eval_tts.add_compare_parser(sub)
     eval_talker.add_parser(sub)
     eval_ocr.add_parser(sub)
     args = p.parse_args(argv)

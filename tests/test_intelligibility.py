@@ -97,3 +97,40 @@ def test_read_rows_skip_selects_rows_and_counts_bad_ones(tmp_path):
     assert [t for t, _ in read_rows(tmp_path / "m.csv", 1)[0]] == ["zero"]
     with pytest.raises(DataError, match="from row 4 of 4"):
         read_rows(tmp_path / "m.csv", 1, skip=4)
+
+
+def test_cer_interval_brackets_the_score_and_pairs_two_paths():
+    from omni.intelligibility import cer_interval
+    rng = np.random.default_rng(0)
+    refs = ["the quick brown fox jumps"] * 200
+    hyps = ["the quick brown fox jumps" if rng.random() < 0.5 else "the quack brawn fix jumps" for _ in refs]
+    cer = cer_wer(refs, hyps)["cer"]
+    lo, hi = cer_interval(refs, hyps)
+    assert lo < cer < hi and hi - lo < 0.05
+    lo20, hi20 = cer_interval(refs[:20], hyps[:20])
+    assert hi20 - lo20 > hi - lo  # fewer rows, a wider interval
+    assert cer_interval(refs, refs) == (0.0, 0.0)
+    assert cer_interval(refs, hyps, hyps) == (0.0, 0.0)  # a path against itself
+    worse = ["the quack brawn fix jumps"] * 200
+    dlo, dhi = cer_interval(refs, worse, hyps)  # every row at least as bad: the difference is clearly > 0
+    assert 0 < dlo <= dhi
+
+
+def test_tts_compare_reports_the_paired_difference(tmp_path, capsys):
+    import json
+
+    from scripts.evaluate import main
+    refs = [f"sentence number {i} is here" for i in range(50)]
+    good = [(r, r) for r in refs]
+    bad = [(r, r.replace("number", "lumber").replace("here", "hair")) for r in refs]
+    for name, rows in (("a", good), ("b", bad)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"talker_codec_griffinlim": {"cer": 0.0, "rows": rows}}))
+    assert main(["tts-compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "talker_codec_griffinlim" in out and "(A lower)" in out and " 0.000 " in out
+    (tmp_path / "c.json").write_text(json.dumps({"talker_codec_griffinlim": {"cer": 0.0, "rows": good[1:]}}))
+    with pytest.raises(SystemExit, match="different rows"):
+        main(["tts-compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+    (tmp_path / "d.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not an evaluate.py tts --json report"):
+        main(["tts-compare", str(tmp_path / "a.json"), str(tmp_path / "d.json")])
