@@ -12,6 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 BLANK = 0
@@ -88,3 +89,28 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
     n_chars = max(1, sum(len(r) for r in refs))
     n_words = max(1, sum(len(r.split()) for r in refs))
     return {"cer": char_edits / n_chars, "wer": word_edits / n_words}
+
+
+def _row_counts(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: character edits and reference characters, after normalize_text on both sides."""
+    pairs = [(normalize_text(r), normalize_text(h)) for r, h in zip(refs, hyps, strict=True)]
+    return (np.array([edit_distance(r, h) for r, h in pairs], dtype=np.float64),
+            np.array([len(r) for r, _ in pairs], dtype=np.float64))
+
+
+def cer_interval(refs: list[str], hyps: list[str], *others: list[str], n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus CER over rows: the rows are resampled with
+    replacement ``n_boot`` times, so the interval says how far the score of this many rows moves
+    with other rows of the same kind. With ``others`` (a second path's transcripts of the same
+    rows): the interval of CER(hyps) - CER(others[0]), both scored on each same resample (paired)."""
+    if not refs:
+        raise ValueError("cer_interval needs at least one row")
+    edits, chars = _row_counts(refs, hyps)
+    idx = np.random.default_rng(seed).integers(0, len(refs), (n_boot, len(refs)))
+    stat = edits[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
+    if others:
+        edits_b, _ = _row_counts(refs, others[0])
+        stat = stat - edits_b[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
+    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

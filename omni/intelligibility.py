@@ -27,7 +27,7 @@ from pocketsphinx import Decoder
 from omni.asr import Manifest
 from omni.audio import SPEECH_OUT_MEL, AudioError, LogMel, load_audio
 from omni.codec import MelCodec
-from omni.ctc import edit_distance, error_rates, normalize_text
+from omni.ctc import cer_interval, error_rates, normalize_text
 from omni.data import DataError
 from omni.griffinlim import mel_to_wav
 
@@ -85,31 +85,6 @@ def cer_by_length(refs: list[str], hyps: list[str], edges: tuple[int, ...] = LEN
             out.append({"lo": lo, "hi": hi, "n": len(pick),
                         "cer": cer_wer([refs[i] for i in pick], [hyps[i] for i in pick])["cer"]})
     return out
-
-
-def _row_counts(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: character edits and reference characters, after normalize_text (as cer_wer)."""
-    pairs = [(normalize_text(r), normalize_text(h)) for r, h in zip(refs, hyps, strict=True)]
-    return (np.array([edit_distance(r, h) for r, h in pairs], dtype=np.float64),
-            np.array([len(r) for r, _ in pairs], dtype=np.float64))
-
-
-def cer_interval(refs: list[str], hyps: list[str], *others: list[str], n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus CER over rows: the rows are resampled with
-    replacement ``n_boot`` times, so the interval says how far the score of this many rows moves
-    with other rows of the same kind. With ``others`` (a second path's transcripts of the same
-    rows): the interval of CER(hyps) - CER(others[0]), both scored on each same resample (paired)."""
-    if not refs:
-        raise ValueError("cer_interval needs at least one row")
-    edits, chars = _row_counts(refs, hyps)
-    idx = np.random.default_rng(seed).integers(0, len(refs), (n_boot, len(refs)))
-    stat = edits[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
-    if others:
-        edits_b, _ = _row_counts(refs, others[0])
-        stat = stat - edits_b[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
-    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 # ---------------------------------------------------------------- synthesis paths

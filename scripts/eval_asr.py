@@ -30,7 +30,7 @@ from omni.asr import (AsrDataset, AsrModel, Manifest, evaluate_asr, load_asr, pe
                       resolve_manifest)
 from omni.config import AsrStageConfig  # noqa: E402
 from omni.audio import load_audio  # noqa: E402
-from omni.ctc import CharVocab, error_rates, greedy_decode, normalize_text  # noqa: E402
+from omni.ctc import CharVocab, cer_interval, error_rates, greedy_decode, normalize_text  # noqa: E402
 from omni.ctc_lm import CharNgramLM, beam_decode  # noqa: E402
 from omni.data import DataError  # noqa: E402
 from omni.runtime import pick_device  # noqa: E402
@@ -122,7 +122,9 @@ def eval_asr(args: argparse.Namespace) -> int:
     print(f"checkpoint   {args.ckpt}")
     print(f"manifest     {manifest.path}: {int(metrics['val_items'])} of {len(manifest)} rows decoded "
           f"(rows {rows.start}-{rows.stop - 1}, {time.perf_counter() - t0:.1f} s, greedy CTC)")
-    print(f"overall      CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}")
+    refs = [ref for ref, _, _ in results]
+    print(f"overall      CER {metrics['val_cer']:.4f}  WER {metrics['val_wer']:.4f}  "
+          f"{interval(refs, [h for _, h, _ in results])}")
     columns: dict[str, list[tuple[str, str, int]]] = {}
     if args.lm:
         t0 = time.perf_counter()
@@ -133,13 +135,15 @@ def eval_asr(args: argparse.Namespace) -> int:
         hyps = [h for lp, n in stored for h in beam_decode(lp, n, vocab, lm, args.beam, args.lm_weight,
                                                           args.length_bonus)]
         columns["beam+LM"] = [(ref, h, row) for (ref, _, row), h in zip(results, hyps)]
-        r = error_rates([ref for ref, _, _ in results], hyps)
-        print(f"beam+LM      CER {r['cer']:.4f}  WER {r['wer']:.4f}  (beam {args.beam}, "
+        r = error_rates(refs, hyps)
+        print(f"beam+LM      CER {r['cer']:.4f}  WER {r['wer']:.4f}  {interval(refs, hyps)}  (beam {args.beam}, "
               f"lm weight {args.lm_weight}, length bonus {args.length_bonus}; {time.perf_counter() - t0:.1f} s)")
     if args.pocketsphinx:
         columns["pocketsphinx"] = pocketsphinx_results(manifest, results)
         r = error_rates([x[0] for x in columns["pocketsphinx"]], [x[1] for x in columns["pocketsphinx"]])
-        print(f"pocketsphinx CER {r['cer']:.4f}  WER {r['wer']:.4f}  (same {len(results)} clips, its en-us model)")
+        print(f"pocketsphinx CER {r['cer']:.4f}  WER {r['wer']:.4f}  "
+              f"{interval([x[0] for x in columns['pocketsphinx']], [x[1] for x in columns['pocketsphinx']])}  "
+              f"(same {len(results)} clips, its en-us model)")
     for key in [k for k in ("engine", "voice", "speaker") if k in manifest.header]:
         other = {name: per_source_report(manifest, res, key) for name, res in columns.items()}
         for group, r in per_source_report(manifest, results, key).items():
@@ -152,6 +156,12 @@ def eval_asr(args: argparse.Namespace) -> int:
         for name, h in hyps.items():
             print(f"  {name}: {h[row]}")
     return 0
+
+
+def interval(refs: list[str], hyps: list[str]) -> str:
+    """'CER 95% a-b': the bootstrap interval of the CER over these rows (omni.ctc.cer_interval)."""
+    lo, hi = cer_interval(refs, hyps)
+    return f"CER 95% {lo:.3f}-{hi:.3f}"
 
 
 def tune_asr_lm(args: argparse.Namespace) -> int:

@@ -31,8 +31,8 @@ from omni.asr import load_asr, transcriber  # noqa: E402
 from omni.audio import SPEECH_OUT_MEL, LogMel  # noqa: E402
 from omni.griffinlim import mel_to_wav  # noqa: E402
 from omni.codec_stage import load_codec  # noqa: E402
-from omni.intelligibility import (cer_interval, cer_wer, codec_path, griffinlim_path, original_path,  # noqa: E402
-                                  read_rows, report_paths)
+from omni.ctc import cer_interval  # noqa: E402
+from omni.intelligibility import cer_wer, codec_path, griffinlim_path, original_path, read_rows, report_paths  # noqa: E402
 from omni.rvq import usage_stats  # noqa: E402
 from cli import add_talker_args, non_negative, positive  # noqa: E402
 from omni.tts import Synthesizer  # noqa: E402

@@ -144,6 +144,7 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     assert "overall      CER" in r.stdout and "speaker  alsa-utils" in r.stdout and "ref: " in r.stdout
     assert "6 of 9 rows decoded (rows 1-6" in r.stdout and "beam+LM      CER" in r.stdout, r.stdout
     assert "beam+LM: " in r.stdout   # each example shows the LM decoder's transcript too
+    assert r.stdout.count("CER 95% ") == 2  # the bootstrap interval of the greedy and the LM column
     # the LM is built from the training transcripts (here the same clips) less every scored reference
     assert "3 sentences from" in r.stdout, r.stdout
     assert "6 of them dropped as evaluated references" in r.stdout, r.stdout

@@ -100,7 +100,7 @@ def test_read_rows_skip_selects_rows_and_counts_bad_ones(tmp_path):
 
 
 def test_cer_interval_brackets_the_score_and_pairs_two_paths():
-    from omni.intelligibility import cer_interval
+    from omni.ctc import cer_interval
     rng = np.random.default_rng(0)
     refs = ["the quick brown fox jumps"] * 200
     hyps = ["the quick brown fox jumps" if rng.random() < 0.5 else "the quack brawn fix jumps" for _ in refs]
