@@ -3,17 +3,14 @@ and train on paired conversations (captions, VQA, transcription, text), loss on 
 
     python sft_omni.py --config configs/omni_sft_tiny.json [train.max_steps=...] [--resume]
 """
-from __future__ import annotations
-
 import sys
 
-from cli import run_stage
-from omni.sft import SftStageConfig, build_sft_stage
+from omni.cli.common import run_stage
+from omni.multimodal import stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(__doc__, "configs/omni_sft_tiny.json", SftStageConfig,
-                     lambda cfg, rt, args: (build_sft_stage(cfg, rt.device), cfg), argv)
+    return run_stage(stage, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,18 @@ scripts/tts.py can use it instead of Griffin-Lim.
     python train_vocoder.py --config configs/vocoder_tiny.json [train.max_steps=...] [--resume]
 
 Random crops of ``data.max_audio_length`` samples; generator and discriminators train in one step
-(omni/vocoder.py explains how) with their own learning rates (``gan.lr_g``, ``gan.lr_d``; the
+(omni/vocoder/model.py explains how) with their own learning rates (``gan.lr_g``, ``gan.lr_d``; the
 schedule's warmup/cosine shape comes from ``train``). Validation: log-mel L1 distance of the
 vocoded validation clips, beside Griffin-Lim's on the same mels; best/ keeps the lowest.
 """
-from __future__ import annotations
-
 import sys
 
-from cli import run_stage
-from omni.vocoder_stage import VocoderStageConfig, build_vocoder_stage
+from omni.cli.common import run_stage
+from omni.vocoder import stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(__doc__, "configs/vocoder_tiny.json", VocoderStageConfig,
-                     lambda cfg, rt, args: (build_vocoder_stage(cfg), cfg), argv)
+    return run_stage(stage, __doc__, argv)
 
 
 if __name__ == "__main__":

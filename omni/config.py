@@ -23,29 +23,6 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class ThinkerConfig:
-    """Decoder-only LM. ``vocab_size`` is the target; the model uses the tokenizer's real size."""
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_ff: int
-    ctx_len: int
-    dropout: float
-    rope_theta: float = 10000.0
-
-
-@dataclasses.dataclass
-class TextDataConfig:
-    """One document per line. ``val_file`` empty: hold out ``val_fraction`` of the train lines."""
-    train_file: str
-    val_file: str = ""
-    val_fraction: float = 0.01
-    tokenizer: str = ""  # tokenizer.json / SentencePiece .model; empty: train BPE into save_dir
-
-
-@dataclasses.dataclass
 class TrainConfig:
     batch_size: int
     gradient_accumulation_steps: int
@@ -68,48 +45,6 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     num_workers: int = 0
-
-
-@dataclasses.dataclass
-class TextStageConfig:
-    model: ThinkerConfig
-    data: TextDataConfig
-    train: TrainConfig
-
-
-@dataclasses.dataclass
-class AudioEncConfig:
-    """AudioEncoderTiny + CTC head. Input: 128-bin log-mel at 100 Hz (omni/audio.py ENCODER_MEL)."""
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    dropout: float
-    max_frames: int = 1024           # encoder positions (12.5 Hz): 1024 = 82 s
-    symbols_per_frame: int = 2       # CTC symbols per 12.5 Hz frame (see omni/ctc.py)
-    spec_augment: bool = True
-    freq_mask: int = 15
-    time_mask: int = 40
-    n_masks: int = 2
-    tempo_perturb: float = 0.0       # training only: stretch time by up to +-this fraction
-    vtlp: float = 0.0                # training only: scale frequencies by up to +-this fraction
-    utterance_norm: bool = False     # subtract each utterance's own mean log-mel (per bin, real frames only)
-
-
-@dataclasses.dataclass
-class AsrDataConfig:
-    """``wav,text`` CSVs, or a dataset name registered by scripts/prepare_audio.py (its train/val TSV)."""
-    train_csv: str
-    val_csv: str
-    max_seconds: float = 15.0
-    val_items: int = 200             # utterances decoded at each validation
-
-
-@dataclasses.dataclass
-class AsrStageConfig:
-    model: AudioEncConfig
-    data: AsrDataConfig
-    train: TrainConfig
 
 
 def _type_name(tp: Any) -> str:

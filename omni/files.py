@@ -1,10 +1,12 @@
-"""Atomic file writes: every file μOmni writes goes through a temp file in the same folder, is
+"""File plumbing shared by every stage: hashing, and atomic writes: every file μOmni writes goes through a temp file in the same folder, is
 fsynced, then renamed over the target, so a kill at any moment leaves the old file or the new one,
 never half of either."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,3 +40,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, fsync: bool = True)
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of a file's bytes (``algorithm``: a hashlib name such as sha1 or sha256), read in 4 MiB pieces."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha1")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")
+
+
+def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """A copy of ``src`` at ``dest``, written like every other file (temp file, fsync, rename)."""
+    return atomic_write(dest, lambda p: shutil.copyfile(src, p))

@@ -3,18 +3,17 @@
 Eval: resize the short side to ``img_size`` and take the centre crop. Train: resize the short side
 to a random size in [img_size, img_size * max_zoom], random crop, optional horizontal flip (off by
 default: flipping a scene whose caption says "on the left" makes the caption wrong). Both end in
-the same per-channel normalisation. Loading goes through omni/image_data.load_image, which
+the same per-channel normalisation. Loading goes through omni.images.load_image, which
 converts palette/alpha/greyscale/16-bit images to RGB and raises BadImage on unusable files.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-
-from omni.image_data import MAX_SIDE, load_image, to_rgb
 
 # per-channel mean/std of natural RGB images (CLIP's), applied after scaling to [0, 1]
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
@@ -66,3 +65,67 @@ def load_image_tensor(path: str | Path, img_size: int) -> torch.Tensor:
     """Eval preprocessing of an image file -> (3, img_size, img_size); raises BadImage with the path."""
     img, _ = load_image(Path(path), max_side=max(MAX_SIDE, img_size))
     return preprocess(img, img_size, train=False)
+
+
+MAX_SIDE, MIN_SIDE, SCENE_SIZE = 256, 8, 224  # stored long side, smallest usable long side, scenes
+
+
+MAX_PIXELS = 64_000_000  # bigger inputs are skipped ("too_large"), never decoded
+
+
+class BadImage(ValueError):
+    """An input image that cannot be used; `reason` is a short key for the skip counts."""
+
+    def __init__(self, path: Path | str, reason: str, detail: str) -> None:
+        super().__init__(f"{path}: {reason} ({detail})")
+        self.reason = reason
+
+
+def to_rgb(img: Image.Image, max_side: int = MAX_SIDE) -> tuple[Image.Image, list[str]]:
+    """Any PIL image -> RGB, alpha composited on white, long side <= max_side; plus notes."""
+    notes = []
+    if img.mode in ("P", "PA"):  # via RGBA so a transparent palette entry becomes white
+        img, notes = img.convert("RGBA"), ["palette"]
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        span = a.max() - a.min()
+        a = (a - a.min()) * (255.0 / span) if span > 0 else np.zeros_like(a)
+        img = Image.fromarray(a.round().astype(np.uint8), "L")
+    if img.mode in ("1", "L"):
+        notes.append("greyscale")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        notes.append("alpha")
+    img = img.convert("RGB")  # also a copy, so thumbnail() never touches the caller's image
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        notes.append("resized")
+    return img, notes
+
+
+def load_image(path: Path, max_side: int = MAX_SIDE) -> tuple[Image.Image, list[str]]:
+    """Open, fully decode and normalise an image file; raises BadImage with a reason key."""
+    if not Path(path).is_file():
+        raise BadImage(path, "missing", "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise BadImage(path, "too_large", f"{w}x{h} > {MAX_PIXELS} pixels")
+                if max(w, h) < MIN_SIDE:
+                    raise BadImage(path, "too_small", f"{w}x{h}: both sides < {MIN_SIDE} px")
+                img.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced scale
+                img.load()
+                return to_rgb(img, max_side)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(path, "too_large", str(e)) from e
+    except Image.UnidentifiedImageError as e:
+        raise BadImage(path, "not_an_image", "Pillow cannot identify it") from e
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncated" in str(e) or isinstance(e, EOFError) else "corrupt"
+        raise BadImage(path, reason, str(e) or type(e).__name__) from e

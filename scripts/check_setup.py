@@ -11,7 +11,6 @@ Exit status 1 when something a requested stage needs is missing (WARN and INFO n
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import importlib.metadata
@@ -22,14 +21,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from omni.config import ConfigError, config_from_dict  # noqa: E402
-from omni.runtime import cpu_has_native_bf16  # noqa: E402
-from omni.stage_survey import (FALLBACKS, builder_for, checkpoint_refs, data_files, get_path,  # noqa: E402
-                               train_slots)
+from omni.cli.common import Parser
+from omni.config import ConfigError, config_from_dict
+from omni.engine.runtime import cpu_has_native_bf16
+from omni.tools.survey import FALLBACKS, builder_for, checkpoint_refs, data_files, get_path, omni_modules, train_slots
 
 STAGES = {  # stage -> (what, config, the script that trains it)
     "A": ("Thinker language model", "configs/thinker_tiny.json", "train_text.py"),
@@ -131,10 +128,7 @@ def check_tools() -> list[Row]:
 def stage_config_classes() -> list[type]:
     """Every ``*StageConfig`` dataclass in the omni modules that define one."""
     out = []
-    for path in sorted((Path(__file__).resolve().parents[1] / "omni").glob("*.py")):
-        if "StageConfig" not in path.read_text(encoding="utf-8"):
-            continue
-        module = importlib.import_module(f"omni.{path.stem}")
+    for module in omni_modules("StageConfig"):
         out += [c for n, c in vars(module).items() if n.endswith("StageConfig") and dataclasses.is_dataclass(c)
                 and c.__module__ == module.__name__]
     return out
@@ -232,9 +226,9 @@ def print_rows(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="what to check (default all)")
-    p.add_argument("--root", type=Path, default=Path("."), help="project root (default: here)")
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to check")
+    p.add_argument("--root", type=Path, default=Path("."), help="project root")
     args = p.parse_args(argv)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     rows = run_checks(args.root, stages)

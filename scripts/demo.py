@@ -11,7 +11,6 @@ printed beside a baseline it has to beat.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from omni.checkpoint import read_metrics  # noqa: E402
-from omni.config import TextStageConfig, load_config  # noqa: E402
-from omni.text import load_streams, tokenizer_in, unigram_loss  # noqa: E402
+from omni.cli.common import Parser
+from omni.config import load_config
+from omni.engine.checkpoint import read_metrics
+from omni.thinker.stage import TextStageConfig, load_streams, tokenizer_in, unigram_loss
 
 DEMO = ROOT / "checkpoints" / "demo"
 CONFIGS = {"A": "configs/thinker_demo.json", "B": "configs/audio_enc_demo.json", "C": "configs/vision_demo.json",
@@ -72,7 +71,7 @@ def chat_session() -> str:
     script = (f"/speak on\n/image data/images/{scene['image']}\n{question}\n"
               f"/audio data/audio/{clip[0]}\nTranscribe the audio.\n/quit\n")
     print(f"(expected answers: {answer!r}; {clip[1]!r})")
-    return run(["infer_chat.py", "--ckpt_dir", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
+    return run(["infer_chat.py", "--ckpt", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
                 "--audio-out", "checkpoints/demo/reply.wav"], stdin=script)
 
 
@@ -93,16 +92,16 @@ def summary(times: dict[str, float], unigram: float) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="override max_steps of stages A, B, C, E (a smoke run)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     run(["scripts/make_synthetic_datasets.py", "--out", "data"])
     times = {s: train(s, args.steps) for s in "ABCDE"}
     unigram = thinker_baseline()
-    run(["scripts/plot_metrics.py", str(DEMO / "omni_sft")])
+    run(["scripts/plot_metrics.py", "--ckpt", str(DEMO / "omni_sft")])
     chat_session()
-    run(["test_all_media.py", "--ckpt_dir", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
+    run(["scripts/evaluate.py", "omni", "--ckpt", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
          "--n", "30", "--speech-n", "3"])
     lines = summary(times, unigram)
     print("\n== μOmni demo summary\n" + "\n".join(lines))

@@ -3,8 +3,7 @@
 
   offline      (default) synthesised from data/text/production_corpus.txt sentences, no network:
                production_asr.csv (wav,text,engine,voice): espeak-ng (8 English accents x 13
-               variants), flite (kal, kal16, awb, slt), MBROLA (us1, us2, us3, en1, through
-               espeak-ng) and pico (en-US, en-GB) at random speeds and pitches;
+               variants) and flite (kal, kal16, awb, slt), half each, at random speeds and pitches;
                production_asr_val.csv: held-out voices (espeak-ng variants f4, m6 in every
                accent; flite rms) speaking held-out sentences; production_tts.csv (text,wav):
                flite slt; production_tts_val.csv: slt speaking held-out sentences.
@@ -18,7 +17,7 @@ case and punctuation. Wav paths are relative to the CSV.
 
 Examples:
   python scripts/download_production_audio.py
-  python scripts/download_production_audio.py --max-samples 50 --out /tmp/audio
+  python scripts/download_production_audio.py --n 50 --out /tmp/audio
   python scripts/download_production_audio.py --source librispeech --url URL --sha256 HEX
 """
 
@@ -33,13 +32,11 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omni import download as dl  # noqa: E402
-from omni import speech_data as sd  # noqa: E402
-from omni.audio import SAMPLE_RATE, load_audio, save_wav  # noqa: E402
-from omni.speech_manifests import ManifestPlan, SourceError, write_manifests  # noqa: E402
-from cli import data_script  # noqa: E402
+from omni.audio.features import SAMPLE_RATE, load_audio, save_wav
+from omni.builders import download as dl
+from omni.builders import speech as sd
+from omni.builders.speech_manifests import ManifestPlan, SourceError, write_manifests
+from omni.cli.common import Parser, data_script
 
 DEFAULT_URLS = {
     "librispeech": "https://www.openslr.org/resources/12/train-clean-100.tar.gz",
@@ -47,6 +44,9 @@ DEFAULT_URLS = {
 }
 ASR_HEADER, TTS_HEADER = ("wav", "text", "engine", "voice"), ("text", "wav")
 TTS_VOICE = sd.Voice(sd.FLITE, "slt")
+# the share of ASR clips spoken by flite (the rest by espeak-ng); neither a smaller share nor
+# MBROLA/pico voices or pitch-shifted flite voices helped the held-out voices (docs/experiments.md)
+FLITE_FRACTION = 0.5
 ALSA_DIR = Path("/usr/share/sounds/alsa")
 ALSA_CLIPS = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left",
               "Rear_Right", "Side_Left", "Side_Right")
@@ -57,33 +57,18 @@ PYSPTK = "pysptk==1.0.1"
 
 
 def sizes(args: argparse.Namespace) -> dict[str, int]:
-    """Rows per manifest after --max-samples."""
-    cap = args.max_samples or 10**12
+    """Rows per manifest after --n."""
+    cap = args.n or 10**12
     return {"asr": min(args.asr_train, cap), "asr_val": min(args.asr_val, cap),
             "tts": min(args.tts_train, cap), "tts_val": min(args.tts_val, cap)}
 
 
-def asr_job(rng: random.Random, text: str, held_out: bool, args: argparse.Namespace,
-            wav_dir: Path, pitch_rng: random.Random) -> sd.SynthJob:
-    """A random engine, voice (from the training or held-out set), speed and pitch for text.
-
-    A training clip is first an MBROLA/pico one with probability --extra-fraction; held-out
-    clips, and every clip at --extra-fraction 0, draw nothing for it, so the held-out set never
-    depends on it and --extra-fraction 0 gives exactly the espeak-ng/flite plan it had before.
-    --flite-pitch draws a training flite clip's pitch from pitch_rng, its own stream, so every
-    clip keeps the engine, voice, speed and text it has without it; flite clips only add a pitch.
-    """
-    if not held_out and args.extra_fraction > 0 and rng.random() < args.extra_fraction:
-        voice = rng.choice(sd.extra_voices())
-        if voice.engine == sd.PICO:
-            speed, pitch = rng.randint(*sd.PICO_SPEED), rng.randint(*sd.PICO_PITCH)
-        else:
-            speed, pitch = rng.randint(*sd.ESPEAK_SPEED), rng.randint(*sd.ESPEAK_PITCH)
-    elif rng.random() < args.flite_fraction:
+def asr_job(rng: random.Random, text: str, held_out: bool, wav_dir: Path) -> sd.SynthJob:
+    """A random engine (flite with probability FLITE_FRACTION, else espeak-ng), voice (from the
+    training or held-out set), speed and pitch for text."""
+    if rng.random() < FLITE_FRACTION:
         voice = rng.choice(sd.flite_voices(held_out))
         speed, pitch = round(rng.uniform(*sd.FLITE_STRETCH), 2), None
-        if not held_out and args.flite_pitch > 0:
-            pitch = round(100 * pitch_rng.uniform(1 - args.flite_pitch, 1 + args.flite_pitch))
     else:
         voice = rng.choice(sd.espeak_voices(held_out))
         speed, pitch = rng.randint(*sd.ESPEAK_SPEED), rng.randint(*sd.ESPEAK_PITCH)
@@ -114,9 +99,8 @@ def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, li
     asr_dir, tts_dir = args.out / "production_asr", args.out / "production_tts"
     plan = {}
     for name in ("production_asr.csv", "production_asr_val.csv"):
-        rng, pitch_rng = random.Random(f"{args.seed}:{name}"), random.Random(f"{args.seed}:{name}:pitch")
-        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), args, asr_dir, pitch_rng)
-                      for t in texts[name]]
+        rng = random.Random(f"{args.seed}:{name}")
+        plan[name] = [asr_job(rng, t, name.endswith("_val.csv"), asr_dir) for t in texts[name]]
     for name in ("production_tts.csv", "production_tts_val.csv"):
         plan[name] = [sd.SynthJob(TTS_VOICE, t, 1.0, None,
                                   tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts[name]]
@@ -127,20 +111,15 @@ def offline_engines(args: argparse.Namespace) -> list[str]:
     """The engines the offline plan can draw (the TTS sets are flite's)."""
     n = sizes(args)
     engines = [sd.FLITE]
-    if args.flite_fraction < 1 and n["asr"] + n["asr_val"]:
+    if n["asr"] + n["asr_val"]:
         engines.append(sd.ESPEAK)
-    if args.extra_fraction > 0 and n["asr"]:
-        engines += [sd.MBROLA, sd.PICO]
     return engines
 
 
 def build_offline(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """Synthesise every planned clip (reusing finished ones) and lay out the four manifests."""
     engines = offline_engines(args)
-    try:
-        dl.ensure_apt_packages(sorted({p for e in engines for p in sd.APT_PACKAGES[e]}))
-    except dl.MissingPackageError as e:
-        raise dl.MissingPackageError(f"{e}{sd.apt_hint(engines)}") from None
+    dl.ensure_apt_packages(sorted({p for e in engines for p in sd.APT_PACKAGES[e]}))
     sd.require_engines(engines)
     sentences = sd.corpus_sentences(args.corpus)
     logging.info("%s: %d usable sentences", args.corpus, len(sentences))
@@ -198,7 +177,7 @@ def build_librispeech(args: argparse.Namespace) -> dict[str, ManifestPlan]:
             by_split.setdefault(split, []).append((speaker, sd.normalize_transcript(text), job))
     manifests: dict[str, ManifestPlan] = {}
     for split, items in sorted(by_split.items()):
-        items = items[: args.max_samples]
+        items = items[: args.n]
         m = manifests[f"librispeech_{split}.csv"] = ManifestPlan(ASR_HEADER)
         for (speaker, text, job), r in zip(items, convert_rows([j for _, _, j in items], args)):
             m.add((sd.relpath(job.out, args.out), text, "librispeech", speaker), "librispeech", r)
@@ -220,7 +199,7 @@ def build_ljspeech(args: argparse.Namespace) -> dict[str, ManifestPlan]:
         job = sd.ConvertJob(meta[0].parent / "wavs" / f"{parts[0]}.wav",
                             args.out / "ljspeech" / f"{parts[0]}.wav")
         items.append((text.strip(), job))
-    items = items[: args.max_samples]
+    items = items[: args.n]
     done = convert_rows([job for _, job in items], args)
     order = list(range(len(items)))
     random.Random(args.seed).shuffle(order)
@@ -295,8 +274,7 @@ def describe_plan(args: argparse.Namespace) -> None:
         state = f"would install {missing}" if missing else "installed"
         print(f"  apt {packages} ({state})")
         print(f"  sentences from {args.corpus}; rows per manifest {sizes(args)}; seed {args.seed}; "
-              f"extra (MBROLA, pico) fraction {args.extra_fraction}, then flite fraction "
-              f"{args.flite_fraction}, flite pitch ±{args.flite_pitch}; {args.workers} workers")
+              f"ASR clips from flite with probability {FLITE_FRACTION}, else espeak-ng; {args.workers} workers")
         names = ["production_asr.csv", "production_asr_val.csv", "production_tts.csv",
                  "production_tts_val.csv"]
     elif args.source == "fixtures":
@@ -314,44 +292,35 @@ def describe_plan(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--source", choices=["offline", "librispeech", "ljspeech", "fixtures"],
-                   default="offline")
+                   default="offline", help="where the speech comes from (see above)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default data/audio; assets/audio for --source fixtures)")
-    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
-    p.add_argument("--corpus", type=Path, default=Path("data/text/production_corpus.txt"))
-    p.add_argument("--max-samples", type=int, default=None, help="cap on rows per manifest")
-    p.add_argument("--asr-train", type=int, default=24000)
-    p.add_argument("--asr-val", type=int, default=200)
-    p.add_argument("--tts-train", type=int, default=10000)
-    p.add_argument("--tts-val", type=int, default=100)
-    p.add_argument("--flite-fraction", type=float, default=0.5,
-                   help="offline ASR: share of the remaining utterances from flite (the rest espeak-ng)")
-    p.add_argument("--extra-fraction", type=float, default=0.0,
-                   help="offline ASR training: share of utterances from the MBROLA and pico voices "
-                        "(0: espeak-ng and flite only)")
-    p.add_argument("--flite-pitch", type=float, default=0.0,
-                   help="offline ASR training: each flite clip's pitch is scaled by a factor drawn "
-                        "from [1-P, 1+P] (flite's f0_shift; 0: the voices' own pitch)")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="downloads, kept for re-runs")
+    p.add_argument("--corpus", type=Path, default=Path("data/text/production_corpus.txt"),
+                   help="offline: the text whose sentences are spoken")
+    p.add_argument("--n", type=int, default=None, help="cap on rows per manifest")
+    p.add_argument("--asr-train", type=int, default=24000, help="offline: ASR training clips")
+    p.add_argument("--asr-val", type=int, default=200, help="offline: ASR held-out clips (held-out voices)")
+    p.add_argument("--tts-train", type=int, default=10000, help="offline: TTS training clips")
+    p.add_argument("--tts-val", type=int, default=100, help="offline: TTS held-out clips")
     p.add_argument("--val-fraction", type=float, default=0.02, help="ljspeech: held-out share")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the voices, speeds, pitches and splits")
     p.add_argument("--workers", type=int, default=2, help="synthesis/conversion processes")
     p.add_argument("--url", default=None, help="librispeech/ljspeech: archive to download")
     p.add_argument("--sha256", default=None, help="expected sha256 of --url")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="say what would be installed, downloaded and written; "
+                   "touch nothing")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path("assets/audio") if args.source == "fixtures" else Path("data/audio")
     if args.source in ("offline", "fixtures") and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source librispeech|ljspeech only")
-    if args.max_samples is not None and args.max_samples < 1:
-        p.error("--max-samples must be >= 1")
-    if not (0.0 <= args.flite_fraction <= 1.0 and 0.0 <= args.extra_fraction <= 1.0
-            and 0.0 <= args.val_fraction < 1.0 and 0.0 <= args.flite_pitch < 1.0):
-        p.error("--flite-fraction and --extra-fraction must be in [0, 1], --val-fraction and "
-                "--flite-pitch in [0, 1)")
+    if args.n is not None and args.n < 1:
+        p.error("--n must be >= 1")
+    if not 0.0 <= args.val_fraction < 1.0:
+        p.error("--val-fraction must be in [0, 1)")
     if min(args.asr_train, args.asr_val, args.tts_train, args.tts_val) < 0 or args.workers < 1:
         p.error("sizes must be >= 0 and --workers >= 1")
     return args

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the Stage C/E image manifests: data/images/production_annotations.json + _val.json.
 
-One row per image (see omni/image_data.py): `image` (relative to the manifest), `caption`,
+One row per image (see omni/builders/image.py): `image` (relative to the manifest), `caption`,
 `question`/`answer`, `source`, `category`, `qa`. Images are RGB PNGs <= 256 px under
 <out>/production/<source>/. The held-out split is by image and made per source. Sources:
 
@@ -14,7 +14,7 @@ One row per image (see omni/image_data.py): `image` (relative to the manifest), 
 Re-runs reuse downloads, extractions and images on disk; manifests are rewritten atomically
 (never appended, so never duplicate rows). Examples:
   python scripts/download_production_image.py
-  python scripts/download_production_image.py --sources tuxpaint,scenes --max-samples 500
+  python scripts/download_production_image.py --sources tuxpaint,scenes --n 500
   python scripts/download_production_image.py --source coco --url URL --annotations-url URL
 """
 
@@ -36,13 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from omni import download as dl  # noqa: E402
-from omni import image_data as im  # noqa: E402
-from cli import data_script, parse_sources  # noqa: E402
+from omni.builders import download as dl
+from omni.builders import image as im
+from omni.cli.common import Parser, data_script, parse_sources
 
 OFFLINE_SOURCES = ("tuxpaint", "emoji", "scenes")
 DEBS = {"tuxpaint": "tuxpaint-stamps-default", "emoji": "fonts-noto-color-emoji"}
@@ -246,8 +244,8 @@ def collect(args: argparse.Namespace, stats: im.ImageStats) -> list[Item]:
             raise SourceError(f"source {name!r} failed: {e}{hint}") from e
         logging.info("%s: %d candidate images", name, len(got))
         items += got
-    if args.max_samples is not None and len(items) > args.max_samples:
-        keep = sorted(random.Random(args.seed).sample(range(len(items)), args.max_samples))
+    if args.n is not None and len(items) > args.n:
+        keep = sorted(random.Random(args.seed).sample(range(len(items)), args.n))
         items = [items[i] for i in keep]
     return items
 
@@ -331,36 +329,36 @@ def describe_plan(args: argparse.Namespace) -> None:
     for name in (TRAIN_NAME, VAL_NAME):
         path = args.out / name
         print(f"  would write {path}{' (replacing it)' if path.exists() else ''}")
-    print(f"  max_samples={args.max_samples} val_fraction={args.val_fraction} seed={args.seed}")
+    print(f"  n={args.n} val_fraction={args.val_fraction} seed={args.seed}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=["offline", "coco", "synthetic"], default="offline")
+    p = Parser(description=__doc__)
+    p.add_argument("--source", choices=["offline", "coco", "synthetic"], default="offline",
+                   help="where the images come from (see above)")
     p.add_argument("--sources", default=",".join(OFFLINE_SOURCES),
                    help=f"offline subset, comma-separated from {','.join(OFFLINE_SOURCES)}")
-    p.add_argument("--out", type=Path, default=Path("data/images"))
-    p.add_argument("--cache-dir", type=Path, default=Path("data/cache/images"))
-    p.add_argument("--max-samples", type=int, default=None,
+    p.add_argument("--out", type=Path, default=Path("data/images"), help="folder of the manifests and images")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache/images"), help="downloads, kept for re-runs")
+    p.add_argument("--n", type=int, default=None,
                    help="cap on images written (a seeded subset across all sources)")
     p.add_argument("--scenes", type=int, default=None,
                    help="generated scenes (default 20000 offline, 200 for --source synthetic)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the images held out, per source")
+    p.add_argument("--seed", type=int, default=0, help="seeds the scenes, the subset and the held-out split")
     p.add_argument("--url", default=None, help="coco: images zip (default: COCO val2017)")
     p.add_argument("--sha256", default=None, help="coco: expected sha256 of --url")
     p.add_argument("--annotations-url", default=None, help="coco: captions zip or captions_*.json")
-    p.add_argument("--annotations-sha256", default=None)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--annotations-sha256", default=None, help="coco: expected sha256 of --annotations-url")
+    p.add_argument("--dry-run", action="store_true", help="say what would be downloaded and written; touch nothing")
     args = p.parse_args(argv)
     args.sources = parse_sources(p, args.sources, OFFLINE_SOURCES)
     if args.source != "coco" and (args.url or args.sha256 or args.annotations_url):
         p.error("--url/--sha256/--annotations-url apply to --source coco only")
     if not 0.0 <= args.val_fraction < 1.0:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if args.max_samples is not None and args.max_samples < 1:
-        p.error("--max-samples must be >= 1")
+    if args.n is not None and args.n < 1:
+        p.error("--n must be >= 1")
     if args.scenes is None:
         args.scenes = 200 if args.source == "synthetic" else 20000
     return args
@@ -372,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build(args: argparse.Namespace, start: float) -> int:
     if args.source == "synthetic":
-        n = min(args.scenes, args.max_samples or args.scenes)
+        n = min(args.scenes, args.n or args.scenes)
         paths = im.make_synthetic_images(args.out, n, args.seed, args.val_fraction)
         print(f"wrote {paths[0]} and {paths[1]} ({n} scenes) in {time.perf_counter() - start:.1f} s")
         return 0

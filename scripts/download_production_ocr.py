@@ -15,7 +15,7 @@ Re-runs are resumable: existing images are kept, CSVs are rewritten whole (atomi
 
 Examples:
   python scripts/download_production_ocr.py
-  python scripts/download_production_ocr.py --max-samples 2000 --dry-run
+  python scripts/download_production_ocr.py --n 2000 --dry-run
   python scripts/download_production_ocr.py --source mjsynth --url URL --sha256 HEX
 """
 
@@ -30,11 +30,9 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omni import download as dl  # noqa: E402
-from omni import ocr_data as ocr  # noqa: E402
-from cli import data_script  # noqa: E402
+from omni.builders import download as dl
+from omni.builders import ocr
+from omni.cli.common import Parser, data_script
 
 FONT_PACKAGES = ["fonts-liberation2", "fonts-freefont-ttf", "fonts-urw-base35", "fonts-open-sans",
                  "fonts-hack", "fonts-lato", "fonts-noto-mono", "fonts-noto-core"]
@@ -72,7 +70,7 @@ def build_offline(args: argparse.Namespace) -> dict:
     held = choose_val_families(fonts, args.val_families)
     train_fonts, val_fonts = ocr.split_fonts(fonts, held)
     val_lines, val_drops = ocr.text_lines(args.val_text, args.val_samples, args.seed)
-    train_lines, train_drops = ocr.text_lines(args.train_text, args.max_samples, args.seed,
+    train_lines, train_drops = ocr.text_lines(args.train_text, args.n, args.seed,
                                               exclude=frozenset(val_lines))
     result = {"fonts": fonts, "skipped_fonts": skipped, "held": held,
               "drops": {"train": train_drops, "val": val_drops}, "splits": {}}
@@ -120,7 +118,7 @@ def build_mjsynth(args: argparse.Namespace) -> dict:
     result = {"base": found[0].parent, "drops": {}, "splits": {}}
     for split, annotation, csv_name in (("train", "annotation_train.txt", TRAIN_NAME),
                                         ("val", "annotation_val.txt", VAL_NAME)):
-        rows, drops = mjsynth_rows(found[0].parent, annotation, args.out, args.max_samples)
+        rows, drops = mjsynth_rows(found[0].parent, annotation, args.out, args.n)
         ocr.write_manifest(args.out / csv_name, rows)
         nbytes = sum((args.out / image).stat().st_size for image, _, _ in rows)
         result["drops"][split] = drops
@@ -172,7 +170,7 @@ def describe_plan(args: argparse.Namespace) -> None:
         print(f"  apt {FONT_PACKAGES} ({f'would install {missing}' if missing else 'installed'})")
         print(f"  {len(ocr.discover_fonts(tuple(args.font_dir)))} font files now under "
               f"{[str(d) for d in args.font_dir]}; held-out families {args.val_families}")
-        print(f"  {args.max_samples} train lines from {args.train_text}, {args.val_samples} val "
+        print(f"  {args.n} train lines from {args.train_text}, {args.val_samples} val "
               f"lines from {args.val_text}, height {args.height}, seed {args.seed}, "
               f"{args.workers} workers, images under {args.out / IMG_SUBDIR}")
     for name in (TRAIN_NAME, VAL_NAME):
@@ -181,15 +179,15 @@ def describe_plan(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=["offline", "mjsynth"], default="offline")
-    p.add_argument("--out", type=Path, default=Path("data/ocr"))
-    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
-    p.add_argument("--max-samples", type=int, default=None,
+    p = Parser(description=__doc__)
+    p.add_argument("--source", choices=["offline", "mjsynth"], default="offline",
+                   help="where the line images come from (see above)")
+    p.add_argument("--out", type=Path, default=Path("data/ocr"), help="folder of the CSVs and images")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="downloads, kept for re-runs")
+    p.add_argument("--n", type=int, default=None,
                    help="offline: training lines (default 20000); mjsynth: cap per split")
     p.add_argument("--val-samples", type=int, default=2000, help="offline: evaluation lines")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the lines, fonts and subsets")
     p.add_argument("--height", type=int, default=32, help="offline: image height in pixels")
     p.add_argument("--workers", type=int, default=2, help="offline: rendering processes")
     p.add_argument("--val-families", default=",".join(DEFAULT_VAL_FAMILIES),
@@ -197,19 +195,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--font-dir", type=Path, action="append", default=None,
                    help="offline: where to look for fonts (repeatable; default /usr/share/fonts)")
     p.add_argument("--skip-apt", action="store_true", help="offline: use only installed fonts")
-    p.add_argument("--train-text", type=Path, default=Path("data/text/production_corpus.txt"))
-    p.add_argument("--val-text", type=Path, default=Path("data/text/production_val.txt"))
+    p.add_argument("--train-text", type=Path, default=Path("data/text/production_corpus.txt"),
+                   help="offline: corpus the training lines are cut from")
+    p.add_argument("--val-text", type=Path, default=Path("data/text/production_val.txt"),
+                   help="offline: corpus the evaluation lines are cut from")
     p.add_argument("--url", default=None, help=f"mjsynth: archive URL (default {MJSYNTH_URL})")
     p.add_argument("--sha256", default=None, help="mjsynth: expected sha256 of the archive")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="say what would be installed, downloaded and written; "
+                   "touch nothing")
     args = p.parse_args(argv)
     args.val_families = tuple(f.strip() for f in args.val_families.split(",") if f.strip())
     args.font_dir = args.font_dir or list(ocr.FONT_DIRS)
-    if args.source == "offline" and args.max_samples is None:
-        args.max_samples = 20_000
+    if args.source == "offline" and args.n is None:
+        args.n = 20_000
     if args.source == "offline" and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source mjsynth only")
-    for name in ("max_samples", "val_samples", "height", "workers"):
+    for name in ("n", "val_samples", "height", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -12,7 +12,7 @@ validation split that depends only on --seed. Sources:
 
 Examples:
   python scripts/download_production_text.py
-  python scripts/download_production_text.py --sources web,shakespeare --max-samples 2000
+  python scripts/download_production_text.py --sources web,shakespeare --n 2000
   python scripts/download_production_text.py --source tinystories --url URL --sha256 HEX
 """
 
@@ -32,14 +32,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from omni import download as dl  # noqa: E402
-from omni import textclean as tc  # noqa: E402
-from omni.files import write_text_atomic  # noqa: E402
-from cli import data_script, parse_sources  # noqa: E402
+from omni.builders import download as dl
+from omni.builders import text as tc
+from omni.cli.common import Parser, data_script, parse_sources
+from omni.files import write_text_atomic
 
 OFFLINE_SOURCES = ("web", "kjv", "shakespeare", "wikipedia")
 APT_PACKAGES = {"web": ["sword-text-web", "diatheke"], "kjv": ["bible-kjv", "bible-kjv-text"]}
@@ -159,7 +157,7 @@ def collect(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dict[str, 
         try:
             raw = tqdm(build(args), desc=f"{name:<12}", unit=" doc", leave=False)
             cleaned = tc.clean_documents(raw, stats[name], dedupe, args.min_chars, args.max_chars)
-            docs += [(name, text) for text in itertools.islice(cleaned, args.max_samples)]
+            docs += [(name, text) for text in itertools.islice(cleaned, args.n)]
         except SOURCE_ERRORS as e:
             others = ",".join(n for n, _ in selected_sources(args) if n != name)
             hint = f" (to build without it: --sources {others})" if args.source == "offline" else ""
@@ -240,35 +238,34 @@ def describe_plan(args: argparse.Namespace) -> None:
     for name in (TRAIN_NAME, VAL_NAME):
         path = args.out / name
         print(f"  would write {path}{' (replacing it)' if path.exists() else ''}")
-    print(f"  max_samples={args.max_samples} val_fraction={args.val_fraction} seed={args.seed} "
+    print(f"  n={args.n} val_fraction={args.val_fraction} seed={args.seed} "
           f"min_chars={args.min_chars} max_chars={args.max_chars}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--source", choices=["offline", "tinystories", "wikipedia"], default="offline")
+    p = Parser(description=__doc__)
+    p.add_argument("--source", choices=["offline", "tinystories", "wikipedia"], default="offline",
+                   help="where the documents come from (see above)")
     p.add_argument("--sources", default=",".join(OFFLINE_SOURCES),
                    help=f"offline subset, comma-separated from {','.join(OFFLINE_SOURCES)}")
-    p.add_argument("--out", type=Path, default=Path("data/text"))
-    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
-    p.add_argument("--max-samples", type=int, default=None, help="cap on documents written")
-    p.add_argument("--val-fraction", type=float, default=0.005)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("data/text"), help="folder of the corpus files")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="downloads, kept for re-runs")
+    p.add_argument("--n", type=int, default=None, help="cap on documents written (a seeded subset)")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of the documents held out")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the held-out split")
     p.add_argument("--min-chars", type=int, default=100, help="drop shorter documents")
     p.add_argument("--max-chars", type=int, default=20_000, help="cut longer documents")
     p.add_argument("--url", default=None, help="internet sources: file to download")
     p.add_argument("--sha256", default=None, help="internet sources: expected sha256 of --url")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="say what would be downloaded and written; touch nothing")
     args = p.parse_args(argv)
     args.sources = parse_sources(p, args.sources, OFFLINE_SOURCES)
     if args.source == "offline" and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source tinystories|wikipedia only")
     if not 0.0 <= args.val_fraction < 1.0:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if args.max_samples is not None and args.max_samples < 1:
-        p.error("--max-samples must be >= 1")
+    if args.n is not None and args.n < 1:
+        p.error("--n must be >= 1")
     return args
 
 
@@ -281,7 +278,7 @@ def build(args: argparse.Namespace, start: float) -> int:
     if not docs:
         print("error: no documents survived cleaning; nothing written", file=sys.stderr)
         return 1
-    train, val = cap_and_split(docs, args.max_samples, args.val_fraction, args.seed)
+    train, val = cap_and_split(docs, args.n, args.val_fraction, args.seed)
     write_outputs(args.out, train, val)
     print_summary(stats, train, val, args.out, time.perf_counter() - start)
     return 0

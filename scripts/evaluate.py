@@ -1,78 +1,12 @@
-"""Evaluate μOmni checkpoints. One subcommand per stage.
+"""Evaluate μOmni checkpoints, one subcommand per stage (the omni-evaluate command).
 
-    python scripts/evaluate.py text --ckpt checkpoints/thinker_tiny --file data/text/production_val.txt
-    python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best --csv data/audio/production_asr_val.csv
-    python scripts/evaluate.py asr-tune --ckpt checkpoints/audio_enc_tiny/best --csv ... --max-items 100
-    python scripts/evaluate.py vision --ckpt checkpoints/vision_tiny/best --candidates 100
-    python scripts/evaluate.py ocr --ckpt checkpoints/ocr_tiny/best --beam 4
-    python scripts/evaluate.py tts --talker checkpoints/talker_tiny --asr-ckpt checkpoints/audio_enc_tiny/best
-    python scripts/evaluate.py tts-compare a.json b.json   # two `tts --json` reports of the same rows
-    python scripts/evaluate.py talker --talker checkpoints/talker_tiny --csv data/audio/production_tts_val.csv
+    python scripts/evaluate.py --help
+
+The program lives in omni.cli.evaluate; this file runs it from a checkout.
 """
-from __future__ import annotations
-
-import argparse
-import math
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.data import DataError, PackedTokens, tokenize_corpus  # noqa: E402
-from omni.runtime import pick_device  # noqa: E402
-from omni.text import corpus_bytes, evaluate_lm, load_thinker  # noqa: E402
-from scripts import eval_asr, eval_ocr, eval_talker, eval_tts, eval_vision  # noqa: E402
-
-
-def eval_text(args: argparse.Namespace) -> int:
-    """Perplexity and bits per byte of a Stage A checkpoint on any one-document-per-line file."""
-    device = pick_device(args.device)
-    model, tok, cfg = load_thinker(args.ckpt, device)
-    corpus = tokenize_corpus(args.file, tok, tok.special["<|eos|>"])
-    tokens = np.asarray(corpus.tokens)
-    ctx = cfg.model.ctx_len
-    windows = PackedTokens(tokens, ctx, args.file)
-    t0 = time.perf_counter()
-    m = evaluate_lm(model, windows, args.batch_size, None)
-    dt = time.perf_counter() - t0
-    n_bytes = corpus_bytes(args.file)
-    # bits per byte: the model's nats over all scored tokens, spread over the bytes they encode
-    bpb = m["val_loss"] / math.log(2) * len(tokens) / n_bytes
-    print(f"checkpoint   {args.ckpt}  ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)")
-    print(f"file         {args.file}: {len(corpus.line_starts) - 1} lines, {corpus.n_skipped} skipped, "
-          f"{n_bytes:,} bytes, {len(tokens):,} tokens ({n_bytes / len(tokens):.2f} bytes/token)")
-    print(f"scored       {int(m['val_tokens']):,} tokens in {len(windows)} windows of {ctx} ({dt:.1f} s)")
-    print(f"loss         {m['val_loss']:.4f} nats/token")
-    print(f"perplexity   {m['val_ppl']:.2f}")
-    print(f"bits/byte    {bpb:.4f}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="task", required=True)
-    t = sub.add_parser("text", help="perplexity and bits/byte of the Thinker on a text file")
-    t.add_argument("--ckpt", default="checkpoints/thinker_tiny")
-    t.add_argument("--file", required=True, help="one document per line, UTF-8")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--device", default="auto")
-    t.set_defaults(run=eval_text)
-    eval_asr.add_parser(sub)
-    eval_vision.add_parser(sub)
-    eval_tts.add_parser(sub)
-    eval_tts.add_compare_parser(sub)
-    eval_talker.add_parser(sub)
-    eval_ocr.add_parser(sub)
-    args = p.parse_args(argv)
-    return args.run(args)
-
+from omni.cli.evaluate import main
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (CheckpointError, DataError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(main())

@@ -4,30 +4,30 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from omni.checkpoint import CheckpointError  # noqa: E402
-from omni.data import DataError  # noqa: E402
-from omni.runtime import pick_device, pick_inference_dtype  # noqa: E402
-from omni.text import load_thinker  # noqa: E402
+from omni.cli.common import Parser, add_device_arg
+from omni.data import DataError
+from omni.engine.checkpoint import CheckpointError
+from omni.engine.runtime import pick_device, pick_inference_dtype
+from omni.thinker.stage import load_thinker
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", default="checkpoints/thinker_tiny")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=80)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", default="checkpoints/thinker_tiny", help="Stage A checkpoint folder (train_text.py)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=80, help="longest continuation, in tokens (the "
+                   "model's context caps it)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens; 0: all")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: the smallest set of tokens "
+                   "holding this much probability; 1: all")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_device_arg(p)
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16")
     args = p.parse_args(argv)
     device = pick_device(args.device)

@@ -9,27 +9,25 @@ OCR    data/ocr/ocr_train.csv + ocr_val.csv             sonnet lines rendered in
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from omni.image_data import make_synthetic_images  # noqa: E402
-from omni.ocr_data import make_synthetic_ocr  # noqa: E402
-from omni.speech_data import make_synthetic_speech  # noqa: E402
-from omni.textclean import make_synthetic_text  # noqa: E402
+from omni.builders.image import make_synthetic_images
+from omni.builders.ocr import make_synthetic_ocr
+from omni.builders.speech import make_synthetic_speech
+from omni.builders.text import make_synthetic_text
+from omni.cli.common import Parser
 
 SONNETS = ROOT / "assets" / "text" / "sonnets.txt"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", type=Path, default=Path("data"))
-    p.add_argument("--seed", type=int, default=0)
+    p = Parser(description=__doc__.splitlines()[0], epilog=__doc__)
+    p.add_argument("--out", type=Path, default=Path("data"), help="data root: text/, images/, audio/, ocr/ go here")
+    p.add_argument("--seed", type=int, default=0, help="seeds the scenes, the voices and the fonts")
     p.add_argument("--images", type=int, default=300, help="generated scenes (10%% held out)")
     p.add_argument("--speech", type=int, default=60, help="utterances for ASR and for TTS")
     p.add_argument("--ocr", type=int, default=200, help="OCR training lines (+10%% held out)")

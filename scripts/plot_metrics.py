@@ -1,20 +1,19 @@
 """Render loss curves from a checkpoint folder's metrics.jsonl to a PNG.
 
-    python scripts/plot_metrics.py checkpoints/thinker_tiny [--out loss.png]
+    python scripts/plot_metrics.py --ckpt checkpoints/thinker_tiny [--out loss.png]
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from omni.checkpoint import read_metrics  # noqa: E402
+from omni.cli.common import Parser
+from omni.engine.checkpoint import read_metrics
 
 
 def plot(ckpt_dir: Path, out: Path) -> Path:
@@ -43,11 +42,11 @@ def plot(ckpt_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ckpt_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default: CKPT_DIR/loss.png")
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder holding metrics.jsonl")
+    p.add_argument("--out", type=Path, default=None, help="the PNG to write (default: CKPT/loss.png)")
     args = p.parse_args(argv)
-    out = plot(args.ckpt_dir, args.out or args.ckpt_dir / "loss.png")
+    out = plot(args.ckpt, args.out or args.ckpt / "loss.png")
     print(f"wrote {out}")
     return 0
 

@@ -31,12 +31,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import soundfile as sf
 
-import soundfile as sf  # noqa: E402
-
-from omni import speech_data as sd  # noqa: E402
-from omni.audio import AUDIO_EXTENSIONS, SAMPLE_RATE  # noqa: E402
+from omni.audio.features import AUDIO_EXTENSIONS, SAMPLE_RATE
+from omni.builders import speech as sd
+from omni.cli.common import Parser
 
 SPLITS = ("train", "val", "test")
 
@@ -198,17 +197,16 @@ def print_summary(meta: dict, root: Path, registry: Path, seconds: float) -> Non
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input-dir", type=Path, required=True)
+    p = Parser(description=__doc__)
+    p.add_argument("--input-dir", type=Path, required=True, help="folder of audio files (searched recursively)")
     p.add_argument("--dataset", required=True, help="name: letters, digits, _ . -")
-    p.add_argument("--out", type=Path, default=Path("data/processed"))
+    p.add_argument("--out", type=Path, default=Path("data/processed"), help="the dataset goes to OUT/NAME/")
     p.add_argument("--registry", type=Path, default=None,
                    help="datasets JSON (default: datasets.json beside --out)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--test-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of the files held out for validation")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="share of the files held out for testing")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split")
+    p.add_argument("--workers", type=int, default=2, help="conversion processes")
     args = p.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.dataset):
         p.error(f"--dataset {args.dataset!r}: use letters, digits, _ . - only")

@@ -7,7 +7,7 @@
 
 For each config: count the training tokens of its data files with the project's BPE tokenizer
 (cached and resumable beside each file), build its model on the meta device to count parameters,
-apply the rules in omni/autotune.py (README: "Auto-tuned configs") to every train section, and
+apply the rules in omni/tools/autotune.py (docs/architecture.md) to every train section, and
 splice the new values into the file (key order and layout unchanged). ``--measure`` checks the
 memory estimate at the planned batch: the peak of 3 real training steps on CUDA, or, without CUDA,
 the activations autograd saves in one forward against the estimate's activation part.
@@ -22,28 +22,35 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omni.autotune import GIB, DataSize, Plan, plan_training  # noqa: E402
-from omni.config import ConfigError, TextStageConfig, config_from_dict  # noqa: E402
-from omni.data import DataError  # noqa: E402
-from omni.files import write_text_atomic  # noqa: E402
-from omni.json_edit import replace_values, unified_diff  # noqa: E402
-from omni.stage_survey import (ModelInfo, TrainSlot, checkpoint_model_info, data_files, get_path,  # noqa: E402
-                               model_fills, model_info, train_slots)
-from omni.text import TOKENIZER_FILES, prepare_tokenizer  # noqa: E402
-from omni.token_count import TokenCount, count_file, file_kind  # noqa: E402
-from omni.tokenizer import TokenizerError  # noqa: E402
+from omni.cli.common import Parser
+from omni.config import ConfigError, config_from_dict
+from omni.data import DataError
+from omni.files import write_text_atomic
+from omni.thinker.stage import TOKENIZER_FILES, TextStageConfig, prepare_tokenizer
+from omni.thinker.tokenizer import TokenizerError
+from omni.tools.autotune import GIB, DataSize, Plan, plan_training
+from omni.tools.json_edit import replace_values, unified_diff
+from omni.tools.survey import (
+    ModelInfo,
+    TrainSlot,
+    checkpoint_model_info,
+    data_files,
+    get_path,
+    model_fills,
+    model_info,
+    train_slots,
+)
+from omni.tools.token_count import TokenCount, count_file, file_kind
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", default=None, metavar="PATH",
                    help="a config to tune (repeatable; default: every configs/*.json)")
     p.add_argument("--dry-run", action="store_true", help="print the diff, write no config")
-    p.add_argument("--vram-gb", type=float, default=12.0, help="per-device memory budget (default 12)")
+    p.add_argument("--vram-gb", type=float, default=12.0, help="per-device memory budget (GB)")
     p.add_argument("--thinker-config", default="configs/thinker_tiny.json",
-                   help="whose tokenizer counts the tokens of non-text stages (default %(default)s)")
+                   help="whose tokenizer counts the tokens of non-text stages")
     p.add_argument("--recount", action="store_true", help="ignore cached token counts")
     p.add_argument("--measure", action="store_true",
                    help="check the memory estimate: measured peak of 3 real steps on CUDA; on CPU, the saved "
@@ -196,10 +203,10 @@ def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers) -> tuple
 
 
 def measured_stage(raw: dict, slot, info: ModelInfo, batch: int):
-    """The stage of a train slot around a worst-case batch of the planned size (omni/stage_bench.py,
-    which scripts/bench_stages.py times too), or None when no stage's config class takes the
+    """The stage of a train slot around a worst-case batch of the planned size (omni/tools/bench.py,
+    which lab/bench_stages.py times too), or None when no stage's config class takes the
     section that holds the slot."""
-    from omni.stage_bench import Shape, build, kind_of
+    from omni.tools.bench import Shape, build, kind_of
     kind = kind_of(get_path(raw, slot.path[:-1]))
     if kind is None:
         return None
@@ -231,9 +238,10 @@ def measure_all(runs: list) -> int:
     """Check the estimate on the planned batch: the measured peak on CUDA; without CUDA, the saved
     activations of one forward against the estimate's activation part (static 16 B/param excluded)."""
     import torch
-    from omni.autotune import estimate_parts
-    from omni.runtime import setup_runtime
-    from omni.stage_bench import Shape, step_stats
+
+    from omni.engine.runtime import setup_runtime
+    from omni.tools.autotune import estimate_parts
+    from omni.tools.bench import Shape, step_stats
     cuda = torch.cuda.is_available()
     where = torch.cuda.get_device_name() if cuda else "CPU (no CUDA here: saved activations, not the peak)"
     print(f"\nmeasured on {where}, random data of the planned shape")

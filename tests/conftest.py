@@ -1,12 +1,10 @@
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SONNETS = ROOT / "assets" / "text" / "sonnets.txt"
 
 

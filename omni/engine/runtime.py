@@ -1,0 +1,181 @@
+"""The one place that picks device, precision and the distributed setup.
+
+Under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) a process group is created:
+nccl on CUDA, gloo on CPU. Precision with ``use_amp``: bf16 autocast where the device supports it
+(CPUs with AVX-512 BF16 or AMX, Ampere+ GPUs), fp16 autocast + GradScaler on older GPUs; fp32
+otherwise (a CPU without native bf16 only emulates it, several times slower than fp32).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: fp32
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def needs_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA if available, else MPS, else CPU. An explicit ``cuda`` without CUDA fails."""
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(pref)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device '{pref}' requested but CUDA is not available; use device=cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: where bf16 autocast speeds a CPU up rather than emulating bf16."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:  # once per process
+    log.warning("use_amp: this CPU has no native bf16 matmul (AVX-512 BF16 or AMX); training in fp32, "
+                "which is faster here (bf16 matmuls measured ~7x slower than fp32 on such a CPU)")
+
+
+def pick_amp_dtype(device: torch.device, use_amp: bool) -> torch.dtype | None:
+    if not use_amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if not cpu_has_native_bf16():
+            _warn_emulated_bf16()
+            return None
+        return torch.bfloat16
+    return torch.float16 if device.type == "mps" else None
+
+
+def setup_runtime(device_pref: str = "auto", use_amp: bool = False) -> Runtime:
+    """Create the runtime; initialise the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_pref, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        log.info("DDP: rank %d/%d on %s (%s)", rank, world, device, backend)
+    rt = Runtime(device, pick_amp_dtype(device, use_amp), rank, world, local_rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return rt
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(rt: Runtime, value: float) -> float:
+    """Mean of a Python float over all ranks (identity when not distributed)."""
+    if not rt.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+def any_rank(rt: Runtime, flag: bool) -> bool:
+    """True if ``flag`` is True on any rank, so every rank takes the same branch."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() > 0
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """Weights/KV-cache dtype for generation. ``auto``: fp32 on CPU (exact, and with the
+    transposed output projection as fast as bf16 there: lab/bench.py section 4), bf16 on
+    Ampere+ GPUs, fp16 on older ones."""
+    if name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype '{name}'; choose from auto, {', '.join(_DTYPES)}")
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP / torch.compile wrappers: for its attributes and for gradient-free
+    passes that must not go through DDP's gradient reduction."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+class StopOnSignal:
+    """First Ctrl-C / SIGTERM sets ``requested`` (the loop finishes its step, checkpoints and exits);
+    a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("signal %d: stopping after this step with a checkpoint (again to abort)", signum)
+
+    def __enter__(self) -> "StopOnSignal":
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False

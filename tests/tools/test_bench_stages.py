@@ -1,0 +1,84 @@
+"""lab/bench_stages.py and omni/tools/bench.py: every stage's real model, loss and collate, stepped by the
+engine on the worst-case batch of its config."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("bench_stages", ROOT / "lab" / "bench_stages.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_stages"] = bench  # dataclasses look their module up there
+spec.loader.exec_module(bench)
+
+
+def _run(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def _check(results: list[dict], stages) -> None:
+    assert [r["stage"] for r in results] == list(stages)
+    for r in results:
+        assert "error" not in r, r
+        assert all(math.isfinite(x) for x in r["losses"]), r
+        assert r["step_s"] > 0 and r["items_per_s"] > 0
+        assert r["trainable_m"] <= r["params_m"]
+        assert "peak_alloc_gib" not in r  # a CPU has no CUDA allocator to read
+
+
+def test_every_stage_steps_quick(tmp_path):
+    got = _run(tmp_path, "--quick", "--warmup", "1", "--steps", "2")
+    assert got["quick"]
+    _check(got["results"], bench.STAGES)
+    # the SFT batch really carries both media: the frozen encoders are part of the model
+    sft = next(r for r in got["results"] if r["stage"] == "sft")
+    assert sft["trainable_m"] < sft["params_m"]
+
+
+def test_a_broken_stage_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
+    real = bench.build
+
+    def build(name, shape):
+        if name == "codec":
+            raise RuntimeError("no such shape")
+        return real(name, shape)
+    monkeypatch.setattr(bench, "build", build)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--quick", "--warmup", "0", "--steps", "1", "--stages", "codec", "ocr",
+                       "--json", str(out)]) == 1
+    results = json.loads(out.read_text())["results"]
+    assert results[0]["error"] == "RuntimeError: no such shape" and "error" not in results[1]
+    assert "codec amp=None compile=False: FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_default_configs_worst_case_batches_step(tmp_path):
+    """The full default shapes (every clip at its config's maximum, every sequence at ctx_len) fit
+    the models: what the GPU benchmark measures is a batch the configs really admit."""
+    got = _run(tmp_path, "--precision", "fp32", "--warmup", "0", "--steps", "1")
+    _check(got["results"], bench.STAGES)
+    shapes = {r["stage"]: r["shape"] for r in got["results"]}
+    assert shapes["thinker"].startswith("8 x 512 tokens")
+    assert shapes["audio_enc"].startswith("16 clips x 15 s, 376 characters")
+    assert "200 characters + 12 s" in shapes["talker"]
+    assert "10 s clip" in shapes["sft"]
+
+
+def test_a_train_section_finds_its_stage():
+    """update_configs_from_data.py --measure builds the stage of any config's train section: the
+    talker config's nested codec section is a codec, the file itself a Talker; a stranger is None."""
+    import json as _json
+
+    from omni.tools.bench import kind_of
+    raw = _json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+    assert kind_of(raw)[0] == "talker" and kind_of(raw["codec"])[0] == "codec"
+    assert kind_of({"model": {}, "train": {}}) is None
+    for name, file in (("thinker", "thinker_tiny.json"), ("sft", "omni_sft_tiny.json"), ("ocr", "ocr_tiny.json")):
+        assert kind_of(_json.loads((ROOT / "configs" / file).read_text()))[0] == name
