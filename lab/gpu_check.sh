@@ -3,7 +3,7 @@
 #   1. every stage's training step at its default config, fp32 and AMP: peak CUDA memory and speed
 #      (lab/bench_stages.py; the worst-case batch each config admits);
 #   2. Stage A end to end on CUDA under AMP: a stopped run, then --resume with torch.compile, on the
-#      committed corpus.txt (metrics.jsonl then carries cuda_peak_gib);
+#      committed sonnets (metrics.jsonl then carries cuda_peak_gib);
 #   3. every stage again under torch.compile, at its configured precision.
 # Each part has its own time limit, so one that hangs cannot hide the others' numbers.
 #   bash lab/gpu_check.sh [OUT_DIR]
@@ -22,7 +22,7 @@ timeout "${EAGER_S:-180}" $py lab/bench_stages.py --precision both --json "$out/
 
 echo "== 2. Stage A on CUDA: 20 steps under AMP, stop, resume with torch.compile to 40"
 e2e=$(mktemp -d)
-args=(--config configs/thinker_demo.json data.train_file=corpus.txt data.val_file= train.use_amp=true
+args=(--config configs/thinker_demo.json data.train_file=assets/text/sonnets.txt data.val_file= train.use_amp=true
       train.max_steps=40 train.val_freq=20 train.checkpoint_freq=20 "train.save_dir=$e2e")
 { timeout "${E2E_S:-150}" $py train_text.py "${args[@]}" --stop-at 20 &&
   timeout "${E2E_S:-150}" $py train_text.py "${args[@]}" train.compile=true --resume; } 2>&1 \

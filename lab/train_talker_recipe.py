@@ -22,8 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import train_talker
-from omni.cli.common import Parser
+from omni.cli.common import Parser, run_stage
+from omni.talker import stage as talker_stage
 from omni.engine import checkpoint as ckpt
 
 READ = ["talker.dropout=0", "talker.text_aux_layer=2"]
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== recipe: {talker_dir} is at step {done}; skipping the phase to {max_steps}", flush=True)
             continue
         print(f"== recipe: step {done} -> {max_steps} with {' '.join(recipe)}", flush=True)
-        rc = train_talker.main(["--config", args.config, *recipe, *args.overrides,
-                                f"train.save_dir={talker_dir}", f"train.max_steps={max_steps}", "--resume"])
+        rc = run_stage(talker_stage, "Stage D: one phase of the Talker recipe",
+                       ["--config", args.config, *recipe, *args.overrides, f"train.save_dir={talker_dir}",
+                        f"train.max_steps={max_steps}", "--resume"])
         if rc != 0:
             print(f"error: the phase to step {max_steps} " + ("was interrupted; run the same command again to "
                   "continue from its last checkpoint" if rc == 130 else "failed (the error is above)"), file=sys.stderr)

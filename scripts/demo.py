@@ -19,15 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 from omni.cli.common import Parser
 from omni.config import load_config
 from omni.engine.checkpoint import read_metrics
 from omni.thinker.stage import TextStageConfig, load_streams, tokenizer_in, unigram_loss
 
+ROOT = Path(__file__).resolve().parents[1]
+
 DEMO = ROOT / "checkpoints" / "demo"
 CONFIGS = {"A": "configs/thinker_demo.json", "B": "configs/audio_enc_demo.json", "C": "configs/vision_demo.json",
            "D": "configs/talker_demo.json", "E": "configs/omni_sft_demo.json"}
+STAGE_DIRS = ("thinker", "audio_enc", "vision", "talker/talker", "omni_sft")
+CHAT = "python infer_chat.py --ckpt checkpoints/demo/omni_sft --talker checkpoints/demo/talker"
 SCRIPTS = {"A": "train_text.py", "B": "train_audio_enc.py", "C": "train_vision.py", "D": "train_talker.py",
            "E": "sft_omni.py"}
 
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     run(["scripts/make_synthetic_datasets.py", "--out", "data"])
     times = {s: train(s, args.steps) for s in "ABCDE"}
     unigram = thinker_baseline()
-    run(["scripts/plot_metrics.py", "--ckpt", str(DEMO / "omni_sft")])
+    run(["scripts/plot_metrics.py", *[a for d in STAGE_DIRS for a in ("--ckpt", str(DEMO / d))],
+         "--out", str(DEMO / "curves.png")])
     chat_session()
     run(["scripts/evaluate.py", "omni", "--ckpt", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
          "--n", "30", "--speech-n", "3"])
@@ -107,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== μOmni demo summary\n" + "\n".join(lines))
     print("checkpoints: checkpoints/demo/{thinker,audio_enc,vision,talker,omni_sft} (each with best/, "
           "metrics.jsonl)")
-    print("spoken reply: checkpoints/demo/reply.wav    loss curve: checkpoints/demo/omni_sft/loss.png")
+    print("spoken reply: checkpoints/demo/reply.wav    curves: checkpoints/demo/curves.png")
     print(f"total time:  {time.perf_counter() - t0:.0f} s")
+    print(f"chat with it: {CHAT}")
     (DEMO / "summary.txt").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from omni.builders.image import make_synthetic_images
 from omni.builders.ocr import make_synthetic_ocr
 from omni.builders.speech import make_synthetic_speech
 from omni.builders.text import make_synthetic_text
 from omni.cli.common import Parser
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SONNETS = ROOT / "assets" / "text" / "sonnets.txt"
 

@@ -1,6 +1,6 @@
 """Command-line plumbing shared by the entry points (train_*.py, scripts/): arguments, logging,
-the run itself, and what the user sees on the console. It lives outside omni/ because it prints;
-the library only logs."""
+the run itself, and what the user sees on the console. omni/cli/ is the one part of the package
+that prints; the library only logs."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,7 @@ def stage_parser(description: str, default_config: str) -> Parser:
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device, read by omni.engine.runtime.pick_device."""
     p.add_argument("--device", default="auto",
                    help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
 

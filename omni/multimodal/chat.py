@@ -2,7 +2,7 @@
 
 The prompt is built by omni.multimodal.template.build_sequence from the same turns SFT trains on, so
 what the model sees in chat is, token for token, what it saw in training. SFT validation and
-omni/cli/eval_omni.py answer through this class too.
+omni/cli/eval_omni.py (evaluate.py omni) answer through this class too.
 """
 from __future__ import annotations
 

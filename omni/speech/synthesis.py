@@ -101,7 +101,7 @@ def resolve_vocoder(choice: str, vocoder_dir: str | Path = VOCODER_DIR) -> str:
     if any(r["val_mel_l1"] < r["val_gl_mel_l1"] for r in vals):
         return "hifigan"
     log.info("%s: the vocoder has not beaten Griffin-Lim in validation yet; speaking with Griffin-Lim "
-             "(--vocoder hifigan to use it anyway)", vocoder_dir)
+             "(--vocoder %s to use it anyway)", vocoder_dir, vocoder_dir)
     return "griffinlim"
 
 

@@ -139,7 +139,7 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     assert r.stdout.count("length bonus 1.0") == 2 and "best: --lm-weight" in r.stdout, r.stdout
     r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
                         "--skip", "9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "clips.csv: no rows to decode from row 9 (9 rows)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "clips.csv: no rows to decode from row 9 (9 rows)" in r.stderr, r.stderr
 
 
 @pytest.mark.slow

@@ -82,6 +82,7 @@ def test_decoding_from_the_first_codebooks_only_drops_the_residuals():
             codec.decode(codes, keep=bad)
 
 
+@pytest.mark.parametrize("fpc", [1, 2])
 def test_n_seconds_of_codes_decode_to_n_seconds(fpc):
     codec = warmed(tiny_codec(fpc))
     for seconds in (1.0, 2.0, 3.5):
