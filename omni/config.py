@@ -1,15 +1,18 @@
 """Strict JSON configs loaded into typed dataclasses.
 
 Every stage config is a dataclass whose fields are dataclasses (``model``, ``data``, ``train``).
-Loading checks every key against the dataclass: unknown keys, missing required keys and wrong types
-fail with the dotted path and a "did you mean" hint. Command-line overrides (``train.lr=1e-3``)
-are applied to the raw JSON before that check, so they pass through the same validation.
+Loading checks every key against the dataclass: unknown keys, missing required keys, wrong types and
+values out of their declared range (``limits``) fail with the dotted path and a "did you mean" hint.
+Command-line overrides (``train.lr=1e-3``) are applied to the raw JSON before that check, so they
+pass through the same validation.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
+import operator
 import types
 import typing
 from pathlib import Path
@@ -22,29 +25,45 @@ class ConfigError(ValueError):
     """A config file or override does not match the stage's schema."""
 
 
+# the bounds ``limits`` accepts: name -> (comparison that must hold, how the message says it)
+_BOUNDS = {"min": (operator.ge, ">="), "gt": (operator.gt, ">"), "max": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def limits(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, length: int | None = None,
+           **bounds: float) -> Any:
+    """A dataclass field whose value the loader checks against ``bounds`` (``min``/``max`` inclusive,
+    ``gt``/``lt`` exclusive; for a list, every item, and ``length`` items): ``batch_size: int =
+    limits(min=1)``. Without ``default``/``factory`` the key stays required."""
+    unknown = set(bounds) - set(_BOUNDS)
+    if unknown:
+        raise TypeError(f"limits: unknown bound(s) {sorted(unknown)}; use {', '.join(_BOUNDS)} or length")
+    return dataclasses.field(default=default, default_factory=factory,
+                             metadata={"limits": bounds, "length": length})
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    batch_size: int
-    gradient_accumulation_steps: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    max_steps: int
-    max_epochs: int
-    max_grad_norm: float
-    val_freq: int
-    checkpoint_freq: int
+    batch_size: int = limits(min=1)
+    gradient_accumulation_steps: int = limits(min=1)
+    lr: float = limits(gt=0)
+    weight_decay: float = limits(min=0)
+    warmup_steps: int = limits(min=0)
+    max_steps: int = limits(min=1)
+    max_epochs: int = limits(min=1)
+    max_grad_norm: float = limits(gt=0)
+    val_freq: int = limits(min=1)
+    checkpoint_freq: int = limits(min=1)
     use_amp: bool
     save_dir: str
-    seed: int
-    min_lr_ratio: float = 0.1
-    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
-    val_batches: int = 20
-    log_freq: int = 10
-    max_bad_steps: int = 5
+    seed: int = limits(min=0)  # numpy's seeded generators refuse negative seeds
+    min_lr_ratio: float = limits(0.1, min=0, max=1)
+    betas: list[float] = limits(factory=lambda: [0.9, 0.95], length=2, min=0, lt=1)
+    val_batches: int = limits(20, min=1)
+    log_freq: int = limits(10, min=1)
+    max_bad_steps: int = limits(5, min=1)
     device: str = "auto"
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int = limits(0, min=0)
 
 
 def _type_name(tp: Any) -> str:
@@ -73,8 +92,13 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
         if value is not None:
             raise ConfigError(f"{path}: expected null, got {value!r}")
         return None
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: {value} is too large for a float") from None
     if tp is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)  # "max_steps": 1e4 in a JSON file means 10000
     if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
@@ -100,7 +124,25 @@ def _build(cls: type[T], raw: dict[str, Any], path: str) -> T:
                 raise ConfigError(f"missing required key '{where}' ({_type_name(hints[name])})")
             continue
         values[name] = _check_value(raw[name], hints[name], where)
-    return cls(**values)
+        _check_limits(values[name], field.metadata.get("limits", {}), field.metadata.get("length"), where)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a dataclass's own __post_init__ check, given the section's path
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+
+
+def _check_limits(value: Any, bounds: dict[str, float], length: int | None, path: str) -> None:
+    """Raise a ConfigError naming ``path`` when ``value`` (or an item of a list) breaks a bound."""
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{path}: expected {length} values, got {len(value)}: {value!r}")
+    for i, item in enumerate(value if isinstance(value, list) else [value]):
+        where = f"{path}[{i}]" if isinstance(value, list) else path
+        for name, bound in bounds.items():
+            holds, says = _BOUNDS[name]
+            if not holds(item, bound):
+                raise ConfigError(f"{where}: must be {says} {bound}, got {item!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -133,10 +175,7 @@ def load_config(path: str | Path, cls: type[T], overrides: list[str] | None = No
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    raw = _parse_json(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object")
     raw = apply_overrides(raw, overrides or [])
@@ -146,8 +185,30 @@ def load_config(path: str | Path, cls: type[T], overrides: list[str] | None = No
         raise ConfigError(f"{path}: {e}") from e
 
 
+def _parse_json(path: Path) -> Any:
+    """The JSON value in ``path``; unreadable, non-UTF-8 or invalid JSON is a ConfigError with the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the config "
+                          "as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
+
+
 def config_from_dict(raw: dict[str, Any], cls: type[T]) -> T:
     """Validate an already parsed dict (e.g. a checkpoint's config.json) into ``cls``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a JSON object of sections, got {type(raw).__name__}")
     return _build(cls, raw, "")
 
 

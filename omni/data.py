@@ -3,13 +3,15 @@
 Random access into a data file goes through an index built once with numpy over the raw bytes and
 cached beside the file (``<file>.line_offsets.npy``). Each cache starts with a 32-byte stamp
 (magic, source size, source mtime_ns, key) so it is reused only while the source is unchanged,
-rebuilt otherwise, and always loaded with ``allow_pickle=False``.
+rebuilt otherwise (a cache that cannot be read is rebuilt too), and always loaded with
+``allow_pickle=False``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import mmap
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +35,27 @@ class DataError(ValueError):
     """A data file is missing, empty or unusable; the message names the file."""
 
 
+class BadRow(DataError):
+    """One unusable row of a manifest: the message names the file and line, ``reason`` is what the
+    row is counted under (``malformed_row``, ``outside_data_dir``)."""
+
+    def __init__(self, message: str, reason: str = "malformed_row") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_utf8(path: Path) -> str:
+    """The whole text of a small data file (a manifest, a registry); bytes that are not UTF-8 are a
+    DataError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
+                        "UTF-8") from None
+
+
 def _stamp(src: Path, key: str) -> np.ndarray:
     st = src.stat()
     key_int = int(hashlib.sha1(key.encode()).hexdigest()[:15], 16)
@@ -47,15 +70,34 @@ def cached_array(src: Path, suffix: str, key: str, build: Callable[[], np.ndarra
     cache = Path(str(src) + suffix)
     stamp = _stamp(src, key)
     if cache.is_file():
-        arr = np.load(cache, mmap_mode="r", allow_pickle=False)
-        n = _STAMP_BYTES // arr.dtype.itemsize
-        if arr.shape[0] >= n and np.array_equal(np.asarray(arr[:n]).view("<i8"), stamp):
-            return arr[n:]
-        log.info("%s is stale (source changed); rebuilding", cache)
+        arr = _load_stamped(cache, stamp)
+        if arr is not None:
+            return arr
     data = np.ascontiguousarray(build())
     full = np.concatenate([stamp.view(data.dtype), data])
     atomic_write(cache, lambda p: _save_npy(p, full), fsync=False)
     return np.load(cache, mmap_mode="r", allow_pickle=False)[_STAMP_BYTES // data.dtype.itemsize:]
+
+
+def _load_stamped(cache: Path, stamp: np.ndarray) -> np.ndarray | None:
+    """The cached array after its stamp, or None when the stamp differs (the source changed) or the
+    file is not a readable stamped array (truncated, overwritten, another format): both are rebuilt."""
+    try:
+        arr = np.load(cache, mmap_mode="r", allow_pickle=False)
+        if isinstance(arr, np.lib.npyio.NpzFile):  # a zip archive where an array belongs
+            arr.close()
+            raise ValueError("an .npz archive, not an array")
+        size = arr.dtype.itemsize
+        if size == 0 or arr.ndim != 1 or _STAMP_BYTES % size or arr.shape[0] < _STAMP_BYTES // size:
+            raise ValueError("not a stamped one-dimensional array")
+        n = _STAMP_BYTES // size
+        if np.array_equal(np.asarray(arr[:n]).view("<i8"), stamp):
+            return arr[n:]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("%s cannot be read (%s); rebuilding it", cache, e)
+        return None
+    log.info("%s is stale (source changed); rebuilding", cache)
+    return None
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -92,7 +134,11 @@ class LineFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"data file not found: {self.path}")
-        self.offsets = cached_array(self.path, suffix, "lines-v1", lambda: build_line_offsets(self.path))
+        try:
+            self.offsets = cached_array(self.path, suffix, "lines-v1", lambda: build_line_offsets(self.path))
+        except PermissionError as e:
+            raise DataError(f"{self.path}: cannot read it or write its index beside it ({e.strerror}: "
+                            f"{e.filename})") from None
         self._mm = None
 
     def __len__(self) -> int:

@@ -106,6 +106,8 @@ def to_rgb(img: Image.Image, max_side: int = MAX_SIDE) -> tuple[Image.Image, lis
 
 def load_image(path: Path, max_side: int = MAX_SIDE) -> tuple[Image.Image, list[str]]:
     """Open, fully decode and normalise an image file; raises BadImage with a reason key."""
+    if Path(path).is_dir():  # a distinct reason: "no such file" would send the user looking for a typo
+        raise BadImage(path, "is_directory", "is a directory, not an image file")
     if not Path(path).is_file():
         raise BadImage(path, "missing", "no such file")
     try:

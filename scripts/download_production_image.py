@@ -279,7 +279,7 @@ def split_and_write(rows: list[dict], args: argparse.Namespace) -> tuple[list, l
     pending = []
     for name, part in ((TRAIN_NAME, train), (VAL_NAME, val)):
         tmp = args.out / f"{name}.partial"
-        im.write_json_atomic(tmp, part)
+        im.write_manifest(tmp, part)
         pending.append((tmp, args.out / name))
     for tmp, final in pending:
         os.replace(tmp, final)

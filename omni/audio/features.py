@@ -29,7 +29,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 class AudioError(ValueError):
     """A file is missing, unreadable, empty, non-finite or silent; the message names the file.
 
-    `reason` is one short word for counting: missing, empty, corrupt, nan, silent (or invalid).
+    `reason` is one short word for counting: missing, is_directory, empty, corrupt, nan, silent (or
+    invalid).
     """
 
     def __init__(self, message: str, reason: str = "invalid") -> None:
@@ -39,6 +40,8 @@ class AudioError(ValueError):
 
 def _read(path: Path) -> tuple[np.ndarray, int]:
     """Decode path to float32 (frames, channels) and its native sample rate."""
+    if path.is_dir():  # a distinct reason: "no such audio file" would send the user looking for a typo
+        raise AudioError(f"{path}: is a directory, not an audio file", "is_directory")
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file", "missing")
     if path.stat().st_size == 0:

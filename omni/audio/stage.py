@@ -4,8 +4,9 @@ A manifest is a CSV with a header naming at least ``wav`` and ``text`` (more col
 ``engine,voice``, are kept for per-source reports), wav paths relative to the CSV; or the name of a
 dataset registered by scripts/prepare_audio.py (its train/val TSV, transcripts from sidecar files).
 Rows are reached through the offset index (``<csv>.row_offsets.npy``). A row that cannot be used
-(missing or corrupt audio, empty transcript, too long, too fast to spell at the CTC rate) is
-skipped and counted by reason; the engine reports the counts every epoch.
+(malformed, a wav path outside the manifest's folder, missing or corrupt audio, empty transcript,
+too long, too fast to spell at the CTC rate) is skipped and counted by reason; the engine reports
+the counts every epoch.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from omni.audio.ctc import BLANK, CharVocab, error_rates, greedy_decode, normali
 from omni.audio.encoder import AudioEncConfig, AudioEncoderTiny
 from omni.audio.features import ENCODER_MEL, LogMel, num_frames
 from omni.config import TrainConfig, to_dict
-from omni.data import DataError
+from omni.data import BadRow, DataError
 from omni.engine.checkpoint import load_with_vocab
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
@@ -47,16 +48,17 @@ class AsrDataset(AudioRows):
         self.symbols_per_frame = symbols_per_frame
 
     def durations(self) -> np.ndarray:
-        """Seconds per row from the file headers (0 for unreadable files): for length bucketing."""
+        """Seconds per row from the file headers (0 for unusable rows and unreadable files, which are
+        counted when the sample itself is read): for length bucketing."""
         out = np.zeros(len(self), dtype=np.float32)
-        for i in range(len(self)):
-            path = Path(self.m[i]["wav"])
-            if path.is_file():
-                try:
-                    info = sf.info(str(path))
-                except (RuntimeError, sf.LibsndfileError):
-                    continue  # counted when the sample itself is read
-                out[i] = info.frames / info.samplerate
+        for i, row in self.m.scan():
+            if isinstance(row, BadRow) or not Path(row["wav"]).is_file():
+                continue
+            try:
+                info = sf.info(row["wav"])
+            except (RuntimeError, sf.LibsndfileError):
+                continue
+            out[i] = info.frames / info.samplerate
         return out
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, list[int]] | None:
@@ -239,6 +241,7 @@ class AsrDataConfig:
     val_csv: str
     max_seconds: float = 15.0
     val_items: int = 200             # utterances decoded at each validation
+    allow_outside_paths: bool = False  # read wav paths outside the manifest's folder (../, absolute, symlinks out)
 
 
 @dataclasses.dataclass
@@ -251,8 +254,12 @@ class AsrStageConfig:
 def build_stage(cfg: AsrStageConfig, rt: Runtime) -> Stage:
     vocab = CharVocab.default()
     sym = cfg.model.symbols_per_frame
-    train_set = AsrDataset(Manifest(resolve_manifest(cfg.data.train_csv, "train")), vocab, cfg.data.max_seconds, sym)
-    val_set = AsrDataset(Manifest(resolve_manifest(cfg.data.val_csv, "val")), vocab, cfg.data.max_seconds, sym)
+
+    def dataset(name: str, split: str) -> AsrDataset:
+        manifest = Manifest(resolve_manifest(name, split), allow_outside=cfg.data.allow_outside_paths)
+        return AsrDataset(manifest, vocab, cfg.data.max_seconds, sym)
+
+    train_set, val_set = dataset(cfg.data.train_csv, "train"), dataset(cfg.data.val_csv, "val")
     torch.manual_seed(cfg.train.seed)
     model = AsrModel(cfg.model, len(vocab))
     stats = mel_statistics(train_set, seed=cfg.train.seed)

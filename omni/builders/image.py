@@ -204,7 +204,7 @@ def convert_file(src: Path, dest: Path, source: str, stats: ImageStats) -> bool:
 # ----------------------------------------------------------------------------- manifests
 
 
-def write_json_atomic(path: Path, rows: list[dict]) -> None:
+def write_manifest(path: Path, rows: list[dict]) -> None:
     """A JSON array, one row per line, written to a temp file and renamed."""
     body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
     write_text_atomic(path, "[\n" + body + "\n]\n" if rows else "[]\n")
@@ -242,8 +242,8 @@ def make_synthetic_images(out_dir: Path, n: int, seed: int, val_fraction: float 
         rows.append(scene_row(rel, info))
     train, val = split_by_image(rows, val_fraction, seed)
     paths = out_dir / "annotations.json", out_dir / "annotations_val.json"
-    write_json_atomic(paths[0], train)
-    write_json_atomic(paths[1], val)
+    write_manifest(paths[0], train)
+    write_manifest(paths[1], val)
     log.info("wrote %d + %d synthetic scenes to %s", len(train), len(val), out_dir)
     return paths
 

@@ -7,6 +7,11 @@
 In the REPL: /image PATH, /audio PATH (attach to your next message), /ocr PATH (read a line image),
 /speak on|off, /reset, /help, /quit. Each turn ends with a latency line: time to first token,
 tokens/s, and the real-time factor of the spoken reply.
+
+Ctrl-C while a reply (or its speech, or /ocr) runs cancels just that and keeps the session; the
+conversation keeps the reply as far as it got. Ctrl-C at the prompt prints a hint; a second one in a
+row, or Ctrl-D, leaves (exit status 0). One shot exits 1 when there is no full answer (the message
+is too long for the context, or Ctrl-C cancelled the reply or its speech).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError
 from omni.engine.runtime import pick_device
 from omni.images import BadImage
-from omni.multimodal.chat import ChatSession, Sampling
+from omni.multimodal.chat import ChatSession, ReplyInterrupted, Sampling
 from omni.multimodal.stage import load_omni
 from omni.ocr.stage import load_ocr, read_image
 from omni.speech.synthesis import Synthesizer
@@ -36,7 +41,10 @@ HELP = """commands:
   /speak on|off  speak replies (written to --audio-out, default reply.wav)
   /reset         forget the conversation
   /help          this text
-  /quit          leave (Ctrl-D works too)"""
+  /quit          leave (Ctrl-D, or Ctrl-C twice at the prompt, works too)
+Ctrl-C during a reply stops it (and its speech); the conversation keeps the reply as far as it got
+(/reset forgets it) and the session goes on."""
+PROMPT_INTERRUPT_HINT = "[Ctrl-C: the conversation is kept; /quit, Ctrl-D or Ctrl-C again leaves]"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,21 +99,32 @@ class Chat:
         print(f"[{kind} attached: {path}]", flush=True)
         return True
 
-    def turn(self, text: str) -> str:
+    def turn(self, text: str) -> bool:
+        """Answer one message: streamed reply, latency line, speech when on. False when there is no
+        complete answer: the message was refused, or Ctrl-C cancelled the reply or its speech."""
         print("μOmni: ", end="", flush=True)
         try:
             reply, stats = self.session.ask(text, on_text=lambda s: print(s, end="", flush=True))
         except ValueError as e:
             print(f"\n[{e}]", flush=True)
-            return ""
+            return False
+        except ReplyInterrupted as e:
+            print(f"\n[reply cancelled after {e.stats.new_tokens} tokens; the conversation keeps it as far "
+                  "as it got (/reset forgets it)]", flush=True)
+            return False
         print(flush=True)
         self.turns += 1
         rate = f"{stats.tokens_per_s:.1f} tok/s" if stats.new_tokens > 1 else "- tok/s"
         line = f"[ttft {stats.ttft_s * 1000:.0f} ms | {stats.new_tokens} tokens, {rate}"
         if self.speak and reply:
-            line += self.say(reply)
+            try:
+                line += self.say(reply)
+            except KeyboardInterrupt:
+                # speech is part of the reply: Ctrl-C stops it; save_wav is atomic, so no partial file
+                print(line + " | speech cancelled]", flush=True)
+                return False
         print(line + "]", flush=True)
-        return reply
+        return True
 
     def say(self, reply: str) -> str:
         t0 = time.perf_counter()
@@ -152,21 +171,42 @@ class Chat:
             print(HELP)
         return True
 
-    def repl(self) -> None:
-        print(f"μOmni chat ({self.args.ckpt}, {self.device}). /help for commands.", flush=True)
+    def read_line(self) -> str | None:
+        """The next line typed at the prompt; None to leave (Ctrl-D, or Ctrl-C twice in a row)."""
+        interrupted = False
         while True:
             try:
-                line = input("you> ").strip()
+                return input("you> ").strip()
             except EOFError:
-                print()
-                return
+                print(flush=True)
+                return None
+            except KeyboardInterrupt:
+                # one stray Ctrl-C must not silently end a conversation; a second one means it
+                print(flush=True)
+                if interrupted:
+                    return None
+                interrupted = True
+                print(PROMPT_INTERRUPT_HINT, flush=True)
+
+    def handle(self, line: str) -> bool:
+        """Run one input line (a message or a /command); False means quit."""
+        if line.startswith("/"):
+            return self.command(line)
+        self.turn(line)
+        return True
+
+    def repl(self) -> None:
+        print(f"μOmni chat ({self.args.ckpt}, {self.device}). /help for commands.", flush=True)
+        while (line := self.read_line()) is not None:
             if not line:
                 continue
-            if line.startswith("/"):
-                if not self.command(line):
+            try:
+                if not self.handle(line):
                     return
-                continue
-            self.turn(line)
+            except KeyboardInterrupt:
+                # Ctrl-C outside a reply's own handling (/ocr loading a model, a second Ctrl-C while the
+                # first was being reported): stop that line, keep the session
+                print("\n[cancelled]", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             chat.repl()
         except KeyboardInterrupt:
-            print()
+            # a Ctrl-C the loop cannot catch (during the banner, or while an earlier one is reported)
+            print(flush=True)
         return 0
     ok = all(chat.attach(kind, path) for kind, path in (("image", args.image), ("audio", args.audio)) if path)
     if not ok:
         return 2
-    chat.turn(args.text or "")
-    return 0
+    return 0 if chat.turn(args.text or "") else 1
 
 
 if __name__ == "__main__":

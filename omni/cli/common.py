@@ -15,6 +15,7 @@ from typing import Callable
 from omni.config import ConfigError, TrainConfig, load_config, to_json
 from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError, has_train_state
+from omni.engine.lock import hold_folder
 from omni.engine.runtime import Runtime, setup_runtime, teardown
 from omni.engine.training import Stage, TrainingError, fit
 
@@ -163,15 +164,18 @@ def run_stage(home: ModuleType, doc: str, argv: list[str] | None = None) -> int:
         return 2
     rt = setup_runtime(cfg.train.device, cfg.train.use_amp)
     try:
-        phases = home.before(cfg, rt, args) if hasattr(home, "before") else []
-        for phase in phases:
-            result = _run_phase(phase.name, phase.build(rt), phase.train, args, several=True, rt=rt)
-            if result["status"] in ("interrupted", "stopped"):  # Ctrl-C / --stop-at: continue with --resume
-                return 130 if result["status"] == "interrupted" else 0
-        stage = home.build_stage(cfg, rt)
-        if rt.is_main:
-            print("resolved config:\n" + to_json(cfg), flush=True)
-        result = _run_phase(stage.name, stage, cfg.train, args, several=bool(phases), rt=rt)
+        # the folder is this run's from the first file a stage writes there (a tokenizer, a code
+        # cache), not only from the first checkpoint; fit holds it again, nested
+        with hold_folder(rt, Path(cfg.train.save_dir)):
+            phases = home.before(cfg, rt, args) if hasattr(home, "before") else []
+            for phase in phases:
+                result = _run_phase(phase.name, phase.build(rt), phase.train, args, several=True, rt=rt)
+                if result["status"] in ("interrupted", "stopped"):  # Ctrl-C / --stop-at: continue with --resume
+                    return 130 if result["status"] == "interrupted" else 0
+            stage = home.build_stage(cfg, rt)
+            if rt.is_main:
+                print("resolved config:\n" + to_json(cfg), flush=True)
+            result = _run_phase(stage.name, stage, cfg.train, args, several=bool(phases), rt=rt)
     except (DataError, TrainingError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

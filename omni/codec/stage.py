@@ -22,12 +22,13 @@ from torch import nn
 from omni.audio.features import LOG_FLOOR, SPEECH_OUT_MEL, LogMel
 from omni.codec.model import CODE_RATE_HZ, CodecConfig, MelCodec
 from omni.codec.rvq import usage_stats
-from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
+from omni.config import TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import CheckpointError, load_weights, read_config
+from omni.engine.checkpoint import CheckpointError, load_weights
 from omni.engine.runtime import Runtime, unwrap
 from omni.engine.training import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
+from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class CodecDataConfig:
     crop_frames: int = 128
     max_seconds: float = 20.0
     val_items: int = 100
+    allow_outside_paths: bool = False  # read wav paths outside the CSV's folder (../, absolute, symlinks out)
 
 
 @dataclasses.dataclass
@@ -159,9 +161,10 @@ def build_stage(cfg: CodecStageConfig, rt: Runtime) -> Stage:
     crops of the training CSV, whole-utterance validation; best checkpoint by val_l1. The saved
     config.json is ``to_dict(cfg)`` (a CodecStageConfig), which ``load_codec`` reads back."""
     train_path, val_path = resolve_manifest(cfg.data.train_csv, "train"), resolve_manifest(cfg.data.val_csv, "val")
-    full = MelDataset(Manifest(train_path), cfg.data.max_seconds, None)
-    train_set = MelDataset(Manifest(train_path), cfg.data.max_seconds, cfg.data.crop_frames)
-    val_set = MelDataset(Manifest(val_path), cfg.data.max_seconds, None)
+    outside = cfg.data.allow_outside_paths
+    full = MelDataset(Manifest(train_path, allow_outside=outside), cfg.data.max_seconds, None)
+    train_set = MelDataset(Manifest(train_path, allow_outside=outside), cfg.data.max_seconds, cfg.data.crop_frames)
+    val_set = MelDataset(Manifest(val_path, allow_outside=outside), cfg.data.max_seconds, None)
     torch.manual_seed(cfg.train.seed)
     model = MelCodec(cfg.model)
     mean, std = mel_statistics(full, seed=cfg.train.seed)
@@ -181,11 +184,7 @@ def build_stage(cfg: CodecStageConfig, rt: Runtime) -> Stage:
 def load_codec(ckpt_dir: str | Path, device: torch.device | str = "cpu") -> tuple[MelCodec, CodecConfig]:
     """Rebuild a trained codec from its folder (config.json written by build_stage, weights
     strict); eval mode, on ``device``. An untrained (never k-means-initialised) codec is an error."""
-    try:
-        cfg = config_from_dict(read_config(ckpt_dir), CodecStageConfig)
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt_dir}/config.json is not a codec config ({e}); point at the folder "
-                              "train_codec.py (or train_talker.py phase 1) wrote") from e
+    cfg = read_stage_config(ckpt_dir, CodecStageConfig)
     model = MelCodec(cfg.model)
     load_weights(model, ckpt_dir)
     if not all(bool(vq.initialised) for vq in model.rvq.layers):

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -156,6 +157,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, DistributedDataParallel):
         model = model.module
     return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def exit_on_sigterm(enabled: bool = True):
+    """Within the block SIGTERM raises SystemExit(143), the status its default action gives, rather
+    than ending the process on the spot, so ``finally`` blocks run (the folder lock is released).
+    StopOnSignal replaces it inside the training loop. A handler someone else set (or SIG_IGN) is
+    kept, and only the main thread may set one: elsewhere this does nothing."""
+    if (not enabled or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def _exit(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class StopOnSignal:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from omni.config import TrainConfig
 from omni.data import EpochBatches
 from omni.engine import checkpoint as ckpt
+from omni.engine.lock import hold_folder
 from omni.engine.runtime import Runtime, StopOnSignal, all_mean, any_rank, setup_runtime
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,10 @@ class Phase:
 
 
 class Trainer:
-    def __init__(self, stage: Stage, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    def __init__(self, stage: Stage, cfg: TrainConfig, resume: bool, overwrite: bool,
+                 rt: Runtime | None = None) -> None:
         self.stage, self.cfg = stage, cfg
-        self.rt = setup_runtime(cfg.device, cfg.use_amp)
+        self.rt = rt if rt is not None else setup_runtime(cfg.device, cfg.use_amp)
         self.save_dir = Path(cfg.save_dir)
         self.raw = stage.model.to(self.rt.device)
         self.opt = make_optimizer(self.raw, cfg, self.rt.device, stage.lr_scales)
@@ -173,8 +175,15 @@ class Trainer:
         if state["world_size"] != self.rt.world_size:
             raise TrainingError(f"{self.save_dir} was trained on {state['world_size']} processes; resume "
                                 f"with the same number (got {self.rt.world_size}) for an exact continuation")
+        path = self.save_dir / ckpt.STATE_FILE
+        ckpt.check_state_fits(self.raw, state["model"], path, self.stage.config)
         self.raw.load_state_dict(state["model"], strict=True)
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+        except ValueError as e:  # the same tensors, other parameter groups (frozen parts, lr_scales)
+            raise ckpt.CheckpointError(f"{path}: the optimizer state does not fit this stage's parameter "
+                                       f"groups ({e}); resume with the config it was trained with, or start "
+                                       "over with --overwrite") from e
         self.scaler.load_state_dict(state["scaler"])
         p = state["progress"]
         self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"],
@@ -387,5 +396,6 @@ def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = 
     ``stop_at``: stop (with a checkpoint) after that step while the schedule still targets
     ``cfg.max_steps``, for time-sliced jobs; continue later with ``resume=True``.
     """
-    trainer = Trainer(stage, cfg, resume, overwrite)
-    return trainer.run(stop_at)
+    rt = setup_runtime(cfg.device, cfg.use_amp)
+    with hold_folder(rt, Path(cfg.save_dir)):
+        return Trainer(stage, cfg, resume, overwrite, rt).run(stop_at)

@@ -46,6 +46,20 @@ class TurnStats:
         return (self.new_tokens - 1) / decode if self.new_tokens > 1 and decode > 0 else float("nan")
 
 
+class ReplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C (KeyboardInterrupt) arrived while ChatSession.ask was answering.
+
+    The session has already recorded the exchange as far as it got: the user message and the reply
+    generated so far (``reply``, possibly empty) are the last two history entries, so the next ask
+    sees what the user saw. It stays a KeyboardInterrupt so callers that do not expect it (SFT
+    validation, evaluation) stop as they would on any Ctrl-C.
+    """
+
+    def __init__(self, reply: str, stats: TurnStats) -> None:
+        super().__init__(f"reply interrupted after {stats.new_tokens} tokens")
+        self.reply, self.stats = reply, stats
+
+
 @dataclasses.dataclass
 class _Entry:
     turn: Turn
@@ -118,10 +132,12 @@ class ChatSession:
 
     def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> tuple[str, TurnStats]:
         """Send a user message (with any attached media); returns the reply and its timings.
-        ``on_text`` receives the reply as it grows, one printable piece at a time."""
+        ``on_text`` receives the reply as it grows, one printable piece at a time.
+
+        A KeyboardInterrupt while answering keeps the exchange as far as it got and is re-raised as
+        ReplyInterrupted (see there)."""
         t0 = time.perf_counter()
-        entries, seq = self._fit_context(self.history + [self._user_entry(text)])
-        x = self.embeds(entries, seq)
+        entries = self.history + [self._user_entry(text)]
         ids: list[int] = []
         shown = [""]
         first = [0.0]
@@ -136,11 +152,24 @@ class ChatSession:
                     on_text(now[len(shown[0]):])
                     shown[0] = now
 
-        s = self.sampling
-        stop = (self.tok.special["<|end|>"], self.tok.special["<|eos|>"])
-        generate_reply(self.model, x, s.max_new_tokens, stop, s.temperature, s.top_k, s.top_p,
-                       self.generator, on_token)
+        def stats(prompt_positions: int) -> TurnStats:
+            total = time.perf_counter() - t0
+            return TurnStats(prompt_positions, len(ids), first[0] if ids else total, total)
+
+        seq = None
+        try:
+            entries, seq = self._fit_context(entries)
+            x = self.embeds(entries, seq)
+            s = self.sampling
+            stop = (self.tok.special["<|end|>"], self.tok.special["<|eos|>"])
+            generate_reply(self.model, x, s.max_new_tokens, stop, s.temperature, s.top_k, s.top_p,
+                           self.generator, on_token)
+        except KeyboardInterrupt as e:
+            # a cut-off reply can end inside a multi-byte character: keep only whole characters
+            reply = self.tok.decode(ids).rstrip("\ufffd").strip()
+            self.history = entries + [_Entry(Turn("assistant", reply), [], [])]
+            log.info("reply interrupted after %d tokens; kept in the history", len(ids))
+            raise ReplyInterrupted(reply, stats(len(seq) if seq is not None else 0)) from e
         reply = self.tok.decode(ids).strip()
         self.history = entries + [_Entry(Turn("assistant", reply), [], [])]
-        total = time.perf_counter() - t0
-        return reply, TurnStats(len(seq), len(ids), first[0] if ids else total, total)
+        return reply, stats(len(seq))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from omni.audio.features import AudioError, load_audio
-from omni.data import DataError, LineFile, SkipCountingDataset
+from omni.data import BadRow, DataError, LineFile, SkipCountingDataset
 from omni.images import BadImage, load_image_tensor
 from omni.losses import IGNORE_INDEX
 from omni.manifest import Manifest, resolve_manifest
@@ -61,6 +61,7 @@ class SftDataConfig:
     # share of image (audio) conversations that first hold an earlier turn about a clip (an image), so
     # the model learns that a question concerns the media of its own turn, as multi-turn chat needs
     mixed_turns: float = 0.0
+    allow_outside_paths: bool = False  # read image and wav paths outside their manifest's folder
 
 
 @dataclasses.dataclass
@@ -74,18 +75,19 @@ class Example:
     followups: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # more (question, answer) turns
 
 
-def read_image_manifest(path: str | Path) -> list[dict]:
+def read_image_manifest(path: str | Path, allow_outside: bool = False) -> list[dict]:
     """Manifest rows (``vision_data.manifest_objects``), each with a ``caption``; ``image``
-    resolved against the manifest's folder."""
+    resolved against the manifest's folder, rows whose image leaves it dropped unless ``allow_outside``."""
     path = Path(path)
-    out = []
-    for i, row in enumerate(manifest_objects(path)):
+    rows, dropped = manifest_objects(path, allow_outside)
+    for i, row in enumerate(rows):
         if "caption" not in row:
             raise DataError(f"{path}: row {i + 1} lacks a 'caption'")
-        out.append({**row, "image": str(path.parent / row["image"])})
-    if not out:
-        raise DataError(f"{path}: no rows")
-    return out
+    if not rows:
+        raise DataError(f"{path}: no rows" + (f" ({dict(dropped)} dropped)" if dropped else ""))
+    if dropped:
+        log.warning("%s: dropped %d rows (%s)", path, sum(dropped.values()), dict(dropped))
+    return rows
 
 
 def qa_pairs(row: dict) -> list[tuple[str, str]]:
@@ -98,10 +100,11 @@ def qa_pairs(row: dict) -> list[tuple[str, str]]:
 class Sources:
     """The rows each task draws from, for one split."""
 
-    def __init__(self, image_manifest: str, asr_csv: str, text_file: str, split: str) -> None:
-        self.images = read_image_manifest(image_manifest)
+    def __init__(self, image_manifest: str, asr_csv: str, text_file: str, split: str,
+                 allow_outside: bool = False) -> None:
+        self.images = read_image_manifest(image_manifest, allow_outside)
         self.vqa_rows = [r for r in self.images if qa_pairs(r)]
-        self.asr = Manifest(resolve_manifest(asr_csv, split))
+        self.asr = Manifest(resolve_manifest(asr_csv, split), allow_outside=allow_outside)
         self.text = LineFile(text_file)
 
     def size(self, task: str) -> int:
@@ -110,6 +113,13 @@ class Sources:
 
     def example(self, task: str, i: int, rng: random.Random, cfg: SftDataConfig) -> Example | None:
         """Row i of the task's source as a conversation; None for an unusable row."""
+        try:
+            return self.conversation(task, i, rng, cfg)
+        except BadRow:  # the manifest has logged it
+            return None
+
+    def conversation(self, task: str, i: int, rng: random.Random, cfg: SftDataConfig) -> Example | None:
+        """As ``example``, but an unusable manifest row raises BadRow (with the reason it is counted under)."""
         if task == "caption":
             row = self.images[i]
             return Example(task, rng.choice(CAPTION_PROMPTS), row["caption"], image=row["image"])
@@ -119,11 +129,7 @@ class Sources:
             pairs = rng.sample(pairs, min(len(pairs), rng.randint(1, max(1, cfg.vqa_turns))))
             return Example(task, pairs[0][0], pairs[0][1], image=row["image"], followups=pairs[1:])
         if task == "asr":
-            try:
-                row = self.asr[i]
-            except DataError as e:
-                log.warning("%s", e)
-                return None
+            row = self.asr[i]
             return Example(task, rng.choice(ASR_PROMPTS), row["text"], audio=row["wav"])
         words = (self.text[i].decode("utf-8", "replace")).split()
         if task == "text_lm":
@@ -165,13 +171,19 @@ class SftDataset(SkipCountingDataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def example(self, i: int) -> Example | None:
+    def _draw(self, i: int) -> tuple[str, int, random.Random, SftDataConfig]:
         task, row = self.plan[i]
-        return self.sources.example(task, row, random.Random(self.seed * 1_000_003 + i), self.cfg)
+        return task, row, random.Random(self.seed * 1_000_003 + i), self.cfg
+
+    def example(self, i: int) -> Example | None:
+        return self.sources.example(*self._draw(i))
 
     def __getitem__(self, i: int) -> dict | None:
         self.counts["seen"] += 1
-        ex = self.example(i)
+        try:
+            ex = self.sources.conversation(*self._draw(i))
+        except BadRow as e:
+            return self._skip(e.reason)
         if ex is None:
             return self._skip("unusable_row")
         if ex.task == "text_lm":

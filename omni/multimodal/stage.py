@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from omni.audio.ctc import error_rates, normalize_text
-from omni.config import TrainConfig, config_from_dict, to_dict
+from omni.config import TrainConfig, to_dict
 from omni.data import PackedTokens, tokenize_corpus
-from omni.engine.checkpoint import CheckpointError, load_weights, read_config
+from omni.engine.checkpoint import CheckpointError, load_weights
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.multimodal.chat import ChatSession, Sampling
@@ -29,6 +29,7 @@ from omni.multimodal.data import TASKS, Example, SftDataConfig, SftDataset, Sour
 from omni.multimodal.model import Components, OmniConfig, OmniModel, components_from_dict, from_stages
 from omni.thinker.stage import evaluate_lm, save_tokenizer, tokenizer_in
 from omni.thinker.tokenizer import Tokenizer
+from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 STOPWORDS = frozenset("a an the and or of on in at to is are with this that it its there".split())
@@ -138,8 +139,8 @@ def build_stage(cfg: SftStageConfig, rt: Runtime) -> Stage:
     model, tok, comp = from_stages(cfg.model, device)
     model.train()
     d = cfg.data
-    train_src = Sources(d.image_manifest, d.asr_csv, d.text_file, "train")
-    val_src = Sources(d.image_val_manifest, d.asr_val_csv, d.text_val_file, "val")
+    train_src = Sources(d.image_manifest, d.asr_csv, d.text_file, "train", d.allow_outside_paths)
+    val_src = Sources(d.image_val_manifest, d.asr_val_csv, d.text_val_file, "val", d.allow_outside_paths)
     weights = {t: getattr(d.mixture, t) for t in TASKS}
     plan = draw_plan(train_src, weights, d.epoch_size, cfg.train.seed)
     log.info("SFT plan: %s conversations per epoch", dict(zip(*np.unique([t for t, _ in plan], return_counts=True))))
@@ -169,7 +170,7 @@ def load_omni(ckpt_dir: str | Path, device: torch.device) -> tuple[OmniModel, To
     if not comp_path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no components.json; is this a Stage E checkpoint? "
                               "(python sft_omni.py --config configs/omni_sft_tiny.json)")
-    cfg = config_from_dict(read_config(ckpt_dir), SftStageConfig)
+    cfg = read_stage_config(ckpt_dir, SftStageConfig)
     comp: Components = components_from_dict(json.loads(comp_path.read_text()), comp_path)
     model = OmniModel(comp, cfg.model)
     load_weights(model, ckpt_dir)

@@ -20,7 +20,7 @@ from PIL import Image
 from omni.audio.ctc import error_rates
 from omni.audio.ctc import greedy_decode as ctc_greedy
 from omni.config import TrainConfig, to_dict
-from omni.data import DataError, SkipCountingDataset
+from omni.data import BadRow, SkipCountingDataset
 from omni.engine.checkpoint import load_with_vocab
 from omni.engine.runtime import Runtime, unwrap
 from omni.engine.training import Stage
@@ -37,6 +37,7 @@ class OcrDataConfig:
     train_csv: str       # image,text[,font] (paths relative to the CSV)
     val_csv: str
     val_items: int = 200
+    allow_outside_paths: bool = False  # read image paths outside the CSV's folder (../, absolute, symlinks out)
 
 
 @dataclasses.dataclass
@@ -67,22 +68,25 @@ def line_tensor(img: Image.Image, height: int, max_width: int, patch: int) -> tu
 class OcrDataset(SkipCountingDataset):
     """item i -> (ink (1, H, W), width, label ids) or None when the row is unusable (counted by reason)."""
 
-    def __init__(self, csv: str | Path, vocab: OcrVocab, cfg: OcrModelConfig) -> None:
-        self.m, self.vocab, self.cfg = Manifest(csv, path_key="image"), vocab, cfg
+    def __init__(self, csv: str | Path, vocab: OcrVocab, cfg: OcrModelConfig, allow_outside: bool = False) -> None:
+        self.m, self.vocab, self.cfg = Manifest(csv, path_key="image", allow_outside=allow_outside), vocab, cfg
         super().__init__()
 
     def __len__(self) -> int:
         return len(self.m)
 
     def widths(self) -> np.ndarray:
-        """Scaled width per row from the image headers (0 when unreadable): for length bucketing."""
+        """Scaled width per row from the image headers (0 for unusable rows and unreadable images, which
+        are counted when the sample itself is read): for length bucketing."""
         out = np.zeros(len(self), dtype=np.float32)
-        for i in range(len(self)):
+        for i, row in self.m.scan():
+            if isinstance(row, BadRow):
+                continue
             try:
-                with Image.open(self.m[i]["image"]) as img:
+                with Image.open(row["image"]) as img:
                     w, h = img.size
-            except (DataError, OSError, ValueError):
-                continue  # counted when the sample itself is read
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
             out[i] = min(self.cfg.max_width, w * self.cfg.img_size / max(h, 1))
         return out
 
@@ -93,10 +97,10 @@ class OcrDataset(SkipCountingDataset):
         self.counts["seen"] += 1
         try:
             row = self.m[i]
+        except BadRow as e:
+            return self._skip(e.reason)
+        try:
             img, _ = load_image(Path(row["image"]))
-        except DataError as e:
-            log.warning("%s", e)
-            return self._skip("malformed_row")
         except BadImage as e:
             log.warning("%s:%d: %s", self.m.path, i + 2, e)
             return self._skip(f"image_{e.reason}")
@@ -222,8 +226,8 @@ def load_ocr(ckpt_dir: str | Path, device: torch.device) -> tuple[OcrModel, OcrV
 
 def build_stage(cfg: OcrStageConfig, rt: Runtime) -> Stage:
     vocab = OcrVocab.ascii()
-    train_set = OcrDataset(cfg.data.train_csv, vocab, cfg.model)
-    val_set = OcrDataset(cfg.data.val_csv, vocab, cfg.model)
+    train_set = OcrDataset(cfg.data.train_csv, vocab, cfg.model, cfg.data.allow_outside_paths)
+    val_set = OcrDataset(cfg.data.val_csv, vocab, cfg.model, cfg.data.allow_outside_paths)
     torch.manual_seed(cfg.train.seed)
     model = OcrModel(cfg.model, len(vocab))
     n_enc = sum(p.numel() for p in model.encoder.parameters())

@@ -4,8 +4,9 @@ config and build_stage are in omni/talker/stage.py).
 Training data: a ``text,wav`` CSV. Every utterance is turned into codec codes once, with the frozen
 codec, and cached beside the Talker checkpoint (``<save_dir>/codes/<csv name>.npy`` + ``.json``),
 stamped with the CSV's size/mtime and the codec weights' SHA-1 so a changed codec or CSV rebuilds
-it. Rows that cannot be used (missing/corrupt audio, no speakable text, too long) are recorded in
-the cache and skipped, counted by reason, every epoch.
+it (an unreadable cache is rebuilt too). Rows that cannot be used (malformed, a wav path outside the
+CSV's folder, missing/corrupt audio, no speakable text, too long) are recorded in the cache and
+skipped, counted by reason, every epoch.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from omni.audio.features import SAMPLE_RATE, SPEECH_OUT_MEL, AudioError, LogMel, load_audio
-from omni.data import DataError, SkipCountingDataset
+from omni.data import BadRow, SkipCountingDataset
 from omni.engine.checkpoint import best_or_self
 from omni.files import atomic_write, write_json_atomic
 from omni.manifest import Manifest
@@ -54,22 +55,44 @@ class CodeCache:
         return cache_dir / f"{csv.name}.codes.npy", cache_dir / f"{csv.name}.codes.json"
 
     @classmethod
-    def load_or_build(cls, csv: Path, cache_dir: Path, codec, codec_sha: str, max_seconds: float) -> "CodeCache":
+    def load_or_build(cls, csv: Path, cache_dir: Path, codec, codec_sha: str, max_seconds: float,
+                      allow_outside: bool = False) -> "CodeCache":
+        """The cache of ``csv`` when its stamp matches, else encode every row (``allow_outside``: wav
+        paths may leave the CSV's folder, ``data.allow_outside_paths``) and write the cache."""
         npy, meta_path = cls.paths(cache_dir, csv)
         st = csv.stat()
         stamp = {"version": CACHE_VERSION, "csv_size": st.st_size, "csv_mtime_ns": st.st_mtime_ns,
                  "codec_sha1": codec_sha, "max_seconds": max_seconds}
+        if allow_outside:  # only then, so that the caches written before the option existed stay valid
+            stamp["allow_outside_paths"] = True
+        manifest = Manifest(csv, allow_outside=allow_outside)
         if npy.is_file() and meta_path.is_file():
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta["stamp"] == stamp:
-                reasons = {int(k): v for k, v in meta["skipped"].items()}
-                return cls(np.load(npy, allow_pickle=False), np.asarray(meta["offsets"], dtype=np.int64), reasons)
-            log.info("%s is stale (CSV or codec changed); re-encoding", meta_path)
-        cache = cls.build(Manifest(csv), codec, max_seconds)
+            cached = cls._load(npy, meta_path, stamp, len(manifest))
+            if cached is not None:
+                return cached
+        cache = cls.build(manifest, codec, max_seconds)
         atomic_write(npy, lambda p: _save_npy(p, cache.codes), fsync=False)
         write_json_atomic(meta_path, {"stamp": stamp, "offsets": cache.offsets.tolist(),
                                       "skipped": {str(k): v for k, v in cache.reasons.items()}}, indent=None)
         return cache
+
+    @classmethod
+    def _load(cls, npy: Path, meta_path: Path, stamp: dict, n_rows: int) -> "CodeCache | None":
+        """The cache of a CSV of ``n_rows`` rows when its stamp matches; None when it is stale or cannot
+        be read (then it is re-encoded)."""
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta["stamp"] != stamp:
+                log.info("%s is stale (CSV or codec changed); re-encoding", meta_path)
+                return None
+            codes, offsets = np.load(npy, allow_pickle=False), np.asarray(meta["offsets"], dtype=np.int64)
+            reasons = {int(k): str(v) for k, v in meta["skipped"].items()}
+            if codes.ndim != 2 or offsets.shape != (n_rows + 1,) or offsets[-1] != len(codes):
+                raise ValueError("the codes, their offsets and the CSV disagree")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("%s cannot be read (%s); re-encoding", meta_path, e)
+            return None
+        return cls(codes, offsets, reasons)
 
     @classmethod
     @torch.no_grad()
@@ -86,9 +109,8 @@ class CodeCache:
                 else:
                     mel = logmel(torch.from_numpy(audio).to(device)[None])
                     codes = codec.encode(mel)[0].cpu().numpy().astype(np.int16)
-            except DataError as e:
-                log.warning("%s", e)
-                reasons[i] = "malformed_row"
+            except BadRow as e:
+                reasons[i] = e.reason
             except AudioError as e:
                 log.warning("%s:%d: %s", manifest.path, i + 2, e)
                 reasons[i] = f"audio_{e.reason}"
@@ -114,13 +136,15 @@ class TalkerDataset(SkipCountingDataset):
         self.n_q = n_codebooks or cache.codes.shape[1]
         super().__init__()
         self.text: list[list[int] | None] = []
+        # rows this manifest refuses, whatever the cache holds (it may come from allow_outside_paths=true)
+        self.bad_rows: dict[int, str] = {}
         dropped: Counter = Counter()
-        for i in range(len(manifest)):
-            try:
-                ids, lost = vocab.encode(manifest[i]["text"])
-            except DataError as e:
-                log.warning("%s", e)
+        for i, row in manifest.scan():
+            if isinstance(row, BadRow):
+                self.bad_rows[i] = row.reason
                 ids, lost = [], Counter()
+            else:
+                ids, lost = vocab.encode(row["text"])
             dropped.update(lost)
             self.text.append(ids if 0 < len(ids) <= max_text_chars else None)
         if dropped:
@@ -131,6 +155,8 @@ class TalkerDataset(SkipCountingDataset):
         return len(self.m)
 
     def reason(self, i: int) -> str | None:
+        if i in self.bad_rows:
+            return self.bad_rows[i]
         if i in self.cache.reasons:
             return self.cache.reasons[i]
         if self.text[i] is None:

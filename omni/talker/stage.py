@@ -41,6 +41,7 @@ class TtsDataConfig:
     val_csv: str
     max_seconds: float = 12.0
     val_items: int = 100           # validation utterances (teacher-forced)
+    allow_outside_paths: bool = False  # read wav paths outside the CSV's folder (../, absolute, symlinks out)
 
 
 @dataclass
@@ -114,8 +115,10 @@ def build_stage(cfg: TalkerStageConfig, rt: Runtime) -> Stage:
     sets = {}
     for split, name in (("train", cfg.data.train_csv), ("val", cfg.data.val_csv)):
         csv = resolve_manifest(name, split)
-        cache = CodeCache.load_or_build(csv, cache_dir, codec, sha, cfg.data.max_seconds)
-        sets[split] = TalkerDataset(Manifest(csv), cache, vocab, cfg.talker.max_text_chars, cfg.talker.n_codebooks)
+        outside = cfg.data.allow_outside_paths
+        cache = CodeCache.load_or_build(csv, cache_dir, codec, sha, cfg.data.max_seconds, outside)
+        sets[split] = TalkerDataset(Manifest(csv, allow_outside=outside), cache, vocab, cfg.talker.max_text_chars,
+                                    cfg.talker.n_codebooks)
     train_set, val_set = sets["train"], sets["val"]
     torch.manual_seed(cfg.train.seed)
     model = Talker(cfg.talker)

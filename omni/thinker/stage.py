@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -13,13 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from omni.config import TrainConfig, config_from_dict, to_dict
+from omni.config import TrainConfig, to_dict
 from omni.data import DataError, LineFile, PackedTokens, is_val_line, tokenize_corpus
-from omni.engine.checkpoint import load_weights, read_config
+from omni.engine.checkpoint import MODEL_FILE, load_weights
 from omni.engine.runtime import Runtime
 from omni.engine.training import Phase, Stage
+from omni.files import atomic_write
 from omni.thinker.model import ThinkerConfig, ThinkerLM
 from omni.thinker.tokenizer import Tokenizer, load_tokenizer, train_bpe
+from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +41,35 @@ def tokenizer_in(ckpt_dir: str | Path) -> Tokenizer:
 def save_tokenizer(tok: Tokenizer, ckpt_dir: Path) -> None:
     name = "tokenizer.model" if tok.__class__.__name__ == "SentencePieceTokenizer" else "tokenizer.json"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(ckpt_dir / name)
+    atomic_write(ckpt_dir / name, tok.save)  # a torn tokenizer beside good weights would be worse than none
+
+
+def has_checkpoint_tokenizer(save_dir: Path) -> bool:
+    """Whether save_dir holds a tokenizer that belongs to a checkpoint. One without weights beside it
+    was left by a run that failed before its first checkpoint (or by an older version that wrote it
+    before checking the data): nothing vouches for it, so it is never reused."""
+    return (save_dir / MODEL_FILE).is_file() and any((save_dir / n).is_file() for n in TOKENIZER_FILES)
 
 
 def prepare_tokenizer(data: TextDataConfig, vocab_size: int, save_dir: Path) -> Tokenizer:
-    """``data.tokenizer`` if set; else the one already in save_dir; else train BPE on the corpus."""
+    """``data.tokenizer`` if set; else the one a checkpoint in save_dir was trained with; else a BPE
+    trained on the corpus. A trained tokenizer is not written here: ``build_stage`` saves it once the
+    data has proved usable, so a run that fails on its data leaves nothing behind."""
     if data.tokenizer:
         return load_tokenizer(data.tokenizer)
-    if any((save_dir / n).is_file() for n in TOKENIZER_FILES):
+    if has_checkpoint_tokenizer(save_dir):
         return tokenizer_in(save_dir)
+    for name in TOKENIZER_FILES:
+        if (save_dir / name).is_file():
+            log.warning("%s has no checkpoint beside it (left by a run that stopped before its first "
+                        "checkpoint); training a new tokenizer", save_dir / name)
     lines = LineFile(data.train_file)
+    documents = (text for _, text in lines.iter_text() if text is not None)
+    first = next(documents, None)
+    if first is None:  # checked before training: BPE on nothing would still make a (byte-only) tokenizer
+        raise DataError(f"{data.train_file}: no usable text (empty file, or every line empty / not UTF-8)")
     log.info("training a %d-token byte-level BPE on %s (%d lines)", vocab_size, lines.path, len(lines))
-    tok = train_bpe((t for _, t in lines.iter_text() if t is not None), vocab_size)
-    save_tokenizer(tok, save_dir)
-    return tok
+    return train_bpe(itertools.chain([first], documents), vocab_size)
 
 
 @dataclass
@@ -109,7 +127,7 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
 
 def load_thinker(ckpt_dir: str | Path, device: torch.device) -> tuple[nn.Module, Tokenizer, TextStageConfig]:
     """Rebuild the Thinker from a Stage A checkpoint folder (config.json + weights + tokenizer)."""
-    cfg = config_from_dict(read_config(ckpt_dir), TextStageConfig)
+    cfg = read_stage_config(ckpt_dir, TextStageConfig)
     model = ThinkerLM(cfg.model)
     load_weights(model, ckpt_dir)
     return model.to(device).eval(), tokenizer_in(ckpt_dir), cfg
@@ -148,12 +166,18 @@ def build_stage(cfg: TextStageConfig, rt: Runtime) -> Stage:
     """The tokenizer (trained into save_dir when the config names none), the packed token streams and
     the Thinker. ``cfg.model.vocab_size`` becomes the tokenizer's real size."""
     save_dir = Path(cfg.train.save_dir)
-    # rank 0 trains the tokenizer and builds the token caches; the others then read them
-    if not rt.is_main:
-        rt.barrier()
-    tok = prepare_tokenizer(cfg.data, cfg.model.vocab_size, save_dir)
-    streams = load_streams(cfg.data, tok, cfg.train.seed)
+    # rank 0 trains the tokenizer, checks the data and builds the token caches; the others then read them
     if rt.is_main:
+        tok = prepare_tokenizer(cfg.data, cfg.model.vocab_size, save_dir)
+    else:
+        rt.barrier()
+        tok = load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else tokenizer_in(save_dir)
+    streams = load_streams(cfg.data, tok, cfg.train.seed)
+    train_set = PackedTokens(streams.train, cfg.model.ctx_len, f"{cfg.data.train_file} (train split)")
+    val_set = PackedTokens(streams.val, cfg.model.ctx_len, f"{cfg.data.val_file or cfg.data.train_file} (val split)")
+    if rt.is_main:
+        if not cfg.data.tokenizer and not has_checkpoint_tokenizer(save_dir):
+            save_tokenizer(tok, save_dir)  # the data is usable: now the tokenizer may be written (and read)
         rt.barrier()
     if tok.vocab_size != cfg.model.vocab_size:
         log.info("model.vocab_size %d -> %d (the tokenizer's real size)", cfg.model.vocab_size, tok.vocab_size)
@@ -161,8 +185,6 @@ def build_stage(cfg: TextStageConfig, rt: Runtime) -> Stage:
     torch.manual_seed(cfg.train.seed)
     model = ThinkerLM(cfg.model)
     log.info("ThinkerLM: %.2fM parameters", model.num_params() / 1e6)
-    train_set = PackedTokens(streams.train, cfg.model.ctx_len, f"{cfg.data.train_file} (train split)")
-    val_set = PackedTokens(streams.val, cfg.model.ctx_len, f"{cfg.data.val_file or cfg.data.train_file} (val split)")
     stage = Stage(
         name="thinker", model=model, train_set=train_set, loss_fn=lm_loss, config=to_dict(cfg),
         # val_batches counts global batches, so the metric is the same on 1 or N processes

@@ -14,6 +14,8 @@ import sentencepiece as spm
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from omni.data import DataError
+
 log = logging.getLogger(__name__)
 
 # Order is part of the format: ids 0..len-1 in every tokenizer μOmni trains.
@@ -24,8 +26,8 @@ SPECIAL_TOKENS = (
 )
 
 
-class TokenizerError(ValueError):
-    pass
+class TokenizerError(DataError):
+    """A tokenizer file is missing, unreadable or lacks μOmni's special tokens; the message names it."""
 
 
 class BPETokenizer:
@@ -134,5 +136,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_file():
         raise TokenizerError(f"tokenizer not found: {path} (train Stage A first: python train_text.py)")
     if path.suffix == ".model":
-        return SentencePieceTokenizer(path)
-    return BPETokenizer(HFTokenizer.from_file(str(path)))
+        try:
+            return SentencePieceTokenizer(path)
+        except RuntimeError as e:
+            raise TokenizerError(f"{path}: not a SentencePiece model ({e})") from None
+    try:
+        tok = HFTokenizer.from_file(str(path))
+    except Exception as e:  # the Rust library raises a plain Exception for a file it cannot parse
+        raise TokenizerError(f"{path}: not a readable tokenizer.json ({e}); delete it and train Stage A "
+                             "again, or point data.tokenizer at a good one") from None
+    return BPETokenizer(tok)

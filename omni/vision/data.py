@@ -1,22 +1,25 @@
 """Stage C data: image-caption manifests, frozen-Thinker caption features, the training dataset.
 
 Manifest (docs/architecture.md): a JSON array of objects, or JSON Lines, each with `image` (path relative to
-the manifest) and `caption`; `source` (scenes, tuxpaint, emoji, ...) is optional. Rows with an
-empty caption are dropped at load (counted); unusable images are skipped when read (counted per
-reason) and reported through ``VisionDataset.report`` at the end of each epoch.
+the manifest, inside its folder) and `caption`; `source` (scenes, tuxpaint, emoji, ...) is optional.
+Rows with an empty caption or an image path outside the manifest's folder are dropped at load
+(counted); unusable images are skipped when read (counted per reason) and reported through
+``VisionDataset.report`` at the end of each epoch.
 """
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from omni.data import DataError, SkipCountingDataset
+from omni.data import BadRow, DataError, SkipCountingDataset, read_utf8
 from omni.images import MAX_SIDE, BadImage, load_image, preprocess
+from omni.manifest import PathGuard
 
 log = logging.getLogger(__name__)
 
@@ -28,50 +31,67 @@ class Row:
     source: str
 
 
-def manifest_objects(path: str | Path) -> list[dict]:
-    """The rows of an image manifest (a JSON array, or JSON Lines), each an object with a string
-    ``image``; a missing file, invalid JSON or a row without an image is a DataError naming the
-    file and the line or row. Stage C (``read_manifest``) and Stage E (``sft_data``) both read
-    their manifests through this."""
+def manifest_objects(path: str | Path, allow_outside: bool = False) -> tuple[list[dict], Counter]:
+    """The rows of an image manifest (a JSON array, or JSON Lines), each an object whose ``image`` is
+    resolved against the manifest's folder, and the rows dropped by reason: an image path that leaves
+    that folder (``outside_data_dir``, unless ``allow_outside``). A missing or non-UTF-8 file, invalid
+    JSON or a row without an image is a DataError naming the file and the line or row. Stage C
+    (``read_manifest``) and Stage E (``read_image_manifest``) both read their manifests through this."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image manifest not found: {path} (build it: python scripts/make_synthetic_datasets.py "
                         "--out data, or scripts/download_production_image.py)")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    rows = _json_rows(path, read_utf8(path))
+    guard, out, dropped = PathGuard(path, allow_outside), [], Counter()
+    for n, raw in enumerate(rows, 1):
+        if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
+            raise DataError(f"{path}: row {n} is not an object with an 'image' path: {str(raw)[:80]}")
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
-    else:
+            out.append({**raw, "image": str(guard(raw["image"], f"{path}: row {n}"))})
+        except BadRow as e:
+            log.warning("%s", e)
+            dropped[e.reason] += 1
+    return out, dropped
+
+
+def _json_rows(path: Path, text: str) -> list:
+    """The values of a JSON array or of JSON Lines; invalid JSON is a DataError with the line."""
+    try:
+        if text.lstrip().startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         rows = []
         for n, line in enumerate(text.splitlines(), 1):  # JSON Lines
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: invalid JSON Lines row ({e.msg})") from e
-    for n, raw in enumerate(rows, 1):
-        if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
-            raise DataError(f"{path}: row {n} is not an object with an 'image' path: {str(raw)[:80]}")
-    return rows
+                    raise DataError(f"{path}:{n}: invalid JSON Lines row ({e.msg})") from None
+        return rows
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
 
 
-def read_manifest(path: str | Path) -> tuple[list[Row], int]:
-    """A JSON array / JSON Lines manifest -> (rows with a non-empty caption, rows dropped)."""
+def read_manifest(path: str | Path, allow_outside: bool = False) -> tuple[list[Row], int]:
+    """A JSON array / JSON Lines manifest -> (rows with a non-empty caption and an image path inside the
+    manifest's folder unless ``allow_outside``, rows dropped)."""
     path = Path(path)
-    rows, dropped = [], 0
-    for raw in manifest_objects(path):
+    objects, dropped = manifest_objects(path, allow_outside)
+    rows = []
+    for raw in objects:
         caption = raw.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            dropped += 1
+            dropped["no_caption"] += 1
             continue
-        rows.append(Row(path.parent / raw["image"], " ".join(caption.split()), str(raw.get("source", "-"))))
+        rows.append(Row(Path(raw["image"]), " ".join(caption.split()), str(raw.get("source", "-"))))
     if not rows:
-        raise DataError(f"{path}: no rows with an image and a non-empty caption")
+        raise DataError(f"{path}: no rows with an image and a non-empty caption" +
+                        (f" ({dict(dropped)} dropped)" if dropped else ""))
     if dropped:
-        log.warning("%s: dropped %d rows without a caption", path, dropped)
-    return rows, dropped
+        log.warning("%s: dropped %d rows (%s)", path, sum(dropped.values()), dict(dropped))
+    return rows, sum(dropped.values())
 
 
 @torch.no_grad()

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
+from omni.config import TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import MODEL_FILE, CheckpointError, copy_weights, load_weights, read_config
+from omni.engine.checkpoint import MODEL_FILE, CheckpointError, copy_weights, load_weights
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.files import file_sha256, write_text_atomic
@@ -30,6 +30,7 @@ from omni.thinker.stage import load_thinker, save_tokenizer
 from omni.vision.data import Row, VisionDataset, caption_features, collate_pairs, read_manifest
 from omni.vision.encoder import VisionConfig, ViTTiny
 from omni.vision.retrieval import candidate_sets, chance, colour_histogram, histogram_baseline, recall_at
+from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class VisionDataConfig:
     flip: bool = False       # horizontal flips break "on the left" captions: off for scenes
     max_zoom: float = 1.14   # train crops: short side resized to img_size * U(1, max_zoom)
     candidates: int = 100    # retrieval pool per query at validation
+    allow_outside_paths: bool = False  # read image paths outside the manifest's folder (../, absolute, symlinks out)
 
 
 @dataclass
@@ -154,10 +156,7 @@ def save_text_side(ckpt_dir: Path, thinker_dir: str, sha: str, tok) -> None:
 
 
 def read_vision_config(ckpt_dir: str | Path) -> VisionStageConfig:
-    try:
-        return config_from_dict(read_config(ckpt_dir), VisionStageConfig)
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt_dir}/config.json is not a Stage C (vision) config: {e}") from e
+    return read_stage_config(ckpt_dir, VisionStageConfig)
 
 
 def load_vision_encoder(ckpt_dir: str | Path, device: torch.device) -> tuple[ViTTiny, VisionStageConfig]:
@@ -254,8 +253,8 @@ class RetrievalSet:
 
 def build_stage(cfg: VisionStageConfig, rt: Runtime) -> Stage:
     thinker, tok, sha = load_frozen_thinker(cfg.clip.thinker, rt.device)
-    train_rows, _ = read_manifest(cfg.data.train_manifest)
-    val_rows, _ = read_manifest(cfg.data.val_manifest)
+    train_rows, _ = read_manifest(cfg.data.train_manifest, cfg.data.allow_outside_paths)
+    val_rows, _ = read_manifest(cfg.data.val_manifest, cfg.data.allow_outside_paths)
     # the Thinker is frozen: its pooled caption features are computed once, here, not every step
     feats = caption_features(thinker, tok, [r.caption for r in train_rows + val_rows], cfg.clip.max_caption_tokens)
     train_feats, val_feats = feats[:len(train_rows)].cpu(), feats[len(train_rows):].cpu()

@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from omni.audio.features import SAMPLE_RATE, SPEECH_OUT_MEL, AudioError, LogMel, load_audio
-from omni.config import ConfigError, TrainConfig, config_from_dict, to_dict
+from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import CheckpointError, load_weights, read_config
+from omni.engine.checkpoint import CheckpointError, load_weights
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
 from omni.speech.griffinlim import mel_to_wav
 from omni.vocoder.model import GanConfig, Generator, HifiGan, VocoderConfig, vocode
+from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class VocoderDataConfig:
     val_items: int = 20
     val_max_seconds: float = 8.0
     gl_iters: int = 32          # Griffin-Lim iterations of the baseline measured in validation
+    allow_outside_paths: bool = False  # read wav paths outside the CSV's folder (../, absolute, symlinks out)
 
 
 @dataclasses.dataclass
@@ -67,9 +69,9 @@ def collate_crops(items: list) -> dict[str, torch.Tensor] | None:
     return {"wav": torch.stack(items)} if items else None
 
 
-def val_mels(csv: Path, n: int, max_seconds: float) -> list[torch.Tensor]:
+def val_mels(csv: Path, n: int, max_seconds: float, allow_outside: bool = False) -> list[torch.Tensor]:
     """Speech-out log-mels (1, T, 128) of the first n readable rows, each cut to max_seconds."""
-    m, logmel, out = Manifest(csv), LogMel(SPEECH_OUT_MEL), []
+    m, logmel, out = Manifest(csv, allow_outside=allow_outside), LogMel(SPEECH_OUT_MEL), []
     for i in range(len(m)):
         if len(out) >= n:
             break
@@ -110,9 +112,11 @@ def build_stage(cfg: VocoderStageConfig, rt: Runtime) -> Stage:
     if cfg.data.max_audio_length % SPEECH_OUT_MEL.hop_length:
         raise ConfigError(f"data.max_audio_length={cfg.data.max_audio_length} must be a multiple of the hop "
                           f"({SPEECH_OUT_MEL.hop_length})")
-    train_set = CropDataset(Manifest(resolve_manifest(cfg.data.train_csv, "train")), cfg.data.max_audio_length)
+    outside = cfg.data.allow_outside_paths
+    train_set = CropDataset(Manifest(resolve_manifest(cfg.data.train_csv, "train"), allow_outside=outside),
+                            cfg.data.max_audio_length)
     val = VocoderValidation(val_mels(resolve_manifest(cfg.data.val_csv, "val"), cfg.data.val_items,
-                                     cfg.data.val_max_seconds), cfg.data.gl_iters)
+                                     cfg.data.val_max_seconds, outside), cfg.data.gl_iters)
     torch.manual_seed(cfg.train.seed)
     model = HifiGan(cfg.model, cfg.gan)
     n_g = sum(p.numel() for p in model.generator.parameters())
@@ -133,7 +137,7 @@ def load_generator(ckpt_dir: str | Path, device: torch.device) -> Generator:
     if not (ckpt_dir / "model.safetensors").is_file():
         raise CheckpointError(f"no trained vocoder in {ckpt_dir}; train one with "
                               "`python train_vocoder.py --config configs/vocoder_tiny.json` or use Griffin-Lim")
-    cfg = config_from_dict(read_config(ckpt_dir), VocoderStageConfig)
+    cfg = read_stage_config(ckpt_dir, VocoderStageConfig)
     model = HifiGan(cfg.model, cfg.gan)
     load_weights(model, ckpt_dir)
     return model.generator.to(device).eval()

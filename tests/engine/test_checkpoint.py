@@ -29,7 +29,8 @@ def test_mismatched_or_missing_weights_are_clear_errors(tmp_path):
 
 def test_failed_write_keeps_previous_file(tmp_path):
     target = tmp_path / "train_state.pt"
-    ckpt.save_train_state({"step": 1}, tmp_path)
+    state = {k: {} for k in ckpt.STATE_KEYS} | {"progress": {"step": 1}}
+    ckpt.save_train_state(state, tmp_path)
 
     def crash(path):
         path.write_bytes(b"half a checkpoint")
@@ -37,7 +38,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         ckpt.atomic_write(target, crash)
-    assert ckpt.load_train_state(tmp_path) == {"step": 1}
+    assert ckpt.load_train_state(tmp_path) == state
 
 
 def test_metrics_truncate_and_torn_line(tmp_path):

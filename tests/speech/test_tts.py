@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,10 +50,18 @@ class StandInCodec(nn.Module):
         return mel.repeat_interleave(self.frames_per_code, dim=1)
 
 
-def _csv_with_bad_rows(tmp_path):
+def _clips_in(folder):
+    """The committed clips copied into ``folder``: rows (text, wav name), paths a manifest there may read."""
     rows = Manifest(CLIPS)
-    lines = ["text,wav"] + [f"{rows[i]['text']},{rows[i]['wav']}" for i in range(len(rows))]
-    lines += ["missing file,does_not_exist.wav", f"\u2603\u2603,{rows[0]['wav']}"]
+    for i in range(len(rows)):
+        shutil.copy(rows[i]["wav"], folder)
+    return [(rows[i]["text"], Path(rows[i]["wav"]).name) for i in range(len(rows))]
+
+
+def _csv_with_bad_rows(tmp_path):
+    rows = _clips_in(tmp_path)
+    lines = ["text,wav"] + [f"{text},{wav}" for text, wav in rows]
+    lines += ["missing file,does_not_exist.wav", f"\u2603\u2603,{rows[0][1]}"]
     path = tmp_path / "tts.csv"
     path.write_text("\n".join(lines) + "\n")
     return path, len(rows)
@@ -102,7 +111,7 @@ def test_text_gain_is_the_ce_lost_with_a_neighbours_text_and_zero_for_a_talker_t
     assert one["val_text_gain"] == pytest.approx(wrong - right, abs=1e-5)
     # rows that all say the same text lose nothing when given a neighbour's
     same = tmp_path / "same.csv"
-    same.write_text("text,wav\n" + "".join(f"front left,{Manifest(CLIPS)[i]['wav']}\n" for i in range(4)))
+    same.write_text("text,wav\n" + "".join(f"front left,{wav}\n" for _, wav in _clips_in(tmp_path)[:4]))
     same_data = TalkerDataset(Manifest(same), CodeCache.load_or_build(same, tmp_path / "codes", StandInCodec(),
                                                                        "sha", 12.0), TextVocab.default(), 200)
     assert evaluate_talker(talker, same_data, TalkerLossConfig(), 2, 100)["val_text_gain"] == pytest.approx(0.0)

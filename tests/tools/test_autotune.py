@@ -138,11 +138,11 @@ def test_memory_budget_lowers_batch_and_raises_accumulation():
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_memory_estimate_covers_measured_activations(amp):
+def test_memory_estimate_covers_measured_activations(amp, tmp_path):
     """The activation part of the estimate against what autograd really saves (CPU, tiny Thinker)."""
     from omni.engine.runtime import setup_runtime
     from omni.tools.bench import Shape, build
-    full = tiny_config(ROOT)
+    full = tiny_config(tmp_path)
     raw = full["model"]
     info = model_info(raw, {}, amp=amp, vocab_size=300)
     cfg = config_from_dict({**full, "model": {**raw, "vocab_size": 300}}, TextStageConfig)
@@ -155,8 +155,8 @@ def test_memory_estimate_covers_measured_activations(amp):
 
 
 # ---------------------------------------------------------------- model size
-def test_thinker_size_equals_instantiated_model():
-    raw = tiny_config(ROOT)["model"]
+def test_thinker_size_equals_instantiated_model(tmp_path):
+    raw = tiny_config(tmp_path)["model"]
     info = model_info(raw, {}, amp=True, vocab_size=300)
     model = ThinkerLM(config_from_dict({**raw, "vocab_size": 300}, ThinkerConfig))
     assert info.name == "ThinkerLM" and info.n_params == sum(p.numel() for p in model.parameters())
@@ -183,8 +183,8 @@ def test_unknown_model_section_is_none():
     assert model_info({"frobnicate": 3}, {}, amp=True) is None
 
 
-def test_train_slots_find_nested_sections():
-    train = tiny_config(ROOT)["train"]
+def test_train_slots_find_nested_sections(tmp_path):
+    train = tiny_config(tmp_path)["train"]
     raw = {"codec": {"model": {"d_model": 8}, "data": {"train_csv": "a.csv"}, "train": train},
            "talker": {"d_model": 8}, "data": {"train_csv": "b.csv"}, "train": train}
     slots = train_slots(raw)
