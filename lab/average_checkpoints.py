@@ -8,7 +8,7 @@ Each argument is a folder holding ``model.safetensors`` (a stage's save_dir, or 
 mean goes to ``--out`` with the first folder's config and vocabulary files, so every loader of that
 stage reads it as it reads the first folder (for a Talker, ``--out <ckpt>/talker`` and then
 ``scripts/tts.py --talker <ckpt>``). Checkpoints near the end of one run, at a low learning rate, sit
-around one minimum, and their mean can fit better than any one of them. Measured here (README Stages B
+around one minimum, and their mean can fit better than any one of them. Measured (docs/experiments.md, Stages B
 and D): a lower validation loss for the Talker, but no better CER for the Talker or the recogniser.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Stage D in one command: the Talker recipe that speaks most clearly so far (README Stage D).
+"""Stage D in one command: the Talker recipe that speaks most clearly so far (docs/results.md, Stage D).
 
     python lab/train_talker_recipe.py [--config configs/talker_tiny.json] [--save-dir checkpoints/talker_read]
         [--read 3000,6000] [--self-fed 8000,10000,12000,16000,18000,20000,24000,26000] [--keep-rounds] [section.key=value ...]
 
 It runs train_talker.py in phases on one folder, each resuming the last (``--resume``), exactly as
-the README's measurements were made:
+the measurements in docs/results.md were made:
   1. reading: ``talker.dropout=0 talker.text_aux_layer=2`` to each step count of ``--read`` (each
      phase re-spans the warmup + cosine schedule to its new ``train.max_steps``: a warm restart);
   2. self-fed: the same plus ``loss.self_feed=0.5`` to each step count of ``--self-fed``.

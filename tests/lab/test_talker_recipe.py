@@ -1,4 +1,4 @@
-"""lab/train_talker_recipe.py: the README's Talker recipe (read, then self-fed) as phases of
+"""lab/train_talker_recipe.py: the Talker recipe of docs/results.md (read, then self-fed) as phases of
 train_talker.py on one folder, each resuming the last, skipped when already trained."""
 import json
 

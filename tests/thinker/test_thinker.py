@@ -136,7 +136,7 @@ def test_sampling_filters():
 
 def test_training_loss_compiles_as_one_graph_and_matches_eager():
     """torch.compile sees the whole training forward (no graph break at the ignored-target filter,
-    measured on an H200 to matter: see README "Measured on a GPU"), and the loss with ignored
+    measured on an H200 to matter: see docs/results.md, GPU), and the loss with ignored
     targets is the eager one, which skips their rows."""
     import torch._dynamo as dynamo
     cfg = ThinkerConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, ctx_len=32,
