@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 from omni.cli.common import Parser, run_stage
-from omni.talker import stage as talker_stage
 from omni.engine import checkpoint as ckpt
+from omni.talker import stage as talker_stage
 
 READ = ["talker.dropout=0", "talker.text_aux_layer=2"]
 SELF_FEED = ["loss.self_feed=0.5"]

@@ -12,50 +12,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from omni.cli.parser import Parser
 from omni.config import ConfigError, TrainConfig, load_config, to_json
 from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError, has_train_state
 from omni.engine.lock import hold_folder
 from omni.engine.runtime import Runtime, setup_runtime, teardown
 from omni.engine.training import Stage, TrainingError, fit
-
-# Options renamed when every program took one convention (--ckpt for a checkpoint folder, --n for a
-# row limit, --vocoder for the vocoder). A saved command line with an old spelling stops with the
-# new one, rather than argparse's bare "unrecognized arguments".
-RENAMED = {"--ckpt_dir": "--ckpt", "--ckpt-dir": "--ckpt", "--max-items": "--n", "--max-samples": "--n",
-           "--n-items": "--n", "--vocoder-dir": "--vocoder"}
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Docstring descriptions and epilogs as written; a default shown after each help text, unless
-    it is an empty one (None, False, "": the help says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if any(action.default is empty for empty in (None, False, argparse.SUPPRESS)) or action.default == "":
-            return action.help
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """The argument parser of every program: defaults in --help (subcommands too: add_subparsers
-    makes them of this class), and an old spelling of a renamed option (RENAMED, plus this
-    program's ``renamed``) is a usage error naming the new one."""
-
-    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-        self.renamed = {**RENAMED, **(renamed or {})}
-
-    def parse_known_args(self, args=None, namespace=None):
-        tokens = sys.argv[1:] if args is None else list(args)
-        for token in tokens[:tokens.index("--")] if "--" in tokens else tokens:
-            old = token.split("=", 1)[0]
-            new = self.renamed.get(old)
-            # only where the new spelling exists and the old one is gone: another program may have
-            # neither (a plain unknown option), and a subcommand checks its own arguments itself
-            if new and new in self._option_string_actions and old not in self._option_string_actions:
-                self.error(f"{old} is now {new}")
-        return super().parse_known_args(tokens, namespace)
 
 
 def stage_parser(description: str, default_config: str) -> Parser:

@@ -24,11 +24,10 @@ from omni.codec.model import CODE_RATE_HZ, CodecConfig, MelCodec
 from omni.codec.rvq import usage_stats
 from omni.config import TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import CheckpointError, load_weights
+from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime, unwrap
 from omni.engine.training import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
-from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 

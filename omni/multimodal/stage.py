@@ -21,7 +21,7 @@ from torch import nn
 from omni.audio.ctc import error_rates, normalize_text
 from omni.config import TrainConfig, to_dict
 from omni.data import PackedTokens, tokenize_corpus
-from omni.engine.checkpoint import CheckpointError, load_weights
+from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.multimodal.chat import ChatSession, Sampling
@@ -29,7 +29,6 @@ from omni.multimodal.data import TASKS, Example, SftDataConfig, SftDataset, Sour
 from omni.multimodal.model import Components, OmniConfig, OmniModel, components_from_dict, from_stages
 from omni.thinker.stage import evaluate_lm, save_tokenizer, tokenizer_in
 from omni.thinker.tokenizer import Tokenizer
-from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 STOPWORDS = frozenset("a an the and or of on in at to is are with this that it its there".split())

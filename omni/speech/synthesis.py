@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ from omni.config import config_from_dict
 from omni.engine.checkpoint import MODEL_FILE, CheckpointError, best_or_self, load_weights, read_config, read_metrics
 from omni.engine.runtime import pick_device
 from omni.files import file_sha1
+from omni.speech.chunks import split_text
 from omni.speech.griffinlim import mel_to_wav
 from omni.talker.data import CODEC_LINK, VOCAB_FILE
 from omni.talker.model import Talker, TalkerConfig
@@ -32,46 +32,9 @@ from omni.vocoder.stage import load_generator
 
 log = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------- synthesis
-_SENTENCE = re.compile(r"(?<=[.!?;:])\s+")
 # the longest piece of text the Talker speaks at once: its speech drifts over long texts, and
 # shorter pieces, cut at sentence / clause / word boundaries, are clearer (docs/results.md, Stage D)
 DEFAULT_CHUNK_CHARS = 60
-
-
-def split_text(text: str, max_chars: int) -> list[str]:
-    """Normalised text -> pieces of at most max_chars, cut after sentence ends, then after commas,
-    then at spaces (a single word longer than max_chars is cut hard). No character is lost."""
-    pieces: list[str] = []
-    for sentence in _SENTENCE.split(text):
-        pieces.extend(p for p in _fit(sentence.strip(), max_chars, [_CLAUSE, _SPACE]) if p)
-    return pieces
-
-
-_CLAUSE, _SPACE = re.compile(r"(?<=,)\s+"), re.compile(r"\s+")
-
-
-def _fit(text: str, max_chars: int, cuts: list[re.Pattern]) -> list[str]:
-    """Greedily join the parts of ``text`` split by cuts[0] into pieces <= max_chars (recursing
-    into cuts[1:] for a part that is itself too long)."""
-    if len(text) <= max_chars:
-        return [text]
-    if not cuts:
-        return [text[i:i + max_chars] for i in range(0, len(text), max_chars)]
-    out, cur = [], ""
-    for part in cuts[0].split(text):
-        joined = f"{cur} {part}" if cur else part
-        if len(joined) <= max_chars:
-            cur = joined
-            continue
-        if cur:
-            out.append(cur)
-        if len(part) > max_chars:
-            out.extend(_fit(part, max_chars, cuts[1:]))
-            cur = ""
-        else:
-            cur = part
-    return out + ([cur] if cur else [])
 
 
 def talker_dir(ckpt_dir: Path) -> Path:

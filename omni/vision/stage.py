@@ -21,7 +21,7 @@ from torch import nn
 
 from omni.config import TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import MODEL_FILE, CheckpointError, copy_weights, load_weights
+from omni.engine.checkpoint import MODEL_FILE, CheckpointError, copy_weights, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.files import file_sha256, write_text_atomic
@@ -30,7 +30,6 @@ from omni.thinker.stage import load_thinker, save_tokenizer
 from omni.vision.data import Row, VisionDataset, caption_features, collate_pairs, read_manifest
 from omni.vision.encoder import VisionConfig, ViTTiny
 from omni.vision.retrieval import candidate_sets, chance, colour_histogram, histogram_baseline, recall_at
-from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 

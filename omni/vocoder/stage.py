@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from omni.audio.features import SAMPLE_RATE, SPEECH_OUT_MEL, AudioError, LogMel, load_audio
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data import DataError
-from omni.engine.checkpoint import CheckpointError, load_weights
+from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
 from omni.speech.griffinlim import mel_to_wav
 from omni.vocoder.model import GanConfig, Generator, HifiGan, VocoderConfig, vocode
-from omni.engine.checkpoint import read_stage_config
 
 log = logging.getLogger(__name__)
 

@@ -370,8 +370,9 @@ def test_average_weights_skips_the_lock_and_temp_files(tmp_path):
 
 def test_stage_script_refuses_a_file_as_save_dir_before_writing_anything(tmp_path, capsys):
     """run_stage holds the folder from the start (Stage A writes its tokenizer before fit)."""
-    import train_text
     from conftest import write_config
+
+    import train_text
     target = tmp_path / "afile"
     target.write_text("not a folder")
     assert train_text.main(["--config", str(write_config(tmp_path, train={"save_dir": str(target)}))]) == 2

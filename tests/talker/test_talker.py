@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from omni.speech.synthesis import split_text
+from omni.speech.chunks import split_text
 from omni.talker.data import collate_talker
 from omni.talker.loss import TalkerLossConfig, self_fed, talker_loss
 from omni.talker.model import IGNORE, Talker, TalkerConfig, make_targets

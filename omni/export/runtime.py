@@ -1,0 +1,555 @@
+"""μOmni on ONNX Runtime, without PyTorch: text, image and audio in; text and speech out.
+
+    python -m omni.export.runtime EXPORT_DIR --text "What is in this picture?" --image cat.png
+    python -m omni.export.runtime EXPORT_DIR --audio q.wav --text "Transcribe the audio." --audio-out reply.wav
+
+EXPORT_DIR is what ``omni-export`` (scripts/export.py) wrote. This module imports only
+onnxruntime, numpy, tokenizers, soundfile and Pillow (plus omni.export.dsp, numpy only): it runs on
+a machine without torch. It ports what chat needs from the PyTorch code, step for step: the chat
+template (omni/multimodal/template.py), eval image preprocessing (omni/images.py), the encoder
+log-mel (omni/audio/features.py), ``generate_reply`` (prefill, then one-token decode steps over an
+explicit KV cache), sampling (temperature / top-k / top-p, in numpy), the Talker's generation loop
+with its depth chain (omni/talker/model.py), text chunking (omni/speech/synthesis.py), the codec
+decoder and Griffin-Lim (omni/export/dsp.py) or the exported HiFi-GAN. omni/export/parity.py
+checks each port against PyTorch when exporting.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+import unicodedata
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import soundfile as sf
+from PIL import Image
+from tokenizers import Tokenizer as HFTokenizer
+
+from omni.cli.parser import Parser
+from omni.export.dsp import GriffinLim, log_mel, resample
+from omni.speech.chunks import split_text
+
+SAMPLE_RATE = 16000
+TEXT, IMAGE, AUDIO = 0, 1, 2
+MEDIA_MARKERS = {IMAGE: ("<|image_start|>", "<|image_end|>"), AUDIO: ("<|audio_start|>", "<|audio_end|>")}
+
+
+class RunError(RuntimeError):
+    """A bad export folder or input file; the message names it and says what to do."""
+
+
+# ---------------------------------------------------------------- sampling (numpy)
+@dataclass
+class Sampling:
+    temperature: float = 0.0        # 0: greedy
+    top_k: int = 0                  # 0: all tokens
+    top_p: float = 1.0              # 1: no nucleus cut
+    max_new_tokens: int = 64
+    seed: int | None = None
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
+                rng: np.random.Generator) -> int:
+    """logits (V,) -> a token id; as omni.thinker.model.sample_next (temperature 0: argmax)."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    logits = logits.astype(np.float32) / np.float32(temperature)
+    if top_k > 0:
+        kth = np.partition(logits, -min(top_k, logits.size))[-min(top_k, logits.size)]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:
+        order = np.argsort(-logits, kind="stable")
+        ranked = logits[order]
+        probs = softmax(ranked)
+        ranked = np.where(np.cumsum(probs) - probs >= top_p, -np.inf, ranked)
+        logits = np.full_like(logits, -np.inf)
+        logits[order] = ranked
+    return int(rng.choice(logits.size, p=softmax(logits)))
+
+
+def sample_codes(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
+    """logits (..., K) -> ids (...): argmax for temperature 0, else top-k sampling per codebook."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float32) / np.float32(temperature)
+    if top_k > 0:
+        k = min(top_k, flat.shape[-1])
+        kth = np.partition(flat, -k, axis=-1)[:, -k:-k + 1]
+        flat = np.where(flat < kth, -np.inf, flat)
+    probs = softmax(flat)
+    ids = np.array([rng.choice(p.size, p=p) for p in probs])
+    return ids.reshape(logits.shape[:-1])
+
+
+# ---------------------------------------------------------------- text: chat template, Talker text
+@dataclass
+class Turn:
+    role: str
+    text: str
+    media: list[tuple[int, int]] = field(default_factory=list)   # (kind, n_slots), before the text
+
+
+def build_sequence(encode: Callable[[str], list[int]], sp: dict[str, int], turns: list[Turn], system: str,
+                   generation_prompt: bool = True) -> tuple[list[int], list[int]]:
+    """omni.multimodal.template.build_sequence -> (ids, kinds)."""
+    ids, kinds = [], []
+
+    def add(new: list[int], kind: int = TEXT) -> None:
+        ids.extend(new)
+        kinds.extend([kind] * len(new))
+
+    add([sp["<|bos|>"], sp["<|system|>"]] + encode(system) + [sp["<|end|>"]])
+    for turn in turns:
+        add([sp[f"<|{turn.role}|>"]])
+        for kind, n in turn.media:
+            start, end = MEDIA_MARKERS[kind]
+            add([sp[start]])
+            add([sp["<|pad|>"]] * n, kind)
+            add([sp[end]])
+        add(encode(turn.text) + [sp["<|end|>"]])
+    if generation_prompt:
+        add([sp["<|assistant|>"]])
+    return ids, kinds
+
+
+_REPLACE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
+            "(": ",", ")": ",", "&": " and ", "%": " percent "}
+
+
+class TextVocab:
+    """omni.talker.text.TextVocab for character input: normalise, then ids (3 + index)."""
+
+    def __init__(self, path: Path) -> None:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        self.kind = data.get("kind", "chars")
+        self.chars = data["chars"]
+        self.index = {c: i + 3 for i, c in enumerate(self.chars)}
+
+    def normalize(self, text: str) -> tuple[str, int]:
+        for a, b in _REPLACE.items():
+            text = text.replace(a, b)
+        text = unicodedata.normalize("NFKD", text).lower()
+        kept, dropped = [], 0
+        for c in text:
+            if c in self.index:
+                kept.append(c)
+            elif c.isspace():
+                kept.append(" ")
+            elif not unicodedata.combining(c):
+                dropped += 1
+                kept.append(" ")
+        return " ".join("".join(kept).split()), dropped
+
+    def ids(self, clean: str) -> list[int]:
+        return [self.index[c] for c in clean if c in self.index]
+
+
+# ---------------------------------------------------------------- media loading
+def load_audio(path: str | Path) -> np.ndarray:
+    """Any file soundfile reads -> (samples,) float32 mono at 16 kHz (omni.audio.features.load_audio)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such audio file")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises several types for undecodable files
+        raise RunError(f"{path}: cannot decode audio ({e})") from e
+    if audio.shape[0] == 0 or not np.isfinite(audio).all() or not audio.any():
+        raise RunError(f"{path}: empty, non-finite or silent audio")
+    mono = audio.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(resample(mono, sr, SAMPLE_RATE), dtype=np.float32)
+
+
+def _to_rgb(img: Image.Image, max_side: int) -> Image.Image:
+    """omni.images.to_rgb: palette/alpha/greyscale/16-bit -> RGB on white, long side <= max_side."""
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        span = a.max() - a.min()
+        a = (a - a.min()) * (255.0 / span) if span > 0 else np.zeros_like(a)
+        img = Image.fromarray(a.round().astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    img = img.convert("RGB")
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img
+
+
+def load_image(path: str | Path, img_size: int, mean: list[float], std: list[float], max_side: int = 256
+               ) -> np.ndarray:
+    """An image file -> normalised (3, img_size, img_size) float32 (omni.images.load_image_tensor)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no such image file")
+    max_side = max(max_side, img_size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("RGB", (max_side, max_side))
+                img.load()
+                img = _to_rgb(img, max_side)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise RunError(f"{path}: not a usable image ({e})") from e
+    w, h = img.size
+    scale = img_size / min(w, h)
+    size = (max(img_size, round(w * scale)), max(img_size, round(h * scale)))
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    x0, y0 = (img.size[0] - img_size) // 2, (img.size[1] - img_size) // 2
+    arr = np.asarray(img.crop((x0, y0, x0 + img_size, y0 + img_size)), dtype=np.uint8)
+    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
+# ---------------------------------------------------------------- the model
+class OnnxOmni:
+    """The exported graphs of one folder, with the loops around them."""
+
+    def __init__(self, folder: str | Path, threads: int = 0, verify: bool = False) -> None:
+        self.dir = Path(folder)
+        cfg_path = self.dir / "config.json"
+        if not cfg_path.is_file():
+            raise RunError(f"{self.dir}: no config.json; not a folder written by omni-export "
+                                "(python scripts/export.py --ckpt ... --out DIR)")
+        self.cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if verify:
+            self.verify()
+        self.options = ort.SessionOptions()
+        if threads:
+            self.options.intra_op_num_threads = threads
+        self.options.log_severity_level = 3
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        tok = HFTokenizer.from_file(str(self.dir / "tokenizer.json"))
+        tok.encode_special_tokens = True
+        self.tok = tok
+        self.special: dict[str, int] = self.cfg["special"]
+        fe = np.load(self.dir / "frontend.npz", allow_pickle=False)
+        self.frontend = {k: fe[k] for k in fe.files}
+        self.th = self.cfg["thinker"]
+        speech = self.cfg.get("speech")
+        self.vocab = TextVocab(self.dir / speech["text_vocab"]) if speech else None
+        self._gl: GriffinLim | None = None
+
+    # ------------------------------------------------ plumbing
+    def verify(self) -> None:
+        """Check every file against manifest.json's sha256 (raises on the first mismatch)."""
+        manifest = json.loads((self.dir / "manifest.json").read_text(encoding="utf-8"))
+        for name, meta in manifest["files"].items():
+            h = hashlib.sha256()
+            with open(self.dir / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != meta["sha256"]:
+                raise RunError(f"{self.dir / name}: sha256 differs from manifest.json; copy the export again")
+
+    def session(self, name: str) -> ort.InferenceSession:
+        if name not in self._sessions:
+            path = self.dir / f"{name}.onnx"
+            if not path.is_file():
+                raise RunError(f"{path} is missing: this export has no {name} graph")
+            self._sessions[name] = ort.InferenceSession(str(path), self.options, providers=["CPUExecutionProvider"])
+        return self._sessions[name]
+
+    def run(self, name: str, **feeds) -> list[np.ndarray]:
+        return self.session(name).run(None, feeds)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    # ------------------------------------------------ media
+    def image_tensor(self, path: str | Path) -> np.ndarray:
+        v = self.cfg["vision"]
+        return load_image(path, v["img_size"], v["mean"], v["std"], v["max_side"])
+
+    def image_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) -> (N, slots, D)."""
+        return self.run("vision_encoder", images=np.ascontiguousarray(images, dtype=np.float32))[0]
+
+    def audio_mel(self, wav: np.ndarray) -> np.ndarray:
+        a = self.cfg["audio"]
+        return log_mel(wav, self.frontend["encoder_fb"], self.frontend["encoder_window"], a["n_fft"], a["hop"])
+
+    def audio_features(self, wav: np.ndarray) -> np.ndarray:
+        """(samples,) at 16 kHz -> (audio_slots, D)."""
+        return self.run("audio_encoder", mel=self.audio_mel(wav)[None])[0][0]
+
+    def audio_slots(self, n_samples: int) -> int:
+        frames = n_samples // self.cfg["audio"]["hop"] + 1
+        for _ in range(3):
+            frames = (frames + 1) // 2
+        return frames
+
+    # ------------------------------------------------ the Thinker
+    def inputs(self, ids: list[int], kinds: list[int], image_feats: list[np.ndarray],
+               audio_feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ids, kinds -> (ids (1,T), media (1,T,D), mask (1,T)); media slots filled in order
+        (OmniModel.embed)."""
+        kinds_a = np.asarray(kinds)
+        media = np.zeros((1, len(ids), self.th["d_model"]), dtype=np.float32)
+        for kind, feats in ((IMAGE, image_feats), (AUDIO, audio_feats)):
+            where = np.flatnonzero(kinds_a == kind)
+            if not len(where):
+                continue
+            f = np.concatenate([x.reshape(-1, self.th["d_model"]) for x in feats]) if feats else np.zeros((0,))
+            if f.shape[0] != len(where):
+                raise RunError(f"{len(where)} {'image' if kind == IMAGE else 'audio'} slots but "
+                                    f"{f.shape[0]} encoder states: sequence and media disagree")
+            media[0, where] = f
+        return np.asarray([ids], dtype=np.int64), media, (kinds_a != TEXT)[None]
+
+    def generate(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray, max_new_tokens: int,
+                 stop_ids: tuple[int, ...], sampling: Sampling, rng: np.random.Generator,
+                 on_token: Callable[[int], None] | None = None) -> list[int]:
+        """omni.multimodal.model.generate_reply: prefill, then one token per decode step."""
+        T = ids.shape[1]
+        max_new_tokens = min(max_new_tokens, self.th["ctx_len"] - T)
+        if max_new_tokens <= 0:
+            raise RunError(f"prompt of {T} positions fills the context ({self.th['ctx_len']})")
+        logits, k, v = self.run("thinker_prefill", ids=ids, media=media, media_mask=mask)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = sample_next(logits[0], sampling.temperature, sampling.top_k, sampling.top_p, rng)
+            if token in stop_ids:
+                break
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+            if len(out) == max_new_tokens:
+                break
+            logits, k, v = self.run("thinker_decode", ids=np.asarray([[token]], dtype=np.int64), past_k=k, past_v=v)
+        return out
+
+    # ------------------------------------------------ speech
+    def talker_codes(self, text_ids: list[int], temperature: float, top_k: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+        """omni.talker.model.Talker.generate -> codes (T, n_q) int64."""
+        tk = self.cfg["speech"]["talker"]
+        r, n_q = tk["frames_per_step"], tk["n_codebooks"]
+        frames = math.ceil(tk["max_frames_per_char"] * max(len(text_ids), 1)) + 8
+        limit = -(-frames // r)
+        L = len(text_ids) + 1
+        if L + 1 + limit > tk["ctx_len"]:
+            limit = tk["ctx_len"] - L - 1
+            if limit < 1:
+                raise RunError(f"text of {len(text_ids)} characters leaves no room in ctx_len {tk['ctx_len']}")
+        text = np.asarray([[tk["start_id"]] + list(text_ids)], dtype=np.int64)
+        outs = self.run("talker_prefill", text=text)
+        groups: list[np.ndarray] = []
+        for _ in range(limit):
+            h, stop = outs[0], outs[1]
+            k, v = outs[-2], outs[-1]
+            if groups and 1.0 / (1.0 + math.exp(-float(stop[0]))) > 0.5:
+                break
+            if tk["depth"]:
+                group = self._depth_chain(h, temperature, top_k, rng, r, n_q)
+            else:
+                group = sample_codes(outs[2][0], temperature, top_k, rng)
+            groups.append(group)
+            outs = self.run("talker_decode", groups=group[None, None].astype(np.int64), past_k=k, past_v=v)
+        return np.concatenate(groups, axis=0)
+
+    def _depth_chain(self, h: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator,
+                     r: int, n_q: int) -> np.ndarray:
+        prev = np.zeros_like(h)
+        code = np.zeros((h.shape[0],), dtype=np.int64)
+        ids = []
+        for s in range(r * n_q):
+            logits, prev = self.run("talker_depth", hidden=h, prev=prev, code=code,
+                                    slot=np.asarray(s, dtype=np.int64))
+            code = np.asarray([sample_codes(logits[0], temperature, top_k, rng)], dtype=np.int64)
+            ids.append(int(code[0]))
+        return np.asarray(ids, dtype=np.int64).reshape(r, n_q)
+
+    def codes_to_mel(self, codes: np.ndarray) -> np.ndarray:
+        """(T, n_q) -> log-mel (T * fpc, 128)."""
+        return self.run("codec_decoder", codes=codes[None].astype(np.int64))[0][0]
+
+    def vocode(self, mel: np.ndarray, vocoder: str | None = None) -> np.ndarray:
+        sp = self.cfg["speech"]
+        vocoder = vocoder or sp["vocoder"]
+        if vocoder == "hifigan":
+            return self.run("vocoder", mel=mel[None].astype(np.float32))[0][0]
+        if self._gl is None:
+            fe = self.frontend
+            self._gl = GriffinLim(fe["speech_fb"], fe["speech_fb_pinv"], fe["speech_window"],
+                                  sp["mel"]["n_fft"], sp["mel"]["hop"])
+        return self._gl(mel, n_iter=sp["gl_iters"])
+
+    def speech_chunks(self, text: str) -> list[list[int]]:
+        """Raw text -> the Talker ids of each chunk (Synthesizer.codes' text side)."""
+        sp = self.cfg.get("speech")
+        if not sp:
+            raise RunError(f"{self.dir}: exported without a Talker (--talker): no speech out")
+        if self.vocab.kind != "chars":
+            raise RunError("this Talker reads phonemes (espeak-ng); the torch-free runtime speaks only "
+                                "with character Talkers")
+        clean, _ = self.vocab.normalize(text)
+        pieces = [self.vocab.ids(p) for p in split_text(clean, sp["chunk_chars"])]
+        return [p for p in pieces if p]
+
+    def synthesize(self, text: str, seed: int | None = None, temperature: float | None = None,
+                   top_k: int | None = None, vocoder: str | None = None) -> np.ndarray:
+        """text -> (N,) float32 at 16 kHz; empty when nothing is speakable (Synthesizer.synthesize)."""
+        sp = self.cfg["speech"] if self.cfg.get("speech") else None
+        chunks = self.speech_chunks(text)
+        if not chunks:
+            return np.zeros(0, dtype=np.float32)
+        temperature = sp["temperature"] if temperature is None else temperature
+        top_k = sp["top_k"] if top_k is None else top_k
+        rng = np.random.default_rng(seed)
+        pause = np.full((sp["pause_frames"], sp["mel"]["n_mels"]), np.float32(math.log(sp["log_floor"])),
+                        dtype=np.float32)
+        mels = []
+        for i, ids in enumerate(chunks):
+            if i:
+                mels.append(pause)
+            mels.append(self.codes_to_mel(self.talker_codes(ids, temperature, top_k, rng)))
+        return self.vocode(np.concatenate(mels, axis=0), vocoder).astype(np.float32)
+
+
+# ---------------------------------------------------------------- a chat session
+@dataclass
+class _Entry:
+    turn: Turn
+    images: list[np.ndarray]          # projected features, (slots, D) each
+    clips: list[np.ndarray]
+
+
+class OnnxChat:
+    """Multi-turn chat over OnnxOmni (omni.multimodal.chat.ChatSession without torch)."""
+
+    def __init__(self, model: OnnxOmni, sampling: Sampling | None = None, system: str | None = None) -> None:
+        self.model, self.sampling = model, sampling or Sampling()
+        self.system = system if system is not None else model.cfg["system_prompt"]
+        self.history: list[_Entry] = []
+        self.pending_images: list[np.ndarray] = []
+        self.pending_clips: list[np.ndarray] = []
+        self.rng = np.random.default_rng(self.sampling.seed)
+
+    def reset(self) -> None:
+        self.history, self.pending_images, self.pending_clips = [], [], []
+
+    def attach_image(self, path: str | Path) -> None:
+        self.pending_images.append(self.model.image_features(self.model.image_tensor(path)[None])[0])
+
+    def attach_audio(self, path: str | Path) -> None:
+        self.pending_clips.append(self.model.audio_features(load_audio(path)))
+
+    def _prompt(self, entries: list[_Entry]) -> tuple[list[int], list[int]]:
+        return build_sequence(self.model.encode, self.model.special, [e.turn for e in entries], self.system)
+
+    def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
+        t0 = time.perf_counter()
+        media = [(IMAGE, f.shape[0]) for f in self.pending_images] + [(AUDIO, f.shape[0]) for f in self.pending_clips]
+        entries = self.history + [_Entry(Turn("user", text, media), self.pending_images, self.pending_clips)]
+        self.pending_images, self.pending_clips = [], []
+        ctx = self.model.th["ctx_len"]
+        room = ctx - min(16, self.sampling.max_new_tokens)
+        ids, kinds = self._prompt(entries)
+        while len(ids) > room and len(entries) > 1:
+            entries = entries[2:] if entries[0].turn.role == "user" and len(entries) > 2 else entries[1:]
+            ids, kinds = self._prompt(entries)
+        if len(ids) > room:
+            raise RunError(f"this message needs {len(ids)} positions; the model's context is {ctx}: "
+                                "send shorter audio or text")
+        x = self.model.inputs(ids, kinds, [f for e in entries for f in e.images],
+                              [f for e in entries for f in e.clips])
+        out: list[int] = []
+        first = [0.0]
+        shown = [""]
+
+        def on_token(token: int) -> None:
+            if not out:
+                first[0] = time.perf_counter() - t0
+            out.append(token)
+            if on_text is not None:
+                now = self.model.decode(out)
+                if not now.endswith("\ufffd") and len(now) > len(shown[0]):
+                    on_text(now[len(shown[0]):])
+                    shown[0] = now
+
+        stop = (self.model.special["<|end|>"], self.model.special["<|eos|>"])
+        self.model.generate(*x, self.sampling.max_new_tokens, stop, self.sampling, self.rng, on_token)
+        reply = self.model.decode(out).strip()
+        self.history = entries + [_Entry(Turn("assistant", reply), [], [])]
+        total = time.perf_counter() - t0
+        return reply, {"prompt_positions": len(ids), "new_tokens": len(out),
+                       "ttft_s": first[0] if out else total, "total_s": total}
+
+
+def save_wav(path: str | Path, wav: np.ndarray) -> None:
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="python -m omni.export.runtime", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("dir", help="the folder omni-export wrote")
+    p.add_argument("--text", required=True, help="the user message")
+    p.add_argument("--image", action="append", default=[], help="attach an image (repeatable)")
+    p.add_argument("--audio", action="append", default=[], help="attach an audio clip (repeatable)")
+    p.add_argument("--audio-out", default=None, help="speak the reply into this WAV")
+    p.add_argument("--temperature", type=float, default=0.0, help="reply sampling temperature; 0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0: all")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set of tokens "
+                   "whose probability reaches p; 1: all")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
+    p.add_argument("--seed", type=int, default=None, help="seed sampling and speech for a repeatable answer")
+    p.add_argument("--vocoder", choices=("griffinlim", "hifigan"), default=None,
+                   help="speech-out vocoder (default: what the export chose)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument("--verify", action="store_true", help="check every file's sha256 against manifest.json first")
+    args = p.parse_args(argv)
+    try:
+        model = OnnxOmni(args.dir, args.threads, args.verify)
+        if args.audio_out and not model.cfg.get("speech"):
+            raise RunError(f"{args.dir}: exported without a Talker (--talker): no speech out")
+        chat = OnnxChat(model, Sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed))
+        for path in args.image:
+            chat.attach_image(path)
+        for path in args.audio:
+            chat.attach_audio(path)
+        print("μOmni: ", end="", flush=True)
+        reply, stats = chat.ask(args.text, on_text=lambda s: print(s, end="", flush=True))
+        print(flush=True)
+        line = f"[ttft {stats['ttft_s'] * 1000:.0f} ms | {stats['new_tokens']} tokens"
+        if args.audio_out and reply:
+            t0 = time.perf_counter()
+            wav = model.synthesize(reply, seed=args.seed, vocoder=args.vocoder)
+            if len(wav):
+                save_wav(args.audio_out, wav)
+                secs = len(wav) / SAMPLE_RATE
+                line += f" | speech {secs:.1f} s -> {args.audio_out}, RTF {(time.perf_counter() - t0) / secs:.2f}"
+            else:
+                line += " | nothing speakable in the reply"
+        print(line + "]", flush=True)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

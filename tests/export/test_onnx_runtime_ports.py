@@ -1,0 +1,100 @@
+"""The torch-free runtime's ports (omni/export/runtime.py, dsp.py) against the PyTorch code they copy."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omni.audio.features import ENCODER_MEL, SPEECH_OUT_MEL, LogMel
+from omni.export import dsp
+from omni.export import runtime as R
+from omni.images import MEAN, STD, load_image_tensor
+from omni.multimodal.template import AUDIO, IMAGE, Turn, build_sequence
+from omni.speech.griffinlim import GriffinLim, mel_to_wav
+from omni.speech.chunks import split_text
+from omni.talker.text import TextVocab
+from omni.thinker.model import sample_next
+from omni.thinker.tokenizer import train_bpe
+from tests.conftest import SONNETS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one torch thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_torch_rand_is_reproduced_exactly():
+    for shape, seed in (((7, 513), 0), ((3, 5), 123)):
+        ref = torch.rand(shape, generator=torch.Generator().manual_seed(seed)).numpy()
+        assert np.array_equal(dsp.torch_rand(shape, seed), ref)
+
+
+def test_log_mel_matches_torch():
+    wav = np.random.default_rng(0).standard_normal(12345).astype(np.float32) * 0.1
+    m = LogMel(ENCODER_MEL)
+    ref = m(torch.from_numpy(wav)[None])[0].numpy()
+    got = dsp.log_mel(wav, m.filterbank.numpy(), m.window.numpy(), ENCODER_MEL.n_fft, ENCODER_MEL.hop_length)
+    assert got.shape == ref.shape == (12345 // 160 + 1, 128)
+    assert np.abs(got - ref).max() < 1e-3
+
+
+def test_griffin_lim_matches_torch_to_rounding():
+    gen = torch.Generator().manual_seed(0)
+    mel = torch.randn(1, 20, 128, generator=gen) * 0.5 - 6
+    gl = GriffinLim()
+    ours = dsp.GriffinLim(gl.filterbank.numpy(), gl.fb_pinv.numpy(), gl.window.numpy(), SPEECH_OUT_MEL.n_fft,
+                          SPEECH_OUT_MEL.hop_length)
+    np.testing.assert_allclose(ours.magnitude(mel[0].numpy()), gl.mel_to_magnitude(mel)[0].T.numpy(), rtol=1e-4, atol=1e-6)
+    a, b = ours(mel[0].numpy(), n_iter=8), mel_to_wav(mel, n_iter=8)[0].numpy()
+    assert a.shape == b.shape == ((20 - 1) * 256,)
+    assert np.abs(a - b).max() < 1e-3 * max(np.abs(b).max(), 1e-6) + 1e-6
+
+
+def test_sampling_follows_torch_semantics():
+    rng = np.random.default_rng(0)
+    logits = np.array([3.0, 2.9, 1.0, 0.5, -1.0, -5.0], dtype=np.float32)
+    assert R.sample_next(logits, 0.0, 0, 1.0, rng) == int(sample_next(torch.from_numpy(logits)[None], 0.0, 0, 1.0)[0]) == 0
+    seen_k = {R.sample_next(logits, 1.0, 2, 1.0, rng) for _ in range(300)}
+    assert seen_k == {0, 1}
+    # top-p: torch keeps a token when the tokens ranked above it cover less than p
+    g = torch.Generator().manual_seed(0)
+    torch_p = {int(sample_next(torch.from_numpy(logits)[None], 1.0, 0, 0.9, g)[0]) for _ in range(400)}
+    ours_p = {R.sample_next(logits, 1.0, 0, 0.9, rng) for _ in range(400)}
+    assert ours_p == torch_p
+    codes = R.sample_codes(np.stack([logits, logits[::-1]]), 0.0, 0, rng)
+    assert codes.tolist() == [0, 5]
+
+
+def test_chat_template_and_talker_text_are_ported_token_for_token():
+    tok = train_bpe(iter([ln for ln in SONNETS.read_text().splitlines() if ln.strip()]), 300)
+    turns = [Turn("user", "What is it?", [(IMAGE, 5), (AUDIO, 3)]), Turn("assistant", "a cat"), Turn("user", "<|eos|> hi")]
+    seq = build_sequence(tok, turns, generation_prompt=True)
+    ids, kinds = R.build_sequence(tok.encode, tok.special, [R.Turn(t.role, t.text, t.media) for t in turns],
+                                  "You are μOmni, a small assistant that sees, hears and speaks.")
+    assert ids == seq.ids and kinds == seq.kinds
+    vocab = TextVocab.default()
+    import json
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        vocab.save(Path(d) / "v.json")
+        ours = R.TextVocab(Path(d) / "v.json")
+    text = "Café “quotes” & 50% (done) — ok?  \u2603 Über-long sentence, with clauses; and more words here."
+    clean, _ = vocab.normalize(text)
+    assert ours.normalize(text)[0] == clean and ours.ids(clean) == vocab.ids(clean)[0]
+    for n in (12, 30, 200):
+        assert R.split_text(clean, n) == split_text(clean, n)
+    assert json.dumps(R.split_text("", 10)) == "[]"
+
+
+@pytest.mark.parametrize("size, mode", [((50, 30), "RGB"), ((300, 120), "RGBA"), ((64, 64), "L"), ((40, 90), "P")])
+def test_image_preprocessing_is_identical(tmp_path, size, mode):
+    arr = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr).convert(mode)
+    path = tmp_path / "x.png"
+    img.save(path)
+    ours = R.load_image(path, 32, MEAN.flatten().tolist(), STD.flatten().tolist())
+    assert np.array_equal(ours, load_image_tensor(path, 32).numpy())
