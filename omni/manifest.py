@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from omni.audio.features import AudioError, load_audio
 from omni.data import BadRow, DataError, LineFile, SkipCountingDataset, read_utf8
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 REGISTRY = Path("data/datasets.json")  # written by scripts/prepare_audio.py
@@ -162,10 +164,10 @@ class Manifest:
             log.warning("%s: %d of %d rows are skipped (%s)", self.path, sum(bad.values()), len(self), dict(bad))
 
 
-class AudioRows(SkipCountingDataset):
-    """A dataset over the rows of an audio manifest: ``_audio_row(i)`` reads row i and its audio,
-    counting it as seen, or counts why it is unusable (``malformed_row``, ``outside_data_dir``,
-    ``audio_<reason>``)."""
+class ManifestRows(SkipCountingDataset):
+    """A dataset over the rows of a manifest: ``_media_row(i, ...)`` reads row i and loads the file in
+    one of its columns, counting the row as seen, or counts why it is unusable (``malformed_row``,
+    ``outside_data_dir``, ``<prefix>_<reason>`` of the loader's error)."""
 
     def __init__(self, manifest: Manifest) -> None:
         super().__init__()
@@ -174,14 +176,22 @@ class AudioRows(SkipCountingDataset):
     def __len__(self) -> int:
         return len(self.m)
 
-    def _audio_row(self, i: int) -> tuple[dict[str, str], np.ndarray] | None:
+    def _media_row(self, i: int, column: str, load: Callable[[str], T], error: type[Exception],
+                   prefix: str) -> tuple[dict[str, str], T] | None:
         self.counts["seen"] += 1
         try:
             row = self.m[i]
         except BadRow as e:
             return self._skip(e.reason)
         try:
-            return row, load_audio(row["wav"])
-        except AudioError as e:
+            return row, load(row[column])
+        except error as e:
             log.warning("%s:%d: %s", self.m.path, i + 2, e)
-            return self._skip(f"audio_{e.reason}")
+            return self._skip(f"{prefix}_{e.reason}")
+
+
+class AudioRows(ManifestRows):
+    """The rows of an audio manifest with their audio (column ``wav``)."""
+
+    def _audio_row(self, i: int) -> tuple[dict[str, str], np.ndarray] | None:
+        return self._media_row(i, "wav", load_audio, AudioError, "audio")

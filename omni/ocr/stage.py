@@ -20,12 +20,12 @@ from PIL import Image
 from omni.audio.ctc import error_rates
 from omni.audio.ctc import greedy_decode as ctc_greedy
 from omni.config import TrainConfig, to_dict
-from omni.data import BadRow, SkipCountingDataset
+from omni.data import BadRow
 from omni.engine.checkpoint import load_with_vocab
 from omni.engine.runtime import Runtime, unwrap
 from omni.engine.training import Stage
 from omni.images import BadImage, load_image
-from omni.manifest import Manifest
+from omni.manifest import Manifest, ManifestRows
 from omni.ocr.model import BOS, EOS, PAD, OcrModel, OcrModelConfig, OcrVocab, beam_decode, ctc_decode, greedy_decode
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,12 @@ def line_tensor(img: Image.Image, height: int, max_width: int, patch: int) -> tu
     return torch.from_numpy(out)[None], w
 
 
-class OcrDataset(SkipCountingDataset):
+class OcrDataset(ManifestRows):
     """item i -> (ink (1, H, W), width, label ids) or None when the row is unusable (counted by reason)."""
 
     def __init__(self, csv: str | Path, vocab: OcrVocab, cfg: OcrModelConfig, allow_outside: bool = False) -> None:
-        self.m, self.vocab, self.cfg = Manifest(csv, path_key="image", allow_outside=allow_outside), vocab, cfg
-        super().__init__()
-
-    def __len__(self) -> int:
-        return len(self.m)
+        super().__init__(Manifest(csv, path_key="image", allow_outside=allow_outside))
+        self.vocab, self.cfg = vocab, cfg
 
     def widths(self) -> np.ndarray:
         """Scaled width per row from the image headers (0 for unusable rows and unreadable images, which
@@ -94,16 +91,10 @@ class OcrDataset(SkipCountingDataset):
         return self.m[i]["text"]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[int]] | None:
-        self.counts["seen"] += 1
-        try:
-            row = self.m[i]
-        except BadRow as e:
-            return self._skip(e.reason)
-        try:
-            img, _ = load_image(Path(row["image"]))
-        except BadImage as e:
-            log.warning("%s:%d: %s", self.m.path, i + 2, e)
-            return self._skip(f"image_{e.reason}")
+        got = self._media_row(i, "image", lambda path: load_image(Path(path))[0], BadImage, "image")
+        if got is None:
+            return None
+        row, img = got
         text = row["text"]
         if not text.strip():
             return self._skip("empty_text")
