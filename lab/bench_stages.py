@@ -28,10 +28,10 @@ from omni.cli.common import Parser
 from omni.tools.bench import STAGES, Shape, build, step_stats
 
 
-def measure(name: str, amp: bool | None, compiled: bool, device: str, shape: Shape, warmup: int,
+def measure(name: str, precision: str | None, compiled: bool, device: str, shape: Shape, warmup: int,
             steps: int) -> dict:
     """Stage ``name`` built afresh from its default config, then stepped (omni/tools/bench.py)."""
-    return {"stage": name, **step_stats(build(name, shape), device, amp, compiled, warmup, steps, shape)}
+    return {"stage": name, **step_stats(build(name, shape), device, precision, compiled, warmup, steps, shape)}
 
 
 def write_json(path: Path, where: str, quick: bool, results: list[dict]) -> None:

@@ -22,7 +22,7 @@ timeout "${EAGER_S:-180}" $py lab/bench_stages.py --precision both --json "$out/
 
 echo "== 2. Stage A on CUDA: 20 steps under AMP, stop, resume with torch.compile to 40"
 e2e=$(mktemp -d)
-args=(--config configs/thinker_demo.json data.train_file=assets/text/sonnets.txt data.val_file= train.use_amp=true
+args=(--config configs/thinker_demo.json data.train_file=assets/text/sonnets.txt data.val_file= train.precision=auto
       train.max_steps=40 train.val_freq=20 train.checkpoint_freq=20 "train.save_dir=$e2e")
 { timeout "${E2E_S:-150}" $py train_text.py "${args[@]}" --stop-at 20 &&
   timeout "${E2E_S:-150}" $py train_text.py "${args[@]}" train.compile=true --resume; } 2>&1 \

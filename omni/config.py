@@ -53,7 +53,6 @@ class TrainConfig:
     max_grad_norm: float = limits(gt=0)
     val_freq: int = limits(min=1)
     checkpoint_freq: int = limits(min=1)
-    use_amp: bool
     save_dir: str
     seed: int = limits(min=0)  # numpy's seeded generators refuse negative seeds
     min_lr_ratio: float = limits(0.1, min=0, max=1)
@@ -64,6 +63,31 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     num_workers: int = limits(0, min=0)
+    # auto: bf16 autocast where the device multiplies bf16 natively (AMX-BF16 / AVX512-BF16 CPUs,
+    # Ampere+ GPUs), fp16 + GradScaler on older GPUs, fp32 elsewhere (omni/engine/runtime.py)
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+
+    @staticmethod
+    def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before ``precision`` existed (checkpoints keep theirs) said ``use_amp``:
+        true meant what ``auto`` means now, false meant fp32."""
+        if "use_amp" not in raw:
+            return raw
+        if "precision" in raw:
+            raise ConfigError("train: use_amp and precision both given; use_amp is the old name, keep precision")
+        raw = dict(raw)
+        use_amp = raw.pop("use_amp")
+        if not isinstance(use_amp, bool):
+            raise ConfigError(f"train.use_amp: expected bool, got {type(use_amp).__name__} {use_amp!r}")
+        raw["precision"] = "auto" if use_amp else "fp32"
+        return raw
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _type_name(tp: Any) -> str:
@@ -107,6 +131,8 @@ def _check_value(value: Any, tp: Any, path: str) -> Any:
 
 
 def _build(cls: type[T], raw: dict[str, Any], path: str) -> T:
+    if hasattr(cls, "migrate"):  # old spellings of keys, from configs saved in checkpoints
+        raw = cls.migrate(raw)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:

@@ -25,7 +25,7 @@ import torch
 
 from omni.cli.common import Parser
 from omni.config import ConfigError, config_from_dict
-from omni.engine.runtime import cpu_has_native_bf16
+from omni.engine.runtime import pick_precision
 from omni.tools.survey import FALLBACKS, builder_for, checkpoint_refs, data_files, get_path, omni_modules, train_slots
 
 STAGES = {  # stage -> (what, config, the script that trains it)
@@ -95,7 +95,8 @@ def check_device(root: Path) -> list[Row]:
         props = torch.cuda.get_device_properties(0)
         bf16 = torch.cuda.is_bf16_supported()
         rows.append(Row("OK", "device", f"cuda: {props.name}, {torch.cuda.device_count()} GPU(s)"))
-        rows.append(Row("OK", "bf16", "supported" if bf16 else "not supported: use_amp runs fp16 + GradScaler"))
+        rows.append(Row("OK", "precision", pick_precision(torch.device("cuda", 0))[1] if bf16 else
+                        "no bf16: precision auto runs fp16 + GradScaler"))
         big = props.total_memory >= 11 * 2**30
         rows.append(Row("OK" if big else "WARN", "GPU memory", f"{props.total_memory / 2**30:.1f} GiB",
                         "" if big else "less than the 12 GB the configs assume: "
@@ -104,11 +105,8 @@ def check_device(root: Path) -> list[Row]:
         mps = torch.backends.mps.is_available()
         rows.append(Row("INFO", "device", f"{'mps' if mps else 'cpu'} (no CUDA GPU: training runs, slowly)",
                         "" if mps else "for a GPU, install the CUDA build of torch==2.13.0"))
-        native = cpu_has_native_bf16()
-        rows.append(Row("OK" if native else "INFO", "bf16",
-                        "native on this CPU (AVX-512 BF16/AMX): use_amp trains in bf16" if native else
-                        "this CPU has no native bf16 (AVX-512 BF16/AMX): use_amp trains in fp32, which is faster "
-                        "here than emulated bf16"))
+        dtype, why = pick_precision(torch.device("cpu"))
+        rows.append(Row("OK" if dtype else "INFO", "precision", f"{'bf16' if dtype else 'fp32'} ({why})"))
     free = shutil.disk_usage(root).free / 2**30
     rows.append(Row("OK" if free >= MIN_FREE_GB else "WARN", "free disk", f"{free:.1f} GiB at {root.resolve()}",
                     "" if free >= MIN_FREE_GB else f"free at least {MIN_FREE_GB:g} GiB for data and checkpoints"))

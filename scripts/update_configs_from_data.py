@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from omni.cli.common import Parser
-from omni.config import ConfigError, config_from_dict
+from omni.config import ConfigError, TrainConfig, config_from_dict
 from omni.data import DataError
 from omni.files import write_text_atomic
 from omni.thinker.stage import TOKENIZER_FILES, TextStageConfig, prepare_tokenizer
@@ -146,6 +146,12 @@ def describe(section: str, info: ModelInfo | None, model_key: str | None, plan: 
         print(f"    note: {note}")
 
 
+def reduced_precision(train: dict) -> bool:
+    """Whether a 12 GB GPU trains this section in bf16/fp16 (``precision`` auto on such a GPU, bf16
+    or fp16 forced), which the memory estimate depends on."""
+    return TrainConfig.migrate(train).get("precision", "auto") != "fp32"
+
+
 def is_packed_text(raw: dict, slot: TrainSlot) -> bool:
     """Stage A: a Thinker-shaped model trained on a one-document-per-line file."""
     model = get_path(raw, slot.model_path) if slot.model_path else {}
@@ -166,7 +172,7 @@ def plan_slot(raw: dict, slot: TrainSlot, args: argparse.Namespace, toks: Tokeni
     if slot.model_path:
         model = get_path(raw, slot.model_path)
         vocab = tok.vocab_size if packed else None
-        info = (model_info(model, slot.data, bool(train["use_amp"]), vocab, model_fills(raw))
+        info = (model_info(model, slot.data, reduced_precision(train), vocab, model_fills(raw))
                 or checkpoint_model_info(model, args.root))
     seq = info.memory.seq_len if info and info.memory else 1
     plan = plan_training(train, data_size(slot.data, counts, packed), seq, info.n_params if info else None,
@@ -248,7 +254,7 @@ def measure_all(runs: list) -> int:
     for path, section, raw, slot, info, plan in runs:
         batch = plan.updates["batch_size"]
         train = get_path(raw, slot.path)
-        rt = setup_runtime("cuda" if cuda else "cpu", bool(train["use_amp"]))
+        rt = setup_runtime("cuda" if cuda else "cpu", TrainConfig.migrate(train).get("precision", "auto"))
         built = measured_stage(raw, slot, info, batch)
         if built is None:
             print(f"  {path} [{section}] {info.name}: no stage config takes this section; not measured")
@@ -256,7 +262,7 @@ def measure_all(runs: list) -> int:
         # the estimate of the precision that really runs here (a CPU without native bf16 trains in fp32)
         parts = estimate_parts(replace(info.memory, amp=rt.amp_dtype is not None), batch)
         if cuda:  # the engine's own steps: weights, optimizer states, batch and activations
-            stats = step_stats(built, "cuda", bool(train["use_amp"]), False, 0, 3, Shape(batch=batch))
+            stats = step_stats(built, "cuda", None, False, 0, 3, Shape(batch=batch))
             est, got, what = sum(parts.values()), int(stats["peak_alloc_gib"] * GIB), "peak"
         else:
             est, got, what = sum(parts.values()) - parts["static"] + (2 * info.n_params if rt.amp_dtype else 0), \

@@ -32,7 +32,7 @@ def tiny_config(tmp_path: Path, **sections) -> dict:
         "data": {"train_file": str(corpus), "val_file": "", "val_fraction": 0.1, "tokenizer": ""},
         "train": {"batch_size": 4, "gradient_accumulation_steps": 2, "lr": 3e-3, "weight_decay": 0.1,
                   "warmup_steps": 2, "max_steps": 4, "max_epochs": 100, "max_grad_norm": 1.0,
-                  "val_freq": 2, "checkpoint_freq": 2, "use_amp": False,
+                  "val_freq": 2, "checkpoint_freq": 2, "precision": "fp32",
                   "save_dir": str(tmp_path / "ckpt"), "seed": 0, "val_batches": 2, "log_freq": 1,
                   "device": "cpu"},
     }

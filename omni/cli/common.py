@@ -125,7 +125,7 @@ def run_stage(home: ModuleType, doc: str, argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    rt = setup_runtime(cfg.train.device, cfg.train.use_amp)
+    rt = setup_runtime(cfg.train.device, cfg.train.precision)
     try:
         # the folder is this run's from the first file a stage writes there (a tokenizer, a code
         # cache), not only from the first checkpoint; fit holds it again, nested

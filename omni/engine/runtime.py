@@ -1,14 +1,13 @@
 """The one place that picks device, precision and the distributed setup.
 
 Under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) a process group is created:
-nccl on CUDA, gloo on CPU. Precision with ``use_amp``: bf16 autocast where the device supports it
-(CPUs with AVX-512 BF16 or AMX, Ampere+ GPUs), fp16 autocast + GradScaler on older GPUs; fp32
-otherwise (a CPU without native bf16 only emulates it, several times slower than fp32).
+nccl on CUDA, gloo on CPU. Precision (``train.precision``, default ``auto``): bf16 autocast where the
+device supports it (CPUs with AVX-512 BF16 or AMX, Ampere+ GPUs), fp16 autocast + GradScaler on
+older GPUs; fp32 otherwise (a CPU without native bf16 only emulates it, several times slower).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -22,6 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class Runtime:
@@ -30,6 +31,11 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    precision_reason: str = ""
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     @property
     def is_main(self) -> bool:
@@ -69,31 +75,54 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: where bf16 autocast speeds a CPU up rather than emulating bf16."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+def cpu_bf16_units() -> str:
+    """The CPU's native bf16 matrix instructions ("AMX-BF16", "AVX512-BF16"), or "" where bf16 is
+    only emulated (several times slower than fp32 there: docs/results.md, CPU performance)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX-BF16"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return ""
 
 
-@functools.lru_cache(maxsize=1)
-def _warn_emulated_bf16() -> None:  # once per process
-    log.warning("use_amp: this CPU has no native bf16 matmul (AVX-512 BF16 or AMX); training in fp32, "
-                "which is faster here (bf16 matmuls measured ~7x slower than fp32 on such a CPU)")
+def pick_precision(device: torch.device, requested: str = "auto") -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, why) for ``train.precision`` on ``device``.
 
-
-def pick_amp_dtype(device: torch.device, use_amp: bool) -> torch.dtype | None:
-    if not use_amp:
-        return None
+    ``auto`` picks what is fast on the machine: bf16 where the hardware multiplies bf16 natively,
+    fp16 + GradScaler on GPUs without bf16, fp32 elsewhere. A forced choice is kept, with a warning
+    where it will be slow.
+    """
+    if requested == "fp32":
+        return None, "fp32 as configured"
+    if requested not in ("auto", "bf16", "fp16"):
+        raise ValueError(f"unknown precision '{requested}'; choose from auto, fp32, bf16, fp16")
+    forced = requested != "auto"
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        bf16 = torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device)
+        if forced:
+            if requested == "bf16" and not bf16:
+                log.warning("precision bf16: %s has no native bf16; it will be emulated or fail", name)
+            return _DTYPES[requested], f"{requested} as configured on {name}"
+        if bf16:
+            return torch.bfloat16, f"auto: {name} supports bf16"
+        return torch.float16, f"auto: {name} has no bf16, so fp16 autocast with a GradScaler"
     if device.type == "cpu":
-        if not cpu_has_native_bf16():
-            _warn_emulated_bf16()
-            return None
-        return torch.bfloat16
-    return torch.float16 if device.type == "mps" else None
+        units = cpu_bf16_units()
+        if forced:
+            if not units:
+                log.warning("precision %s: this CPU has no native bf16/fp16 matrix unit; the step will be "
+                            "several times slower than fp32", requested)
+            return _DTYPES[requested], f"{requested} as configured" + (f" ({units})" if units else " (emulated)")
+        if units:
+            return torch.bfloat16, f"auto: this CPU has {units}"
+        return None, "auto: this CPU has no native bf16 (no AMX-BF16 or AVX512-BF16), and emulated bf16 is slower than fp32"
+    if forced:
+        return _DTYPES[requested], f"{requested} as configured on {device.type}"
+    return None, f"auto: fp32 on {device.type}"
 
 
-def setup_runtime(device_pref: str = "auto", use_amp: bool = False) -> Runtime:
+def setup_runtime(device_pref: str = "auto", precision: str = "fp32") -> Runtime:
     """Create the runtime; initialise the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -105,7 +134,8 @@ def setup_runtime(device_pref: str = "auto", use_amp: bool = False) -> Runtime:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         log.info("DDP: rank %d/%d on %s (%s)", rank, world, device, backend)
-    rt = Runtime(device, pick_amp_dtype(device, use_amp), rank, world, local_rank)
+    amp_dtype, why = pick_precision(device, precision)
+    rt = Runtime(device, amp_dtype, rank, world, local_rank, why)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -133,9 +163,6 @@ def any_rank(rt: Runtime, flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=rt.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item() > 0
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:

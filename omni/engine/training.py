@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ class Trainer:
     def __init__(self, stage: Stage, cfg: TrainConfig, resume: bool, overwrite: bool,
                  rt: Runtime | None = None) -> None:
         self.stage, self.cfg = stage, cfg
-        self.rt = rt if rt is not None else setup_runtime(cfg.device, cfg.use_amp)
+        self.rt = rt if rt is not None else setup_runtime(cfg.device, cfg.precision)
         self.save_dir = Path(cfg.save_dir)
         self.raw = stage.model.to(self.rt.device)
         self.opt = make_optimizer(self.raw, cfg, self.rt.device, stage.lr_scales)
@@ -316,7 +317,7 @@ class Trainer:
         if self.p.bad_steps >= self.cfg.max_bad_steps:
             raise TrainingError(f"{self.p.bad_steps} steps in a row with a non-finite loss or gradient at "
                                 f"step {self.p.step}; the last good checkpoint is in {self.save_dir}. "
-                                "Lower train.lr, check the data, or set train.use_amp=false")
+                                "Lower train.lr, check the data, or set train.precision=fp32")
 
     def evaluate(self) -> dict[str, float]:
         if self.stage.evaluate is None:
@@ -339,6 +340,8 @@ class Trainer:
         if hasattr(self, "_resume_rng"):
             _set_rng_state(self._resume_rng)
         batches = self._batches()
+        if rt.is_main:
+            self._log_start()
         bar = tqdm(total=cfg.max_steps, initial=self.p.step, desc=self.stage.name, disable=not rt.is_main,
                    dynamic_ncols=True, unit="step")
         metrics: dict[str, float] = {}
@@ -375,18 +378,39 @@ class Trainer:
             log.warning("interrupted: checkpoint at step %d in %s; continue with --resume", self.p.step, self.save_dir)
         return {"status": status, "step": self.p.step, "skipped_steps": self.p.skipped_total, **metrics}
 
+    def _log_start(self) -> None:
+        """What this run computes on and in which precision, and why: printed and in metrics.jsonl."""
+        rt = self.rt
+        rec = {"event": "start", "step": self.p.step, "device": str(rt.device), "precision": rt.precision,
+               "precision_reason": rt.precision_reason, "compile": self.cfg.compile,
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+        log.info("%s: %s on %s (%s), %d threads%s", self.stage.name, rt.precision, rt.device,
+                 rt.precision_reason, rec["threads"], ", compiled" if self.cfg.compile else "")
+        ckpt.append_metrics(self.save_dir, rec)
+
     def _log_train(self, bar: tqdm, loss: float, gnorm: float, speed: float) -> None:
         lr = lr_at(max(self.p.step - 1, 0), self.cfg)
         postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{self.stage.items_unit}/s": f"{speed:,.0f}"}
-        memory = {}
         if self.rt.device.type == "cuda":  # the allocator's peak since the start (CUDA context not included)
             memory = {"cuda_peak_gib": torch.cuda.max_memory_allocated(self.rt.device) / 2 ** 30}
             postfix["mem"] = f"{memory['cuda_peak_gib']:.2f}G"
+        else:  # the process's peak resident memory: model, optimizer, batches and the Python heap
+            memory = {"rss_peak_gib": peak_rss_bytes() / 2 ** 30}
         bar.set_postfix(postfix, refresh=False)
         if self.rt.is_main:
             rec = {"event": "train", "step": self.p.step, "epoch": self.p.epoch, "loss": loss, "lr": lr,
                    "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **memory, **self.p.extra}
             ckpt.append_metrics(self.save_dir, rec)
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set size of this process (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -396,6 +420,6 @@ def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = 
     ``stop_at``: stop (with a checkpoint) after that step while the schedule still targets
     ``cfg.max_steps``, for time-sliced jobs; continue later with ``resume=True``.
     """
-    rt = setup_runtime(cfg.device, cfg.use_amp)
+    rt = setup_runtime(cfg.device, cfg.precision)
     with hold_folder(rt, Path(cfg.save_dir)):
         return Trainer(stage, cfg, resume, overwrite, rt).run(stop_at)

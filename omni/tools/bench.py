@@ -265,14 +265,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_stats(built: Built, device: str, amp: bool | None, compiled: bool, warmup: int, steps: int,
+def step_stats(built: Built, device: str, precision: str | None, compiled: bool, warmup: int, steps: int,
                shape: Shape, save_dir: Path | None = None) -> dict[str, Any]:
     """Time ``steps`` optimizer steps of the engine after ``warmup``, on ``built``'s batch every time;
-    the CUDA peak (allocated, reserved) over all of them. ``amp`` None: the config's use_amp."""
-    use_amp = built.train.use_amp if amp is None else amp
+    the CUDA peak (allocated, reserved) over all of them. ``precision`` None: the config's."""
     with tempfile.TemporaryDirectory() as tmp:
         train = dataclasses.replace(
-            built.train, device=device, use_amp=use_amp, compile=compiled, save_dir=str(save_dir or tmp),
+            built.train, device=device, precision=precision or built.train.precision, compile=compiled,
+            save_dir=str(save_dir or tmp),
             max_steps=10 ** 6, gradient_accumulation_steps=shape.accum or (
                 1 if shape.quick else built.train.gradient_accumulation_steps))
         trainer = Trainer(built.stage, train, resume=False, overwrite=True)
@@ -301,7 +301,7 @@ def step_stats(built: Built, device: str, amp: bool | None, compiled: bool, warm
             items += n
         params = list(trainer.raw.parameters())
         step_s = statistics.median(times)
-        out = {"precision": str(trainer.rt.amp_dtype).replace("torch.", "") if trainer.rt.amp_dtype else "fp32",
+        out = {"precision": trainer.rt.precision, "precision_reason": trainer.rt.precision_reason,
                "compile": compiled, "device": str(dev), "shape": built.shape,
                "accumulation": train.gradient_accumulation_steps,
                "params_m": sum(p.numel() for p in params) / 1e6,

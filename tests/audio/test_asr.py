@@ -97,7 +97,7 @@ def test_manifest_errors_name_file_and_line(tmp_path):
 def _asr_config(tmp_path, **train):
     cfg = json.loads((ROOT / "configs" / "audio_enc_tiny.json").read_text())
     cfg["data"].update(train_csv=str(CLIPS), val_csv=str(CLIPS))
-    cfg["train"].update({"batch_size": 9, "max_steps": 4, "val_freq": 2, "checkpoint_freq": 2, "use_amp": False,
+    cfg["train"].update({"batch_size": 9, "max_steps": 4, "val_freq": 2, "checkpoint_freq": 2, "precision": "fp32",
                          "save_dir": str(tmp_path / "ck"), "warmup_steps": 2, "device": "cpu", **train})
     path = tmp_path / "asr.json"
     path.write_text(json.dumps(cfg))

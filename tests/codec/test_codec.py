@@ -173,9 +173,9 @@ def test_stage_trains_saves_and_loads_strictly(tmp_path):
         "data": {"train_csv": csv, "val_csv": csv, "crop_frames": 32, "val_items": 7},
         "train": {"batch_size": 4, "gradient_accumulation_steps": 1, "lr": 3e-3, "weight_decay": 0.0,
                   "warmup_steps": 1, "max_steps": 6, "max_epochs": 100, "max_grad_norm": 1.0, "val_freq": 3,
-                  "checkpoint_freq": 3, "use_amp": False, "save_dir": str(tmp_path / "codec"), "seed": 0,
+                  "checkpoint_freq": 3, "precision": "fp32", "save_dir": str(tmp_path / "codec"), "seed": 0,
                   "device": "cpu", "log_freq": 1}}, CodecStageConfig)
-    stage = build_stage(cfg, setup_runtime("cpu", False))
+    stage = build_stage(cfg, setup_runtime("cpu", "fp32"))
     result = fit(stage, cfg.train)
     assert result["status"] == "done" and result["val_items"] == 6  # the missing file is skipped
     assert 0 < result["val_min_usage"] <= 1 and result["val_l1"] > 0

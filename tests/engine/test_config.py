@@ -38,7 +38,7 @@ def test_missing_required_key(tmp_path):
         load_config(_write(tmp_path, raw), TextStageConfig)
 
 
-@pytest.mark.parametrize("key,value", [("model.d_model", "64"), ("train.use_amp", 1),
+@pytest.mark.parametrize("key,value", [("model.d_model", "64"), ("train.precision", 1),
                                        ("model.n_layers", 2.5), ("train.batch_size", True),
                                        ("train.betas", 0.9)])
 def test_wrong_type(tmp_path, key, value):
@@ -74,3 +74,22 @@ def test_missing_file(tmp_path):
 def test_shipped_configs_load():
     cfg = load_config("configs/thinker_tiny.json", TextStageConfig)
     assert cfg.model.d_model == 256 and cfg.model.n_kv_heads == 2
+
+
+@pytest.mark.parametrize("use_amp,precision", [(True, "auto"), (False, "fp32")])
+def test_saved_use_amp_reads_as_precision(tmp_path, use_amp, precision):
+    """Checkpoints written before train.precision existed keep loading: use_amp true meant auto."""
+    raw = tiny_config(tmp_path)
+    del raw["train"]["precision"]
+    raw["train"]["use_amp"] = use_amp
+    assert load_config(_write(tmp_path, raw), TextStageConfig).train.precision == precision
+    raw["train"]["precision"] = "bf16"
+    with pytest.raises(ConfigError, match="use_amp and precision both given"):
+        load_config(_write(tmp_path, raw), TextStageConfig)
+
+
+def test_unknown_precision(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["train"]["precision"] = "int8"
+    with pytest.raises(ConfigError, match=r"precision: 'int8' is not one of auto, fp32, bf16, fp16"):
+        load_config(_write(tmp_path, raw), TextStageConfig)

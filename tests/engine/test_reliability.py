@@ -42,7 +42,7 @@ def _stage(model: nn.Module | None = None, config: dict | None = None, loss_fn=_
 def _cfg(save_dir: Path, **kw) -> TrainConfig:
     base = dict(batch_size=4, gradient_accumulation_steps=1, lr=0.05, weight_decay=0.0, warmup_steps=1,
                 max_steps=2, max_epochs=100, max_grad_norm=10.0, val_freq=1000, checkpoint_freq=1000,
-                use_amp=False, save_dir=str(save_dir), seed=0, device="cpu")
+                precision="fp32", save_dir=str(save_dir), seed=0, device="cpu")
     return TrainConfig(**{**base, **kw})
 
 

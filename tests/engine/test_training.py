@@ -57,8 +57,11 @@ def test_checkpoint_layout(tmp_path):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.pt", "metrics.jsonl"):
         assert (d / name).is_file(), name
     assert (d / "best" / "model.safetensors").is_file()
-    events = {r["event"] for r in ckpt.read_metrics(d)}
-    assert events == {"train", "val"}
+    records = ckpt.read_metrics(d)
+    assert {r["event"] for r in records} == {"start", "train", "val"}
+    start = records[0]  # the run says what it computed in, and why
+    assert start["event"] == "start" and start["precision"] == "fp32" and start["precision_reason"]
+    assert all(r["rss_peak_gib"] > 0 for r in records if r["event"] == "train")
     saved = ckpt.read_config(d)
     assert saved["model"]["vocab_size"] <= 512  # the tokenizer's real size, so the model rebuilds
 
@@ -84,7 +87,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path, capsys):
 def test_lr_schedule():
     cfg = TrainConfig(batch_size=1, gradient_accumulation_steps=1, lr=1.0, weight_decay=0, warmup_steps=10,
                       max_steps=110, max_epochs=1, max_grad_norm=1, val_freq=1, checkpoint_freq=1,
-                      use_amp=False, save_dir="x", seed=0, min_lr_ratio=0.1)
+                      precision="fp32", save_dir="x", seed=0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(60, cfg) == pytest.approx(0.55)
     assert lr_at(110, cfg) == pytest.approx(0.1)
@@ -103,7 +106,7 @@ def _toy_stage(tmp_path, loss_fn, n=64):
 def _toy_cfg(tmp_path, **kw):
     base = dict(batch_size=4, gradient_accumulation_steps=1, lr=0.05, weight_decay=0.0, warmup_steps=1,
                 max_steps=20, max_epochs=100, max_grad_norm=10.0, val_freq=1000, checkpoint_freq=1000,
-                use_amp=False, save_dir=str(tmp_path / "toy"), seed=0, device="cpu", max_bad_steps=3)
+                precision="fp32", save_dir=str(tmp_path / "toy"), seed=0, device="cpu", max_bad_steps=3)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -196,7 +196,7 @@ def _stage_config(tmp_path, lines, steps: int, **model) -> dict:
             "data": {"train_csv": str(train_csv), "val_csv": str(val_csv), "val_items": 8},
             "train": {"batch_size": 4, "gradient_accumulation_steps": 1, "lr": 3e-3, "weight_decay": 0.0,
                       "warmup_steps": 2, "max_steps": steps, "max_epochs": 1000, "max_grad_norm": 1.0,
-                      "val_freq": steps // 2, "checkpoint_freq": steps // 2, "use_amp": False,
+                      "val_freq": steps // 2, "checkpoint_freq": steps // 2, "precision": "fp32",
                       "save_dir": str(tmp_path / "ocr"), "seed": 0, "log_freq": 1, "device": "cpu"}}
 
 

@@ -190,7 +190,7 @@ def test_synthesizer_rejects_an_unknown_vocoder(tmp_path):
 def _tiny_config(tmp_path) -> dict:
     train = {"batch_size": 4, "gradient_accumulation_steps": 1, "lr": 3e-3, "weight_decay": 0.0,
              "warmup_steps": 2, "max_steps": 4, "max_epochs": 100, "max_grad_norm": 1.0, "val_freq": 2,
-             "checkpoint_freq": 2, "use_amp": False, "seed": 0, "log_freq": 1, "device": "cpu"}
+             "checkpoint_freq": 2, "precision": "fp32", "seed": 0, "log_freq": 1, "device": "cpu"}
     return {
         "codec": {"model": {"n_codebooks": 2, "codebook_size": 8, "codebook_dim": 8, "d_model": 16, "n_layers": 1,
                             "frames_per_code": 2, "kmeans_iters": 2},

@@ -148,7 +148,7 @@ def test_memory_estimate_covers_measured_activations(amp, tmp_path):
     cfg = config_from_dict({**full, "model": {**raw, "vocab_size": 300}}, TextStageConfig)
     built = build("thinker", Shape(batch=4), cfg)  # the worst case: 4 x ctx_len tokens
     got = update_configs.saved_activation_bytes(built.stage.model, built.batch, built.stage.loss_fn,
-                                                setup_runtime("cpu", amp))
+                                                setup_runtime("cpu", "bf16" if amp else "fp32"))
     parts = at.estimate_parts(info.memory, 4)
     est = sum(parts.values()) - parts["static"] + (2 * info.n_params if amp else 0)
     assert got < est < 3 * got
@@ -269,7 +269,7 @@ def test_replace_values_keeps_layout():
 # ---------------------------------------------------------------- the script
 def _project(tmp_path):
     cfg = tiny_config(tmp_path, model={"vocab_size": 300, "ctx_len": 32}, data={"val_file": ""},
-                      train={"batch_size": 4, "gradient_accumulation_steps": 2, "use_amp": True})
+                      train={"batch_size": 4, "gradient_accumulation_steps": 2, "precision": "auto"})
     path = tmp_path / "thinker.json"
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     return path, cfg

@@ -166,7 +166,7 @@ def _vision_config(tmp_path, thinker, n_scenes=40, **train):
            "data": {"train_manifest": str(train_m), "val_manifest": str(val_m), "candidates": 100},
            "train": {"batch_size": 8, "gradient_accumulation_steps": 1, "lr": 2e-3, "weight_decay": 0.05,
                      "warmup_steps": 2, "max_steps": 4, "max_epochs": 100, "max_grad_norm": 1.0, "val_freq": 2,
-                     "checkpoint_freq": 2, "use_amp": False, "save_dir": str(tmp_path / "vis"), "seed": 0,
+                     "checkpoint_freq": 2, "precision": "fp32", "save_dir": str(tmp_path / "vis"), "seed": 0,
                      "log_freq": 1, "device": "cpu", **train}}
     path = tmp_path / "vision.json"
     path.write_text(json.dumps(cfg))

@@ -78,7 +78,7 @@ def _stage(tmp_path, save_dir, steps=4) -> dict:
                      "val_max_seconds": 1.0, "gl_iters": 2},
             "train": {"batch_size": 2, "gradient_accumulation_steps": 2, "lr": 2e-4, "weight_decay": 0.0,
                       "warmup_steps": 0, "max_steps": steps, "max_epochs": 1000, "max_grad_norm": 1000.0,
-                      "val_freq": 2, "checkpoint_freq": 2, "use_amp": False, "save_dir": str(save_dir), "seed": 0,
+                      "val_freq": 2, "checkpoint_freq": 2, "precision": "fp32", "save_dir": str(save_dir), "seed": 0,
                       "log_freq": 1, "device": "cpu", "betas": [0.8, 0.99]}}
 
 
