@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from omni.data import LineFile, PackedTokens, build_line_offsets
 from omni.engine.training import make_optimizer
 from omni.thinker.model import ThinkerConfig, ThinkerLM
 from omni.thinker.stage import TextStageConfig, lm_loss
+from omni.tools.bench import cpu_model, matmul_peak
 
 # Per trained token: each matmul weight costs 2 FLOPs forward + 4 backward (6 * N_matmul, lm_head
 # included, embedding lookup excluded); attention adds QK^T and AV, 2 * ctx_len * d_model FLOPs each
@@ -59,37 +59,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cpu_model() -> str:
-    """The 'model name' line of /proc/cpuinfo (or the platform's processor string)."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def timed(fn: Callable[[], Any]) -> float:
     """Seconds one call of ``fn`` takes."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def matmul_peak(sizes: tuple[int, ...], dtype: torch.dtype, repeats: int) -> dict[str, float]:
-    """Best FLOP/s (2 n^3 per product) of square n x n matmuls over ``sizes`` and ``repeats``."""
-    best, best_n = 0.0, 0
-    for n in sizes:
-        g = torch.Generator().manual_seed(n)
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        out = torch.empty(n, n, dtype=dtype)
-        torch.mm(a, b, out=out)  # warmup: thread pool, packing buffers
-        for _ in range(repeats):
-            rate = 2 * n ** 3 / timed(lambda: torch.mm(a, b, out=out))
-            if rate > best:
-                best, best_n = rate, n
-    return {"flops": best, "n": best_n}
 
 
 def flops_per_token(model: ThinkerLM, cfg: ThinkerConfig) -> dict[str, float]:
@@ -272,7 +246,7 @@ def report_training(r: dict[str, Any]) -> None:
     print(f"  {FLOP_FORMULA}")
     pk = r["peak"]
     print_section("peak: square matmul, best of repeats",
-                  [(f"{k} (n={v['n']})", fmt(v["flops"], "FLOP/s")) for k, v in pk.items()])
+                  [(k, fmt(v["flops"], "FLOP/s")) for k, v in pk.items()])
     d = r["data"]
     print_section(f"3. data: PackedTokens + default_collate ({fmt(d['stream_tokens'])} token stream)", [
         ("batches/s", f"{d['batches_s']:,.0f}"), ("tokens/s", f"{d['tok_s']:,.0f}"),
@@ -319,7 +293,7 @@ def plan(quick: bool, cfg: TextStageConfig) -> dict[str, Any]:
 def run_all(cfg: TextStageConfig, p: dict[str, Any]) -> dict[str, Any]:
     """Every measurement, printed section by section as it finishes; returns all numbers."""
     r: dict[str, Any] = {"plan": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}}
-    r["peak"] = {name: matmul_peak(p["mm_sizes"], dt, p["mm_repeats"])
+    r["peak"] = {name: {"flops": matmul_peak(CPU, dt, p["mm_sizes"], p["mm_repeats"])}
                  for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     r["flops"] = flops_per_token(ThinkerLM(cfg.model), cfg.model)
     for name, dt in (("fp32", None), ("bf16", torch.bfloat16)):

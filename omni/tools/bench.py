@@ -10,6 +10,8 @@ text side, SFT) get the default configs' architectures instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import platform
 import statistics
 import tempfile
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from omni.audio.stage import AsrStageConfig
 from omni.config import ConfigError, TrainConfig, config_from_dict, load_config, to_dict
@@ -258,6 +261,68 @@ def build(name: str, shape: Shape, cfg=None, seed: int = 0) -> Built:
     """Stage ``name`` from ``cfg`` (default: its default config file) around a worst-case batch."""
     torch.manual_seed(seed)
     return KINDS[name].build(default_config(name) if cfg is None else cfg, shape, torch.Generator().manual_seed(seed))
+
+
+def _attention_flops(q: tuple, k: tuple, *args, **kwargs) -> int:
+    """QK^T and PV over every query head, the causal half not discounted (the usual convention)."""
+    b, h, tq, dh = q
+    return 4 * b * h * tq * k[-2] * dh
+
+
+@functools.cache
+def _count_cpu_attention() -> None:
+    """torch's FLOP counter knows the GPU attention kernels, not the CPU flash one: give it the same
+    formula (backward: 5 products against the forward's 2)."""
+    aten = torch.ops.aten
+    register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)(
+        lambda q, k, v, *a, **kw: _attention_flops(q, k))
+    register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)(
+        lambda g, q, k, v, *a, **kw: _attention_flops(q, k) * 5 // 2)
+
+
+def count_micro_flops(built: Built, device: str) -> int:
+    """Matrix FLOPs of one micro-batch, forward and backward: torch's FLOP
+    counter over one eager fp32 step of the engine. The same arithmetic runs in any precision and
+    compiled, so one count serves every variant of the stage."""
+    _count_cpu_attention()
+    with tempfile.TemporaryDirectory() as tmp:
+        train = dataclasses.replace(built.train, device=device, precision="fp32", compile=False, save_dir=tmp,
+                                    max_steps=10 ** 6, gradient_accumulation_steps=1)
+        trainer = Trainer(built.stage, train, resume=False, overwrite=True)
+        it = iter(lambda: built.batch, None)
+        with FlopCounterMode(display=False) as counter:
+            trainer._step(it)
+        return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096),
+                repeats: int = 5) -> float:
+    """The best FLOP/s of square n x n matmuls on ``device`` in ``dtype`` (2 n^3 per product): the
+    machine's reachable peak, the denominator of MFU."""
+    best = 0.0
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        a = torch.randn(n, n, generator=g).to(device, dtype)
+        b = torch.randn(n, n, generator=g).to(device, dtype)
+        out = torch.empty(n, n, dtype=dtype, device=device)
+        torch.mm(a, b, out=out)  # warmup: thread pool, packing buffers, kernels
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            _sync(device)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def cpu_model() -> str:
+    """The 'model name' line of /proc/cpuinfo (or the platform's processor string)."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def _sync(device: torch.device) -> None:
