@@ -17,6 +17,7 @@ beside the measurement. ``lab/gpu_check.sh`` runs the GPU checks built on this.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -44,13 +45,15 @@ REFERENCE = "thinker_ref"  # lab/reference_thinker.py: the design the Thinker's 
 def reference_thinker(shape: Shape) -> Built:
     """The reference design (lab/reference_thinker.py) at the default Thinker's shape, batch and
     train config, around the same kind of batch."""
-    from reference_thinker import RefThinker, ref_loss
+    spec = importlib.util.spec_from_file_location("reference_thinker", Path(__file__).with_name("reference_thinker.py"))
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
     cfg = default_config("thinker")
     m = cfg.model
     torch.manual_seed(0)
-    model = RefThinker(m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, m.dropout, m.rope_theta)
+    model = ref.RefThinker(m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, m.dropout, m.rope_theta)
     thinker = build("thinker", shape)
-    stage = Stage("thinker_ref", model, [], ref_loss, {}, count_items=lambda x: x[0].numel(), items_unit="tok")
+    stage = Stage("thinker_ref", model, [], ref.ref_loss, {}, count_items=lambda x: x[0].numel(), items_unit="tok")
     return Built(stage, cfg.train, thinker.batch, thinker.shape + ", reference design")
 
 

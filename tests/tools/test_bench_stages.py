@@ -31,12 +31,14 @@ def _check(results: list[dict], stages) -> None:
         assert r["step_s"] > 0 and r["items_per_s"] > 0
         assert r["trainable_m"] <= r["params_m"]
         assert "peak_alloc_gib" not in r  # a CPU has no CUDA allocator to read
+        assert r["flops_per_step"] > 0 and r["peak_flops"] > 0
+        assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["step_s"] / r["peak_flops"])
 
 
 def test_every_stage_steps_quick(tmp_path):
-    got = _run(tmp_path, "--quick", "--warmup", "1", "--steps", "2")
-    assert got["quick"]
-    _check(got["results"], bench.STAGES)
+    got = _run(tmp_path, "--quick", "--warmup", "1", "--steps", "2", "--precision", "fp32")
+    assert got["quick"] and set(got["matmul_peak_flops"]) == {"fp32", "bf16"}
+    _check(got["results"], bench.STAGES + (bench.REFERENCE,))
     # the SFT batch really carries both media: the frozen encoders are part of the model
     sft = next(r for r in got["results"] if r["stage"] == "sft")
     assert sft["trainable_m"] < sft["params_m"]
@@ -52,10 +54,10 @@ def test_a_broken_stage_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "build", build)
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--quick", "--warmup", "0", "--steps", "1", "--stages", "codec", "ocr",
-                       "--json", str(out)]) == 1
+                       "--precision", "fp32", "--json", str(out)]) == 1
     results = json.loads(out.read_text())["results"]
     assert results[0]["error"] == "RuntimeError: no such shape" and "error" not in results[1]
-    assert "codec amp=None compile=False: FAILED" in capsys.readouterr().out
+    assert "codec precision=fp32 compile=False: FAILED" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -63,12 +65,28 @@ def test_default_configs_worst_case_batches_step(tmp_path):
     """The full default shapes (every clip at its config's maximum, every sequence at ctx_len) fit
     the models: what the GPU benchmark measures is a batch the configs really admit."""
     got = _run(tmp_path, "--precision", "fp32", "--warmup", "0", "--steps", "1")
-    _check(got["results"], bench.STAGES)
+    _check(got["results"], bench.STAGES + (bench.REFERENCE,))
     shapes = {r["stage"]: r["shape"] for r in got["results"]}
     assert shapes["thinker"].startswith("8 x 512 tokens")
     assert shapes["audio_enc"].startswith("16 clips x 15 s, 376 characters")
     assert "200 characters + 12 s" in shapes["talker"]
     assert "10 s clip" in shapes["sft"]
+
+
+def test_flop_count_is_the_thinker_formula(tmp_path):
+    """The counter behind MFU sees every matmul, the chunked loss's included, and the CPU attention
+    kernel: 6 x matmul weights per token (forward 2, backward 4) plus attention's QK^T and PV
+    (4 x T x D per token and layer forward, 2.5 times that backward)."""
+    from torch import nn
+
+    from omni.tools.bench import Shape, build, count_micro_flops
+    built = build("thinker", Shape(quick=True))
+    x, _ = built.batch
+    m = built.stage.model.cfg
+    n_matmul = sum(mod.weight.numel() for mod in built.stage.model.modules() if isinstance(mod, nn.Linear))
+    tokens, T = x.numel(), x.shape[1]
+    expected = 6 * n_matmul * tokens + 14 * m.n_layers * T * m.d_model * tokens
+    assert count_micro_flops(built, "cpu") == expected
 
 
 def test_a_train_section_finds_its_stage():
