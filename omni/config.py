@@ -63,6 +63,8 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     num_workers: int = limits(0, min=0)
+    # stop after this many evaluations in a row without a better held-out metric (0: never)
+    patience: int = limits(0, min=0)
     # auto: bf16 autocast where the device multiplies bf16 natively (AMX-BF16 / AVX512-BF16 CPUs,
     # Ampere+ GPUs), fp16 + GradScaler on older GPUs, fp32 elsewhere (omni/engine/runtime.py)
     precision: str = "auto"

@@ -30,7 +30,13 @@ def stage_parser(description: str, default_config: str) -> Parser:
     p.add_argument("--overwrite", action="store_true", help="start over even if train.save_dir holds a run")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="checkpoint and stop after STEP (schedule still targets max_steps); resume later")
+    p.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                   help="checkpoint and stop after the first step that ends past this time (exit 75; "
+                        "resume later): how scripts/train_all.py --hours spends a time budget")
     return p
+
+
+EXIT_DEADLINE = 75  # EX_TEMPFAIL: stopped at --deadline with a checkpoint; --resume continues
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -112,8 +118,8 @@ def run_stage(home: ModuleType, doc: str, argv: list[str] | None = None) -> int:
     ``home`` is the stage's module (``omni.thinker.stage``, ...): ``CONFIG`` (its config dataclass),
     ``DEFAULT_CONFIG`` and ``build_stage(cfg, runtime) -> Stage``; optionally ``add_args(parser)``
     and ``before(cfg, runtime, args) -> list[Phase]``, the earlier phases to train first (the
-    Talker's codec). Exit status: 0 done, 2 bad config / data / checkpoint, 130 interrupted
-    (resume with --resume).
+    Talker's codec). Exit status: 0 done (or converged, or --stop-at), 2 bad config / data /
+    checkpoint, 75 stopped at --deadline, 130 interrupted (resume with --resume either way).
     """
     p = stage_parser(doc.splitlines()[0], home.DEFAULT_CONFIG)
     if hasattr(home, "add_args"):
@@ -133,8 +139,8 @@ def run_stage(home: ModuleType, doc: str, argv: list[str] | None = None) -> int:
             phases = home.before(cfg, rt, args) if hasattr(home, "before") else []
             for phase in phases:
                 result = _run_phase(phase.name, phase.build(rt), phase.train, args, several=True, rt=rt)
-                if result["status"] in ("interrupted", "stopped"):  # Ctrl-C / --stop-at: continue with --resume
-                    return 130 if result["status"] == "interrupted" else 0
+                if result["status"] in ("interrupted", "stopped", "deadline"):  # continue with --resume
+                    return _exit_status(result)
             stage = home.build_stage(cfg, rt)
             if rt.is_main:
                 print("resolved config:\n" + to_json(cfg), flush=True)
@@ -144,7 +150,11 @@ def run_stage(home: ModuleType, doc: str, argv: list[str] | None = None) -> int:
         return 2
     finally:
         teardown(rt)
-    return 130 if result["status"] == "interrupted" else 0
+    return _exit_status(result)
+
+
+def _exit_status(result: dict) -> int:
+    return {"interrupted": 130, "deadline": EXIT_DEADLINE}.get(result["status"], 0)
 
 
 def _run_phase(name: str, stage: Stage, train: TrainConfig, args: argparse.Namespace, several: bool,
@@ -153,7 +163,7 @@ def _run_phase(name: str, stage: Stage, train: TrainConfig, args: argparse.Names
     resume = args.resume and (not several or has_train_state(Path(train.save_dir)))
     if rt.is_main and several:
         print(f"== {name}: {train.save_dir}", flush=True)
-    result = fit(stage, train, resume=resume, overwrite=args.overwrite, stop_at=args.stop_at)
+    result = fit(stage, train, resume=resume, overwrite=args.overwrite, stop_at=args.stop_at, deadline=args.deadline)
     if rt.is_main:
         print(f"{name} result: " + _result_line(result), flush=True)
         print(f"checkpoint: {train.save_dir}", flush=True)

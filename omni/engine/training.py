@@ -123,6 +123,7 @@ class Progress:
     best: float | None = None
     skipped_total: int = 0
     best_key: str | None = None  # the metric ``best`` holds (a resume may change the stage's metric)
+    since_best: int = 0  # evaluations since ``best`` last improved (train.patience)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,7 +189,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         p = state["progress"]
         self.p = Progress(p["step"], p["epoch"], p["micro"], p["bad_steps"], p["best"], p["skipped_total"],
-                          p.get("best_key"))  # None: a state from before best_key was recorded
+                          p.get("best_key"),  # None: a state from before best_key was recorded
+                          p.get("since_best", 0))
         self._resume_rng = state["rng"][self.rt.rank]
         if self.p.best is not None and self.p.best_key != self.stage.best_metric:
             self._retire_best()
@@ -228,6 +230,7 @@ class Trainer:
             return
         value = metrics[key]
         better = self.p.best is None or (value > self.p.best if self.stage.best_max else value < self.p.best)
+        self.p.since_best = 0 if better else self.p.since_best + 1
         if better:
             self.p.best, self.p.best_key = value, key
             best_dir = self.save_dir / "best"
@@ -334,7 +337,15 @@ class Trainer:
         self.rt.barrier()
         return metrics
 
-    def run(self, stop_at: int | None = None) -> dict[str, Any]:
+    def _stale(self) -> bool:
+        """train.patience evaluations in a row without a new best: the held-out metric has stopped
+        improving, and more steps would only fit the training set closer."""
+        return self.cfg.patience > 0 and self.p.since_best >= self.cfg.patience
+
+    def run(self, stop_at: int | None = None, deadline: float | None = None) -> dict[str, Any]:
+        """Train to max_steps; earlier at ``stop_at`` (a step), at ``deadline`` (a ``time.time()``;
+        status "deadline") or when the held-out metric stops improving (status "converged"). Each
+        way leaves a checkpoint to resume from."""
         cfg, rt = self.cfg, self.rt
         last = stop_at if stop_at is not None else cfg.max_steps
         if hasattr(self, "_resume_rng"):
@@ -367,6 +378,14 @@ class Trainer:
                     self.save()
                 if any_rank(rt, self.stop.requested):
                     status = "interrupted"
+                    break
+                if any_rank(rt, self._stale()):
+                    status = "converged"
+                    log.info("%s: no better %s in %d evaluations: stopping at step %d (train.patience)",
+                             self.stage.name, self.stage.best_metric, cfg.patience, self.p.step)
+                    break
+                if deadline is not None and any_rank(rt, time.time() >= deadline):
+                    status = "deadline"
                     break
         bar.close()
         if status == "done" and self.p.step < cfg.max_steps:
@@ -414,7 +433,7 @@ def peak_rss_bytes() -> int:
 
 
 def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
-        stop_at: int | None = None) -> dict[str, Any]:
+        stop_at: int | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Train ``stage`` under ``cfg``; returns the final status, step and validation metrics.
 
     ``stop_at``: stop (with a checkpoint) after that step while the schedule still targets
@@ -422,4 +441,4 @@ def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = 
     """
     rt = setup_runtime(cfg.device, cfg.precision)
     with hold_folder(rt, Path(cfg.save_dir)):
-        return Trainer(stage, cfg, resume, overwrite, rt).run(stop_at)
+        return Trainer(stage, cfg, resume, overwrite, rt).run(stop_at, deadline)

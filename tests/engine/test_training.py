@@ -184,3 +184,25 @@ def test_unwrap_returns_the_module_inside_torch_compile():
     model = nn.Linear(2, 2)
     assert unwrap(model) is model
     assert unwrap(torch.compile(model)) is model  # wrapping only: nothing is compiled until called
+
+
+def test_deadline_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
+    """--deadline (train_all --hours) stops after the step that crosses it, exit 75, and --resume
+    ends where an uninterrupted run ends."""
+    cfg = write_config(tmp_path)
+    assert _train(cfg, f"train.save_dir={tmp_path / 'a'}") == 0
+    assert _train(cfg, f"train.save_dir={tmp_path / 'b'}", "--deadline", "0") == 75
+    assert ckpt.load_train_state(tmp_path / "b")["progress"]["step"] == 1
+    assert _train(cfg, f"train.save_dir={tmp_path / 'b'}", "--resume") == 0
+    a, b = load_file(str(tmp_path / "a" / ckpt.MODEL_FILE)), load_file(str(tmp_path / "b" / ckpt.MODEL_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_patience_stops_when_the_held_out_metric_stalls(tmp_path):
+    """train.patience: a run whose validation loss stops improving ends early; a learning rate of
+    ~0 means no evaluation after the first is better."""
+    cfg = write_config(tmp_path, train={"max_steps": 12, "val_freq": 1, "checkpoint_freq": 100, "lr": 1e-12,
+                                        "warmup_steps": 0, "patience": 2})
+    assert _train(cfg) == 0
+    state = ckpt.load_train_state(tmp_path / "ckpt")["progress"]
+    assert state["step"] < 12 and state["since_best"] >= 2
