@@ -4,7 +4,7 @@
 
 text   data/text/tiny_corpus.txt + tiny_val.txt        Shakespeare's sonnets (bundled)
 images data/images/annotations.json + _val             generated scenes, captions and exact VQA
-speech data/audio/asr.csv + tts.csv (+ _val: held-out voices) espeak-ng if installed, else the bundled clips
+speech data/audio/asr.csv + tts.csv (+ _val: held-out voices and sentences) espeak-ng if installed, else the bundled clips
 OCR    data/ocr/ocr_train.csv + ocr_val.csv             sonnet lines rendered in DejaVu fonts
 """
 from __future__ import annotations

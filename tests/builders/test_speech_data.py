@@ -291,3 +291,16 @@ def test_offline_build_needs_the_corpus(tmp_path: Path, capsys) -> None:
         pytest.skip("espeak-ng/flite not installed: apt-get install -y espeak-ng flite")
     code = script.main(["--corpus", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
     assert code == 1 and "download_production_text.py" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_smoke_speech_holds_out_sentences_too(tmp_path: Path) -> None:
+    """The held-out rows speak sentences no training row speaks (the demo's SFT must not be scored
+    on a sentence it learnt to transcribe)."""
+    made = sd.make_synthetic_speech(tmp_path / "s", n=12, seed=0)
+    train = {r["text"] for r in assert_manifest(made.asr_csv, ["wav", "text", "engine", "voice"])}
+    val = {r["text"] for r in assert_manifest(made.asr_val_csv, ["wav", "text", "engine", "voice"])}
+    assert val and not train & val
+    tts_train = {r["text"] for r in csv.DictReader(open(made.tts_csv, encoding="utf-8"))}
+    tts_val = {r["text"] for r in csv.DictReader(open(made.tts_val_csv, encoding="utf-8"))}
+    assert tts_val and not tts_train & tts_val

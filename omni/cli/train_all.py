@@ -1,0 +1,160 @@
+"""Train the whole μOmni chain in one command, resumably, and write its report card.
+
+    python scripts/train_all.py --profile demo              # the demo: every stage at demo size
+    python scripts/train_all.py --profile default --plan    # what would run, and how long it would take here
+    python scripts/train_all.py --profile default --hours 2 # a 2-hour slice; run it again to go on
+    python scripts/train_all.py --profile default --only sft
+    python scripts/train_all.py report --profile default    # rebuild REPORT.md from the checkpoints
+
+Builds any missing dataset, then trains A the Thinker, B the audio encoder, C the vision encoder,
+D the codec and Talker, E the omni SFT (and, with --with vocoder ocr, the optional stages), each by
+its own script on its profile config. Running it again skips every stage whose config and input
+checkpoints are unchanged, resumes a stage that was stopped, and retrains what an upstream change
+invalidates, saying why (omni/pipeline/runner.py). When every selected stage is done, the report
+card goes to the profile's folder: REPORT.md, report.json, curves.png (omni/pipeline/report.py).
+
+Exit status: 0 done, 2 a stage or its data failed, 75 the --hours budget ran out (run the same
+command again to continue), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from omni.cli.common import EXIT_DEADLINE, Parser, setup_logging
+from omni.pipeline.profiles import PROFILES, Profile, StageRun
+from omni.pipeline.runner import (
+    ROOT,
+    PipelineError,
+    decide,
+    load_record,
+    missing_data,
+    read_raw,
+    run_command,
+    select,
+    steps_done,
+    train_stage,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("action", nargs="?", choices=("run", "report"), default="run",
+                   help="run: build data, train, then write the report card; report: only the report card, "
+                        "from the checkpoints there are")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="which configs to train")
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="train only these stages (thinker audio_enc ...)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    p.add_argument("--with", dest="optional", nargs="+", default=[], metavar="STAGE",
+                   help="also train these optional stages (default profile: vocoder, ocr)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="stop cleanly, with a checkpoint, once this much time is spent; run again to continue")
+    p.add_argument("--plan", action="store_true",
+                   help="print what each stage would do, its steps and its time estimated from a few steps "
+                        "measured on this machine; train nothing")
+    p.add_argument("--n", type=int, default=100, help="held-out rows per metric in the report card")
+    p.add_argument("--device", default="auto", help="where the report card evaluates: auto, cpu, cuda")
+    return p.parse_args(argv)
+
+
+def max_steps(raw: dict) -> list[tuple[str, int]]:
+    """(phase, max_steps) of a stage config: the Talker's has its codec phase first."""
+    phases = [("codec", raw["codec"]["train"]["max_steps"])] if "codec" in raw else []
+    return [*phases, (raw["train"]["save_dir"].rsplit("/", 1)[-1], raw["train"]["max_steps"])]
+
+
+def step_seconds(stage: StageRun, raw: dict) -> dict[str, float]:
+    """Seconds per optimizer step of each phase, from 2 steps of the real model on the worst-case
+    batch the config admits (omni/tools/bench.py): an upper bound, validation not included."""
+    from omni.config import config_from_dict
+    from omni.tools.bench import KINDS, Shape, build, step_stats
+    out = {}
+    parts = [("codec", raw["codec"], "codec")] if "codec" in raw else []
+    parts.append((raw["train"]["save_dir"].rsplit("/", 1)[-1], raw, stage.bench))
+    for phase, section, kind in parts:
+        cfg = config_from_dict(section, KINDS[kind].config_cls())
+        out[phase] = step_stats(build(kind, Shape(), cfg), "auto", None, False, 1, 2, Shape())["step_s"]
+    return out
+
+
+def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
+    total = 0.0
+    print(f"plan for profile {profile.name} ({len(stages)} stages); times are measured on this machine on "
+          "the worst-case batch, model time only (validation and data loading come on top)")
+    for stage in stages:
+        d = decide(stage, record["stages"].get(stage.key, {}))
+        raw = read_raw(stage)
+        if d.action == "skip":
+            print(f"  {stage.title:<18} skip: {d.reason}")
+            continue
+        done = steps_done(stage) if d.action == "resume" else 0
+        secs = step_seconds(stage, raw)
+        parts = []
+        for phase, steps in max_steps(raw):
+            left = max(0, steps - done) if phase == max_steps(raw)[-1][0] else steps
+            t = secs[phase] * left
+            total += t
+            parts.append(f"{phase} {left:,} steps x {secs[phase]:.2f} s = {t / 60:.1f} min")
+        print(f"  {stage.title:<18} {d.action}: {d.reason}; " + "; ".join(parts))
+    print(f"  total: {total / 3600:.2f} h")
+
+
+def run(args: argparse.Namespace, profile: Profile, stages: list[StageRun]) -> int:
+    run_dir = ROOT / profile.run_dir
+    deadline = time.time() + args.hours * 3600 if args.hours is not None else None
+    for cmd in missing_data(profile, stages):
+        print(f"== data: {' '.join(cmd)}", flush=True)
+        if run_command(list(cmd)) != 0:
+            raise PipelineError(f"building data failed: {' '.join(cmd)}")
+    record = load_record(run_dir)
+    record["profile"] = profile.name
+    t0, trained = time.time(), 0
+    for stage in stages:
+        d = decide(stage, record["stages"].get(stage.key, {}))
+        print(f"== {stage.title}: {d.action} ({d.reason})", flush=True)
+        if d.action == "skip":
+            continue
+        # every run makes progress: the first stage it trains gets at least one step
+        if deadline is not None and trained and time.time() >= deadline:
+            print(f"time budget of {args.hours:g} h spent before {stage.title}; run the same command to continue")
+            return EXIT_DEADLINE
+        status = train_stage(stage, d, deadline, run_dir, record)
+        trained += 1
+        if status == "stopped":
+            print(f"time budget of {args.hours:g} h spent in {stage.title} (checkpoint written); "
+                  "run the same command to continue")
+            return EXIT_DEADLINE
+        if status == "interrupted":
+            return 130
+    print(f"== every stage is trained ({(time.time() - t0) / 60:.1f} min this run); the report card:", flush=True)
+    return report(args, profile, stages)
+
+
+def report(args: argparse.Namespace, profile: Profile, stages: list[StageRun]) -> int:
+    from omni.pipeline.report import build_report, markdown
+    rep = build_report(profile, stages, ROOT / profile.run_dir, args.n, args.device)
+    print(markdown(rep))
+    print(f"written: {profile.run_dir}/REPORT.md, report.json, curves.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    os.chdir(ROOT)  # configs name their data and checkpoints relative to the repository
+    profile = PROFILES[args.profile]
+    try:
+        stages = select(profile, args.only, args.start, args.until, args.optional)
+        if args.plan:
+            plan(profile, stages, load_record(ROOT / profile.run_dir))
+            return 0
+        return report(args, profile, stages) if args.action == "report" else run(args, profile, stages)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to continue", file=sys.stderr)
+        return 130

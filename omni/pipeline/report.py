@@ -1,0 +1,294 @@
+"""The report card of a pipeline run: ``REPORT.md``, ``report.json`` and ``curves.png`` in its folder.
+
+Per stage: its held-out metrics, each beside a baseline measured in the same run on the same rows
+and the target it is held to, with a 95% interval where the rows allow one (a Wilson interval for
+accuracies, a bootstrap over rows for error rates); then steps, wall time, throughput, peak memory
+and precision from the stage's own ``metrics.jsonl``; and the machine, torch and commit. The same
+code serves the demo and the default profile, and ``train_all.py report`` rebuilds the card from
+the checkpoints alone. A baseline whose tool is missing (pocketsphinx) is a marked blank.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omni.engine.checkpoint import read_metrics
+from omni.engine.runtime import pick_device, pick_precision
+from omni.files import write_json_atomic, write_text_atomic
+from omni.pipeline.profiles import Profile, StageRun
+from omni.pipeline.runner import ROOT, load_record, read_raw, run_command, save_dirs
+
+Z95 = 1.959964
+
+
+@dataclass
+class Metric:
+    name: str
+    value: float | None
+    interval: tuple[float, float] | None = None
+    baseline: str = ""                # what the baseline is
+    baseline_value: float | None = None
+    baseline_interval: tuple[float, float] | None = None
+    target: str = ""
+    met: bool | None = None           # None: no target, or not measurable here
+    note: str = ""
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of k out of n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _last(records: list[dict], event: str) -> dict[str, Any]:
+    found = [r for r in records if r.get("event") == event]
+    return found[-1] if found else {}
+
+
+def run_facts(folder: Path) -> dict[str, Any]:
+    """Steps, throughput, peak memory and precision from a stage folder's metrics.jsonl."""
+    records = read_metrics(folder)
+    train = [r for r in records if r.get("event") == "train"]
+    start = _last(records, "start")
+    speed_key = next((k for k in (train[-1] if train else {}) if k.endswith("_per_s")), None)
+    mem = [r.get("cuda_peak_gib", r.get("rss_peak_gib")) for r in train]
+    mem = [m for m in mem if m is not None]
+    return {"steps": train[-1]["step"] if train else 0,
+            "throughput": statistics.median(r[speed_key] for r in train) if speed_key else None,
+            "throughput_unit": speed_key[:-len("_per_s")] + "/s" if speed_key else "",
+            "peak_memory_gib": max(mem) if mem else None,
+            "memory_kind": "CUDA peak allocated" if any("cuda_peak_gib" in r for r in train) else "process RSS peak",
+            "precision": start.get("precision", "?"), "precision_reason": start.get("precision_reason", ""),
+            "device": start.get("device", "?")}
+
+
+# ---------------------------------------------------------------- per-stage metrics
+def thinker_metrics(stage: StageRun, raw: dict, val: dict) -> list[Metric]:
+    from omni.config import load_config
+    from omni.thinker.stage import TextStageConfig, load_streams, tokenizer_in, unigram_loss
+    cfg = load_config(ROOT / stage.config, TextStageConfig)
+    tok = tokenizer_in(ROOT / cfg.train.save_dir)
+    streams = load_streams(cfg.data, tok, cfg.train.seed)
+    unigram = unigram_loss(np.asarray(streams.train), np.asarray(streams.val), tok.vocab_size)
+    loss = val.get("val_loss")
+    return [Metric("held-out loss (nats/token)", loss, None, "unigram model of the training tokens", unigram,
+                   target="below the unigram", met=None if loss is None else loss < unigram,
+                   note=f"{int(val['val_tokens']):,} held-out tokens, no interval" if val.get("val_tokens") else "")]
+
+
+def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device) -> list[Metric]:
+    from omni.audio.ctc import cer_interval
+    from omni.audio.stage import AsrDataset, evaluate_asr, load_asr
+    from omni.manifest import Manifest, resolve_manifest
+    folder = ROOT / raw["train"]["save_dir"]
+    model, vocab, cfg = load_asr(folder / "best" if (folder / "best").is_dir() else folder, device)
+    manifest = Manifest(resolve_manifest(str(ROOT / cfg.data.val_csv), "val"))
+    ds = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
+    rows = range(min(n, len(manifest)))
+    m, results = evaluate_asr(model, ds, vocab, 16, rows=rows)
+    refs, hyps = [r for r, _, _ in results], [h for _, h, _ in results]
+    out = Metric(f"held-out CER, greedy ({len(refs)} clips)", m["val_cer"], cer_interval(refs, hyps),
+                 "pocketsphinx (en-us) on the same clips", target="below pocketsphinx")
+    try:
+        from omni.cli.eval_asr import pocketsphinx_results
+        ps = pocketsphinx_results(manifest, results)
+    except ImportError as e:
+        out.note = f"pocketsphinx baseline not measured: {e}"
+        return [out]
+    from omni.audio.ctc import error_rates
+    prefs, phyps = [x[0] for x in ps], [x[1] for x in ps]
+    out.baseline_value = error_rates(prefs, phyps)["cer"]
+    out.baseline_interval = cer_interval(prefs, phyps)
+    out.met = out.value < out.baseline_value
+    return [out]
+
+
+def vision_metrics(val: dict, target: float | None) -> list[Metric]:
+    r1, chance = val.get("i2t_r1"), val.get("chance_r1")
+    n = round(1 / chance) if chance else 0
+    interval = wilson(round(r1 * n), n) if r1 is not None and n else None
+    hist = val.get("hist_i2t_r1")
+    met = None if r1 is None else (r1 >= target if target is not None else hist is None or r1 > hist)
+    return [Metric(f"image->text R@1 among {n} held-out images", r1, interval,
+                   f"colour histogram (chance {chance:.3f})" if chance else "colour histogram", hist,
+                   wilson(round(hist * n), n) if hist is not None and n else None,
+                   f">= {target:.2f}" if target is not None else "above the colour histogram", met)]
+
+
+def talker_metrics(val: dict) -> list[Metric]:
+    ce, uni = val.get("val_loss"), val.get("val_unigram_ce")
+    return [Metric("held-out code cross-entropy (teacher-forced)", ce, None, "unigram of the codes", uni,
+                   target="below the unigram", met=None if ce is None or uni is None else ce < uni,
+                   note="intelligibility (pocketsphinx CER of the spoken text) is not on the card yet: "
+                        "scripts/evaluate.py tts")]
+
+
+def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, float]) -> list[Metric]:
+    from omni.audio.ctc import cer_interval, error_rates
+    from omni.cli.eval_omni import omni_tax
+    from omni.multimodal.data import Sources
+    from omni.multimodal.stage import answer_examples, answer_key, held_out, load_omni, task_metrics, vqa_prior
+    folder = ROOT / raw["train"]["save_dir"]
+    model, tok, cfg = load_omni(folder / "best" if (folder / "best").is_dir() else folder, device)
+    val = Sources(cfg.data.image_val_manifest, cfg.data.asr_val_csv, cfg.data.text_val_file, "val")
+    train = Sources(cfg.data.image_manifest, cfg.data.asr_csv, cfg.data.text_file, "train")
+    out = []
+    exs = held_out(val, "vqa", n, cfg.data, cfg.train.seed)
+    hyps = answer_examples(model, tok, exs)
+    right = sum(answer_key(e.answer) == answer_key(h) for e, h in zip(exs, hyps))
+    prior = vqa_prior(train)
+    blind = sum(prior.get(e.prompt) == answer_key(e.answer) for e in exs)
+    t = targets.get("vqa")
+    out.append(Metric(f"VQA accuracy ({len(exs)} held-out questions)", right / max(len(exs), 1),
+                      wilson(right, len(exs)), "blind prior (most common training answer)",
+                      blind / max(len(exs), 1), wilson(blind, len(exs)),
+                      f">= {t:.2f}" if t else "above the blind prior",
+                      right / max(len(exs), 1) >= t if t else right > blind))
+    exs = held_out(val, "caption", n, cfg.data, cfg.train.seed)
+    cap = task_metrics("caption", [e.answer for e in exs], answer_examples(model, tok, exs))
+    out.append(Metric(f"caption keyword recall ({len(exs)} held-out images)", cap["caption_kw"]))
+    exs = held_out(val, "asr", n, cfg.data, cfg.train.seed)
+    refs, hyps = [e.answer for e in exs], answer_examples(model, tok, exs)
+    from omni.audio.stage import AsrDataset, evaluate_asr, load_asr
+    from omni.manifest import Manifest, resolve_manifest
+    asr, vocab, acfg = load_asr(cfg.model.audio_ckpt, device)
+    ds = AsrDataset(Manifest(resolve_manifest(cfg.data.asr_val_csv, "val")), vocab, acfg.data.max_seconds,
+                    acfg.model.symbols_per_frame)
+    _, b_res = evaluate_asr(asr, ds, vocab, 16, rows=range(len(exs)))
+    chat_cer = error_rates(refs, hyps)["cer"]
+    b_refs, b_hyps = [r for r, _, _ in b_res], [h for _, h, _ in b_res]
+    b_cer = error_rates(b_refs, b_hyps)["cer"]
+    out.append(Metric(f"transcription CER through chat ({len(exs)} held-out clips)", chat_cer,
+                      cer_interval(refs, hyps), "Stage B alone on the same clips", b_cer, cer_interval(b_refs, b_hyps),
+                      "<= Stage B + 0.03", chat_cer <= b_cer + 0.03))
+    before, after = omni_tax(model, tok, cfg, device, 50)
+    tax = after / before - 1
+    out.append(Metric("text perplexity after SFT (omni tax vs Stage A)", after, None, "Stage A on the same text",
+                      before, target="tax <= 10%", met=tax <= 0.10, note=f"omni tax {100 * tax:+.1f}%"))
+    return out
+
+
+# ---------------------------------------------------------------- the card
+def machine() -> dict[str, str]:
+    from omni.tools.bench import cpu_model
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return {"cpu": cpu_model(), "cpu_precision": pick_precision(torch.device("cpu"))[1], "gpu": gpu or "none",
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit()}
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return (head or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: torch.device) -> dict[str, Any]:
+    raw = read_raw(stage)
+    folder = ROOT / save_dirs(raw)[-1]
+    entry = record["stages"].get(stage.key, {})
+    card: dict[str, Any] = {"key": stage.key, "title": stage.title, "folder": os.path.relpath(folder, ROOT),
+                            "config": stage.config, "status": entry.get("status", "not run by the pipeline"),
+                            "wall_s": entry.get("wall_s"), "metrics": []}
+    if not (folder / "metrics.jsonl").is_file():
+        card["status"] = "not trained"
+        return card
+    card.update(run_facts(folder))
+    val = _last(read_metrics(folder), "val")
+    targets = profile.targets.get(stage.key, {})
+    try:
+        if stage.key == "thinker":
+            ms = thinker_metrics(stage, raw, val)
+        elif stage.key == "audio_enc":
+            ms = asr_metrics(stage, raw, n, device)
+        elif stage.key == "vision":
+            ms = vision_metrics(val, targets.get("r1"))
+        elif stage.key == "talker":
+            ms = talker_metrics(val)
+        elif stage.key == "sft":
+            ms = sft_metrics(raw, n, device, targets)
+        else:
+            ms = [Metric(k, v) for k, v in val.items() if k.startswith("val_") and isinstance(v, float)]
+    except Exception as e:  # noqa: BLE001 - one stage's evaluation failing must not lose the others' rows
+        card["error"] = f"{type(e).__name__}: {e}"
+        ms = []
+    card["metrics"] = [asdict(m) for m in ms]
+    return card
+
+
+def _fmt(v: float | None, interval: tuple[float, float] | None = None) -> str:
+    if v is None:
+        return "–"
+    s = f"{v:.3f}"
+    return s + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"# μOmni report card: profile `{report['profile']}`", "",
+             f"Built {report['built']} on {m['cpu']} ({m['cpu_precision']}; GPU: {m['gpu']}), torch {m['torch']}, "
+             f"Python {m['python']}, commit {m['commit']}. Held-out rows: the first {report['n']} of each "
+             "validation set. Intervals are 95% (Wilson for accuracies, bootstrap over rows for error rates).", "",
+             "| stage | metric | value (95% interval) | baseline, same rows | target | met |",
+             "|---|---|---|---|---|---|"]
+    for s in report["stages"]:
+        if not s["metrics"]:
+            why = s.get("error") or s["status"]
+            lines.append(f"| {s['title']} | – | – | – | – | {why} |")
+        for x in s["metrics"]:
+            base = (f"{x['baseline']}: {_fmt(x['baseline_value'], x['baseline_interval'])}" if x["baseline"] and
+                    x["baseline_value"] is not None else (f"{x['baseline']}: not measured" if x["baseline"] else "–"))
+            met = {True: "yes", False: "**no**", None: "–"}[x["met"]]
+            note = f" — {x['note']}" if x["note"] else ""
+            lines.append(f"| {s['title']} | {x['name']}{note} | {_fmt(x['value'], x['interval'])} | {base} | "
+                         f"{x['target'] or '–'} | {met} |")
+    lines += ["", "| stage | status | steps | wall time | throughput | peak memory | precision |", "|---|---|---|---|---|---|---|"]
+    for s in report["stages"]:
+        wall = f"{s['wall_s'] / 60:.1f} min" if s.get("wall_s") is not None else "–"
+        thr = f"{s['throughput']:,.0f} {s['throughput_unit']}" if s.get("throughput") else "–"
+        mem = f"{s['peak_memory_gib']:.2f} GiB ({s['memory_kind']})" if s.get("peak_memory_gib") else "–"
+        prec = f"{s.get('precision', '–')} ({s.get('precision_reason', '')})" if s.get("precision") else "–"
+        lines.append(f"| {s['title']} | {s['status']} | {s.get('steps', 0):,} | {wall} | {thr} | {mem} | {prec} |")
+    total = sum(s["wall_s"] or 0 for s in report["stages"])
+    lines += ["", f"Total wall time of the stages: {total / 3600:.2f} h. Curves: `curves.png`; the numbers: "
+              "`report.json`; each stage's log: `metrics.jsonl` in its folder."]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(profile: Profile, stages: list[StageRun], run_dir: Path, n: int, device: str = "auto") -> dict:
+    """Evaluate every stage's checkpoint and write REPORT.md, report.json and curves.png to run_dir."""
+    import time
+    dev = pick_device(device)
+    record = load_record(run_dir)
+    report = {"profile": profile.name, "built": time.strftime("%Y-%m-%d %H:%M:%S"), "n": n, "machine": machine(),
+              "stages": [stage_card(s, profile, record, n, dev) for s in stages]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "report.json", report)
+    write_text_atomic(run_dir / "REPORT.md", markdown(report))
+    trained = [ROOT / s["folder"] for s in report["stages"] if (ROOT / s["folder"] / "metrics.jsonl").is_file()]
+    if trained:
+        run_command(["scripts/plot_metrics.py", *[a for d in trained for a in ("--ckpt", str(d))],
+                     "--out", str(run_dir / "curves.png")])
+    return report
+
+
+def load_report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text(encoding="utf-8"))

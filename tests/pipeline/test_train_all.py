@@ -1,0 +1,102 @@
+"""scripts/train_all.py on a two-stage chain of tiny configs (A the Thinker, C vision reading it):
+skip when unchanged, resume after --hours, retrain dependants of a changed input, the report card."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omni.cli import train_all
+from omni.engine import checkpoint as ckpt
+from omni.pipeline.profiles import PROFILES, Profile, StageRun
+from omni.pipeline.runner import RECORD, input_dirs, read_raw
+from tests.conftest import write_config
+from tests.vision.test_vision import _vision_config
+
+
+@pytest.fixture
+def chain(tmp_path, monkeypatch):
+    """Profile 'tiny' with a 4-step Thinker and a 4-step vision stage that reads its checkpoint."""
+    thinker = write_config(tmp_path, "thinker.json", train={"max_steps": 4, "save_dir": str(tmp_path / "A")})
+    vision = _vision_config(tmp_path, tmp_path / "A", n_scenes=24)
+    profile = Profile("tiny", str(tmp_path / "run"), (
+        StageRun("thinker", "A Thinker", "train_text.py", str(thinker), "thinker"),
+        StageRun("vision", "C vision encoder", "train_vision.py", str(vision), "vision")), ())
+    monkeypatch.setitem(PROFILES, "tiny", profile)
+    return profile, tmp_path
+
+
+def _record(profile: Profile) -> dict:
+    return json.loads((train_all.ROOT / profile.run_dir / RECORD).read_text())
+
+
+def _weights(folder):
+    return load_file(str(folder / ckpt.MODEL_FILE))
+
+
+def test_run_skip_change_and_report(chain, capsys):
+    profile, tmp = chain
+    vision = profile.stages[1]
+    assert input_dirs(read_raw(vision)) == [str(tmp / "A")]  # the Thinker it starts from
+    assert train_all.main(["--profile", "tiny", "--n", "5"]) == 0
+    rec = _record(profile)
+    assert {k: v["status"] for k, v in rec["stages"].items()} == {"thinker": "done", "vision": "done"}
+    report = json.loads((tmp / "run" / "report.json").read_text())
+    assert [s["key"] for s in report["stages"]] == ["thinker", "vision"]
+    for s in report["stages"]:
+        assert s["metrics"] and s["steps"] == 4 and s["precision"] == "fp32" and s["wall_s"] > 0
+    # the card's numbers are the stages' own: the last validation record of each folder
+    vals = {k: [r for r in ckpt.read_metrics(tmp / d) if r["event"] == "val"][-1] for k, d in
+            (("thinker", "A"), ("vision", "vis"))}
+    thinker_row, vision_row = report["stages"][0]["metrics"][0], report["stages"][1]["metrics"][0]
+    assert thinker_row["value"] == vals["thinker"]["val_loss"] and thinker_row["baseline_value"] > 0
+    assert vision_row["value"] == vals["vision"]["i2t_r1"]
+    assert vision_row["baseline_value"] == vals["vision"]["hist_i2t_r1"]
+    lo, hi = vision_row["interval"]
+    assert lo <= vision_row["value"] <= hi
+    md = (tmp / "run" / "REPORT.md").read_text()
+    assert "A Thinker" in md and "C vision encoder" in md and (tmp / "run" / "curves.png").is_file()
+
+    before = _weights(tmp / "vis")
+    capsys.readouterr()
+    assert train_all.main(["--profile", "tiny", "--n", "5"]) == 0  # nothing changed: nothing trains
+    out = capsys.readouterr().out
+    assert out.count(": skip (unchanged since") == 2
+
+    # a changed Thinker config retrains the Thinker, and then the vision stage that reads it
+    raw = json.loads(open(profile.stages[0].config).read())
+    raw["train"]["lr"] = 1e-3
+    open(profile.stages[0].config, "w").write(json.dumps(raw))
+    assert train_all.main(["--profile", "tiny", "--only", "thinker"]) == 0
+    out = capsys.readouterr().out
+    assert "A Thinker: train (" in out and "thinker.json changed" in out
+    assert train_all.main(["--profile", "tiny", "--plan"]) == 0
+    assert f"input {tmp / 'A'} changed" in capsys.readouterr().out
+    assert train_all.main(["--profile", "tiny", "--n", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "A Thinker: skip" in out and f"C vision encoder: train (input {tmp / 'A'} changed)" in out
+    after = _weights(tmp / "vis")
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hours_stops_and_the_next_run_resumes_exactly(chain, tmp_path):
+    profile, tmp = chain
+    straight = write_config(tmp, "straight.json", train={"max_steps": 4, "save_dir": str(tmp / "S")})
+    import train_text
+    assert train_text.main(["--config", str(straight)]) == 0
+    # --hours 0: the first stage still gets one step, then stops with a checkpoint (exit 75)
+    assert train_all.main(["--profile", "tiny", "--hours", "0"]) == 75
+    rec = _record(profile)
+    assert rec["stages"]["thinker"]["status"] == "stopped" and "vision" not in rec["stages"]
+    assert ckpt.load_train_state(tmp / "A")["progress"]["step"] == 1
+    assert train_all.main(["--profile", "tiny", "--until", "thinker"]) == 0
+    assert _record(profile)["stages"]["thinker"]["status"] == "done"
+    a, s = _weights(tmp / "A"), _weights(tmp / "S")
+    assert all(torch.equal(a[k], s[k]) for k in a)  # sliced == uninterrupted
+
+
+def test_unknown_stage_is_a_clear_error(chain, capsys):
+    assert train_all.main(["--profile", "tiny", "--only", "talker"]) == 2
+    assert "no stage 'talker' in profile tiny; its stages: thinker, vision" in capsys.readouterr().err
