@@ -57,12 +57,13 @@ def media_tasks(model, tok, cfg, val: Sources, args) -> tuple[dict[str, float], 
     return out, replies
 
 
-def stage_b_alone(cfg, device, n: int) -> dict[str, float]:
-    """The Stage B recogniser on the same first n clips of the same validation manifest."""
+def stage_b_alone(cfg, device, n: int) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
+    """The Stage B recogniser on the same first n clips of the same validation manifest: its metrics
+    and (reference, hypothesis, row) per clip."""
     asr, vocab, acfg = load_asr(cfg.model.audio_ckpt, device)
     ds = AsrDataset(Manifest(resolve_manifest(cfg.data.asr_val_csv, "val")), vocab, acfg.data.max_seconds,
                     acfg.model.symbols_per_frame)
-    return evaluate_asr(asr, ds, vocab, 16, n)[0]
+    return evaluate_asr(asr, ds, vocab, 16, n)
 
 
 def omni_tax(model, tok, cfg, device, batches: int) -> tuple[float, float]:
@@ -99,7 +100,7 @@ def eval_omni(args: argparse.Namespace) -> int:
     print(f"checkpoint {args.ckpt}; held-out: {cfg.data.image_val_manifest}, {cfg.data.asr_val_csv}, "
           f"{cfg.data.text_val_file}")
     m, replies = media_tasks(model, tok, cfg, val, args)
-    b = stage_b_alone(cfg, device, args.n)
+    b, _ = stage_b_alone(cfg, device, args.n)
     print(f"  Stage B alone on the same clips: CER {b['val_cer']:.4f}  WER {b['val_wer']:.4f} "
           f"(chat - Stage B: {m['asr_cer'] - b['val_cer']:+.4f})")
     before, after = omni_tax(model, tok, cfg, device, args.text_batches)

@@ -33,6 +33,7 @@ from omni.pipeline.runner import (
     missing_data,
     read_raw,
     run_command,
+    save_dirs,
     select,
     steps_done,
     train_stage,
@@ -80,10 +81,21 @@ def step_seconds(stage: StageRun, raw: dict) -> dict[str, float]:
     return out
 
 
+def logged_step_seconds(folder) -> float | None:
+    """Median seconds per step between consecutive train records of the folder's metrics.jsonl (the
+    stage's own data, validation included), or None where it has not logged enough yet."""
+    from omni.engine.checkpoint import read_metrics
+    train = [r for r in read_metrics(folder) if r.get("event") == "train" and "time" in r]
+    gaps = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(train, train[1:])
+            if b["step"] > a["step"] and b["time"] > a["time"]]
+    return sorted(gaps)[len(gaps) // 2] if len(gaps) >= 2 else None
+
+
 def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
     total = 0.0
-    print(f"plan for profile {profile.name} ({len(stages)} stages); times are measured on this machine on "
-          "the worst-case batch, model time only (validation and data loading come on top)")
+    print(f"plan for profile {profile.name} ({len(stages)} stages). A stage that has logged steps here is timed "
+          "from its own log; otherwise from 2 steps measured now on the worst-case batch its config admits (an "
+          "upper bound, validation not included)")
     for stage in stages:
         d = decide(stage, record["stages"].get(stage.key, {}))
         raw = read_raw(stage)
@@ -91,14 +103,16 @@ def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
             print(f"  {stage.title:<18} skip: {d.reason}")
             continue
         done = steps_done(stage) if d.action == "resume" else 0
-        secs = step_seconds(stage, raw)
+        logged = {phase: logged_step_seconds(ROOT / folder) for (phase, _), folder in zip(max_steps(raw), save_dirs(raw))}
+        secs = logged if all(v is not None for v in logged.values()) else step_seconds(stage, raw)
+        how = "its log" if secs is logged else "measured now"
         parts = []
         for phase, steps in max_steps(raw):
             left = max(0, steps - done) if phase == max_steps(raw)[-1][0] else steps
             t = secs[phase] * left
             total += t
             parts.append(f"{phase} {left:,} steps x {secs[phase]:.2f} s = {t / 60:.1f} min")
-        print(f"  {stage.title:<18} {d.action}: {d.reason}; " + "; ".join(parts))
+        print(f"  {stage.title:<18} {d.action}: {d.reason}; " + "; ".join(parts) + f" ({how})")
     print(f"  total: {total / 3600:.2f} h")
 
 

@@ -418,7 +418,8 @@ class Trainer:
         bar.set_postfix(postfix, refresh=False)
         if self.rt.is_main:
             rec = {"event": "train", "step": self.p.step, "epoch": self.p.epoch, "loss": loss, "lr": lr,
-                   "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **memory, **self.p.extra}
+                   "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **memory, "time": time.time(),
+                   **self.p.extra}
             ckpt.append_metrics(self.save_dir, rec)
 
 

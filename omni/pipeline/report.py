@@ -91,15 +91,16 @@ def thinker_metrics(stage: StageRun, raw: dict, val: dict) -> list[Metric]:
 
 
 def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device) -> list[Metric]:
+    import argparse
+
     from omni.audio.ctc import cer_interval
-    from omni.audio.stage import AsrDataset, evaluate_asr, load_asr
-    from omni.manifest import Manifest, resolve_manifest
+    from omni.cli.eval_asr import greedy_pass, load_rows
     folder = ROOT / raw["train"]["save_dir"]
-    model, vocab, cfg = load_asr(folder / "best" if (folder / "best").is_dir() else folder, device)
-    manifest = Manifest(resolve_manifest(str(ROOT / cfg.data.val_csv), "val"))
-    ds = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
-    rows = range(min(n, len(manifest)))
-    m, results = evaluate_asr(model, ds, vocab, 16, rows=rows)
+    ckpt = folder / "best" if (folder / "best").is_dir() else folder
+    # what `scripts/evaluate.py asr --ckpt CKPT --csv VAL --n N` decodes, the same way
+    model, vocab, _, manifest, ds, rows = load_rows(argparse.Namespace(
+        ckpt=str(ckpt), device=str(device), csv=raw["data"]["val_csv"], skip=0, n=n))
+    m, results, _ = greedy_pass(model, ds, vocab, 16, rows)
     refs, hyps = [r for r, _, _ in results], [h for _, h, _ in results]
     out = Metric(f"held-out CER, greedy ({len(refs)} clips)", m["val_cer"], cer_interval(refs, hyps),
                  "pocketsphinx (en-us) on the same clips", target="below pocketsphinx")
@@ -139,7 +140,7 @@ def talker_metrics(val: dict) -> list[Metric]:
 
 def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, float]) -> list[Metric]:
     from omni.audio.ctc import cer_interval, error_rates
-    from omni.cli.eval_omni import omni_tax
+    from omni.cli.eval_omni import omni_tax, stage_b_alone
     from omni.multimodal.data import Sources
     from omni.multimodal.stage import answer_examples, answer_key, held_out, load_omni, task_metrics, vqa_prior
     folder = ROOT / raw["train"]["save_dir"]
@@ -163,12 +164,7 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
     out.append(Metric(f"caption keyword recall ({len(exs)} held-out images)", cap["caption_kw"]))
     exs = held_out(val, "asr", n, cfg.data, cfg.train.seed)
     refs, hyps = [e.answer for e in exs], answer_examples(model, tok, exs)
-    from omni.audio.stage import AsrDataset, evaluate_asr, load_asr
-    from omni.manifest import Manifest, resolve_manifest
-    asr, vocab, acfg = load_asr(cfg.model.audio_ckpt, device)
-    ds = AsrDataset(Manifest(resolve_manifest(cfg.data.asr_val_csv, "val")), vocab, acfg.data.max_seconds,
-                    acfg.model.symbols_per_frame)
-    _, b_res = evaluate_asr(asr, ds, vocab, 16, rows=range(len(exs)))
+    _, b_res = stage_b_alone(cfg, device, len(exs))
     chat_cer = error_rates(refs, hyps)["cer"]
     b_refs, b_hyps = [r for r, _, _ in b_res], [h for _, h, _ in b_res]
     b_cer = error_rates(b_refs, b_hyps)["cer"]

@@ -100,3 +100,30 @@ def test_hours_stops_and_the_next_run_resumes_exactly(chain, tmp_path):
 def test_unknown_stage_is_a_clear_error(chain, capsys):
     assert train_all.main(["--profile", "tiny", "--only", "talker"]) == 2
     assert "no stage 'talker' in profile tiny; its stages: thinker, vision" in capsys.readouterr().err
+
+
+def test_report_asr_row_matches_the_evaluator_and_survives_no_pocketsphinx(tmp_path, monkeypatch, capsys):
+    """Stage B's row is what scripts/evaluate.py asr says on the same rows; without pocketsphinx the
+    baseline is a marked blank, not a crash."""
+    import train_audio_enc
+    from omni.cli import eval_asr, evaluate
+    from omni.pipeline import report
+    from tests.audio.test_asr import CLIPS, _asr_config
+    cfg = _asr_config(tmp_path)
+    assert train_audio_enc.main(["--config", str(cfg)]) == 0
+    stage = StageRun("audio_enc", "B audio encoder", "train_audio_enc.py", str(cfg), "audio_enc")
+
+    def no_pocketsphinx(*a, **k):
+        raise ImportError("No module named 'pocketsphinx'")
+    monkeypatch.setattr(eval_asr, "pocketsphinx_results", no_pocketsphinx)
+    (row,) = report.asr_metrics(stage, read_raw(stage), 9, torch.device("cpu"))
+    assert row.baseline_value is None and row.met is None and "pocketsphinx baseline not measured" in row.note
+    card = {"profile": "t", "built": "now", "n": 9, "machine": report.machine(),
+            "stages": [{"title": "B", "status": "done", "wall_s": 1.0, "metrics": [report.asdict(row)]}]}
+    assert "pocketsphinx (en-us) on the same clips: not measured" in report.markdown(card)
+    capsys.readouterr()
+    assert evaluate.main(["asr", "--ckpt", str(tmp_path / "ck" / "best"), "--csv", str(CLIPS), "--n", "9"]) == 0
+    out = capsys.readouterr().out
+    assert f"CER {row.value:.4f}" in out
+    lo, hi = row.interval
+    assert f"{lo:.3f}-{hi:.3f}" in out
