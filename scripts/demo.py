@@ -36,7 +36,7 @@ def chat_session() -> int:
     cmd = ["infer_chat.py", "--ckpt", "checkpoints/demo/omni_sft", "--talker", "checkpoints/demo/talker",
            "--audio-out", "checkpoints/demo/reply.wav"]
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run([sys.executable, *cmd], cwd=ROOT, text=True, input=script).returncode
+    return subprocess.run([sys.executable, *cmd], cwd=ROOT, text=True, input=script, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ command again to continue), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -86,7 +87,7 @@ def logged_step_seconds(folder) -> float | None:
     stage's own data, validation included), or None where it has not logged enough yet."""
     from omni.engine.checkpoint import read_metrics
     train = [r for r in read_metrics(folder) if r.get("event") == "train" and "time" in r]
-    gaps = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(train, train[1:])
+    gaps = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in itertools.pairwise(train)
             if b["step"] > a["step"] and b["time"] > a["time"]]
     return sorted(gaps)[len(gaps) // 2] if len(gaps) >= 2 else None
 

@@ -57,5 +57,5 @@ PROFILES: dict[str, Profile] = {
          ("data/images/production_", ("scripts/download_production_image.py",)),
          ("data/ocr/production_", ("scripts/download_production_ocr.py",))),
         # held-out generated scenes: image->text R@1 and VQA accuracy
-        targets={"vision": {"r1": 0.80}, "sft": {"vqa": 0.80}}),
+        targets={"vision": {"r1": 0.80}, "sft": {"vqa": 0.80}, "talker": {"cer": 0.25}}),
 }

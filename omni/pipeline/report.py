@@ -130,12 +130,30 @@ def vision_metrics(val: dict, target: float | None) -> list[Metric]:
                    f">= {target:.2f}" if target is not None else "above the colour histogram", met)]
 
 
-def talker_metrics(val: dict) -> list[Metric]:
+def talker_metrics(raw: dict, val: dict, n: int, target: float | None) -> list[Metric]:
     ce, uni = val.get("val_loss"), val.get("val_unigram_ce")
-    return [Metric("held-out code cross-entropy (teacher-forced)", ce, None, "unigram of the codes", uni,
-                   target="below the unigram", met=None if ce is None or uni is None else ce < uni,
-                   note="intelligibility (pocketsphinx CER of the spoken text) is not on the card yet: "
-                        "scripts/evaluate.py tts")]
+    out = [Metric("held-out code cross-entropy (teacher-forced)", ce, None, "unigram of the codes", uni,
+                  target="below the unigram", met=None if ce is None or uni is None else ce < uni)]
+    # intelligibility: what `scripts/evaluate.py tts --talker DIR --csv VAL --n N --paths original,griffinlim,
+    # talker` measures, the Talker's speech and Griffin-Lim on the recordings' own mels on the same rows
+    speech = Metric(f"pocketsphinx CER of the Talker's speech (greedy, {n} held-out sentences)", None, None,
+                    "Griffin-Lim on the recordings' mels", target=f"<= {target:.2f}" if target else "")
+    out.append(speech)
+    try:
+        from omni.speech.intelligibility import griffinlim_path, read_rows, report_paths
+        from omni.speech.synthesis import Synthesizer
+        rows, _ = read_rows(raw["data"]["val_csv"], n)
+        synth = Synthesizer.load(str(Path(raw["train"]["save_dir"]).parent), "cpu")
+        got = report_paths(rows, {"talker": lambda text, audio: synth.synthesize(text, seed=0),
+                                  "griffinlim": griffinlim_path()}, keep_examples=0)
+    except ImportError as e:
+        speech.note = f"not measured: {e}"
+        return out
+    speech.name = f"pocketsphinx CER of the Talker's speech (greedy, {len(rows)} held-out sentences)"
+    speech.value, speech.interval = got["talker"]["cer"], got["talker"].get("cer_interval")
+    speech.baseline_value, speech.baseline_interval = got["griffinlim"]["cer"], got["griffinlim"].get("cer_interval")
+    speech.met = speech.value <= target if target else None
+    return out
 
 
 def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, float]) -> list[Metric]:
@@ -189,9 +207,9 @@ def machine() -> dict[str, str]:
 def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+                              timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (no git)"
     return (head or "unknown") + (" with uncommitted changes" if dirty else "")
@@ -218,7 +236,7 @@ def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: 
         elif stage.key == "vision":
             ms = vision_metrics(val, targets.get("r1"))
         elif stage.key == "talker":
-            ms = talker_metrics(val)
+            ms = talker_metrics(raw, val, n, targets.get("cer"))
         elif stage.key == "sft":
             ms = sft_metrics(raw, n, device, targets)
         else:
@@ -239,10 +257,10 @@ def _fmt(v: float | None, interval: tuple[float, float] | None = None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
-    lines = [f"# μOmni report card: profile `{report['profile']}`", "",
-             f"Built {report['built']} on {m['cpu']} ({m['cpu_precision']}; GPU: {m['gpu']}), torch {m['torch']}, "
-             f"Python {m['python']}, commit {m['commit']}. Held-out rows: the first {report['n']} of each "
-             "validation set. Intervals are 95% (Wilson for accuracies, bootstrap over rows for error rates).", "",
+    header = (f"Built {report['built']} on {m['cpu']} ({m['cpu_precision']}; GPU: {m['gpu']}), torch {m['torch']}, "
+              f"Python {m['python']}, commit {m['commit']}. Held-out rows: the first {report['n']} of each "
+              "validation set. Intervals are 95% (Wilson for accuracies, bootstrap over rows for error rates).")
+    lines = [f"# μOmni report card: profile `{report['profile']}`", "", header, "",
              "| stage | metric | value (95% interval) | baseline, same rows | target | met |",
              "|---|---|---|---|---|---|"]
     for s in report["stages"]:
@@ -264,8 +282,8 @@ def markdown(report: dict[str, Any]) -> str:
         prec = f"{s.get('precision', '–')} ({s.get('precision_reason', '')})" if s.get("precision") else "–"
         lines.append(f"| {s['title']} | {s['status']} | {s.get('steps', 0):,} | {wall} | {thr} | {mem} | {prec} |")
     total = sum(s["wall_s"] or 0 for s in report["stages"])
-    lines += ["", f"Total wall time of the stages: {total / 3600:.2f} h. Curves: `curves.png`; the numbers: "
-              "`report.json`; each stage's log: `metrics.jsonl` in its folder."]
+    lines += ["", (f"Total wall time of the stages: {total / 3600:.2f} h. Curves: `curves.png`; the numbers: "
+                   "`report.json`; each stage's log: `metrics.jsonl` in its folder.")]
     return "\n".join(lines) + "\n"
 
 
