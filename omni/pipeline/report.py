@@ -156,7 +156,33 @@ def talker_metrics(raw: dict, val: dict, n: int, target: float | None) -> list[M
     return out
 
 
-def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, float]) -> list[Metric]:
+def spoken_replies(replies: list[str], talker: Path, k: int, talker_cer: float | None) -> Metric:
+    """The chat's spoken replies (Talker -> codec -> vocoder, as ``infer_chat.py --talker`` speaks
+    them) transcribed by pocketsphinx against the reply text, beside the Talker on its own held-out
+    sentences (the D row)."""
+    from omni.audio.ctc import cer_interval
+    from omni.cli.common import vocoder_kwargs
+    texts = [r for r in replies if r.strip()][:k]
+    m = Metric(f"spoken replies: pocketsphinx CER against the reply text ({len(texts)} replies)", None, None,
+               "the Talker on its held-out sentences (D row)", talker_cer, target="within 0.05 of the D row")
+    try:
+        from omni.speech.intelligibility import cer_wer, transcribe
+        from omni.speech.synthesis import Synthesizer
+        voice = Synthesizer.load(talker, "cpu", **vocoder_kwargs("auto"))
+        hyps = [transcribe(voice.synthesize(t, seed=0)) for t in texts]
+    except ImportError as e:
+        m.note = f"not measured: {e}"
+        return m
+    m.value = cer_wer(texts, hyps)["cer"]
+    m.interval = cer_interval(texts, hyps) if len(texts) > 1 else None
+    m.met = None if talker_cer is None else abs(m.value - talker_cer) <= 0.05
+    return m
+
+
+def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, float],
+                talker: tuple[Path, float | None] | None = None) -> list[Metric]:
+    """VQA, captions, transcription through chat, the omni tax; with ``talker`` (its folder and the
+    D row's CER) the spoken replies too."""
     from omni.audio.ctc import cer_interval, error_rates
     from omni.cli.eval_omni import omni_tax, stage_b_alone
     from omni.multimodal.data import Sources
@@ -168,6 +194,7 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
     out = []
     exs = held_out(val, "vqa", n, cfg.data, cfg.train.seed)
     hyps = answer_examples(model, tok, exs)
+    replies = list(hyps)
     right = sum(answer_key(e.answer) == answer_key(h) for e, h in zip(exs, hyps))
     prior = vqa_prior(train)
     blind = sum(prior.get(e.prompt) == answer_key(e.answer) for e in exs)
@@ -178,7 +205,9 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
                       f">= {t:.2f}" if t else "above the blind prior",
                       right / max(len(exs), 1) >= t if t else right > blind))
     exs = held_out(val, "caption", n, cfg.data, cfg.train.seed)
-    cap = task_metrics("caption", [e.answer for e in exs], answer_examples(model, tok, exs))
+    captions = answer_examples(model, tok, exs)
+    replies += captions
+    cap = task_metrics("caption", [e.answer for e in exs], captions)
     out.append(Metric(f"caption keyword recall ({len(exs)} held-out images)", cap["caption_kw"]))
     exs = held_out(val, "asr", n, cfg.data, cfg.train.seed)
     refs, hyps = [e.answer for e in exs], answer_examples(model, tok, exs)
@@ -193,6 +222,8 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
     tax = after / before - 1
     out.append(Metric("text perplexity after SFT (omni tax vs Stage A)", after, None, "Stage A on the same text",
                       before, target="tax <= 10%", met=tax <= 0.10, note=f"omni tax {100 * tax:+.1f}%"))
+    if talker is not None:
+        out.append(spoken_replies(replies, talker[0], min(n, 10), talker[1]))
     return out
 
 
@@ -215,7 +246,21 @@ def commit() -> str:
     return (head or "unknown") + (" with uncommitted changes" if dirty else "")
 
 
-def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: torch.device) -> dict[str, Any]:
+def _talker_for(profile: Profile, cards: list[dict]) -> tuple[Path, float | None] | None:
+    """The profile's trained Talker folder (what ``--talker`` takes) and its D-row speech CER."""
+    stage = next((s for s in profile.stages if s.key == "talker"), None)
+    if stage is None:
+        return None
+    folder = ROOT / Path(read_raw(stage)["train"]["save_dir"]).parent
+    if not (folder / "talker" / "model.safetensors").is_file() and not any(folder.glob("*/model.safetensors")):
+        return None
+    card = next((c for c in cards if c["key"] == "talker"), {})
+    cer = next((m["value"] for m in card.get("metrics", []) if m["name"].startswith("pocketsphinx CER")), None)
+    return folder, cer
+
+
+def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: torch.device,
+               earlier: list[dict] | None = None) -> dict[str, Any]:
     raw = read_raw(stage)
     folder = ROOT / save_dirs(raw)[-1]
     entry = record["stages"].get(stage.key, {})
@@ -238,7 +283,7 @@ def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: 
         elif stage.key == "talker":
             ms = talker_metrics(raw, val, n, targets.get("cer"))
         elif stage.key == "sft":
-            ms = sft_metrics(raw, n, device, targets)
+            ms = sft_metrics(raw, n, device, targets, _talker_for(profile, earlier or []))
         else:
             ms = [Metric(k, v) for k, v in val.items() if k.startswith("val_") and isinstance(v, float)]
     except Exception as e:  # noqa: BLE001 - one stage's evaluation failing must not lose the others' rows
@@ -292,8 +337,11 @@ def build_report(profile: Profile, stages: list[StageRun], run_dir: Path, n: int
     import time
     dev = pick_device(device)
     record = load_record(run_dir)
+    cards: list[dict] = []
+    for s in stages:
+        cards.append(stage_card(s, profile, record, n, dev, cards))
     report = {"profile": profile.name, "built": time.strftime("%Y-%m-%d %H:%M:%S"), "n": n, "machine": machine(),
-              "stages": [stage_card(s, profile, record, n, dev) for s in stages]}
+              "stages": cards}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "REPORT.md", markdown(report))
