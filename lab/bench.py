@@ -35,7 +35,7 @@ from torch.utils.data import default_collate
 from omni.cli.common import Parser
 from omni.config import load_config
 from omni.data import LineFile, PackedTokens, build_line_offsets
-from omni.engine.training import make_optimizer
+from omni.engine.optim import make_optimizer
 from omni.thinker.model import ThinkerConfig, ThinkerLM
 from omni.thinker.stage import TextStageConfig, lm_loss
 from omni.tools.bench import cpu_model, matmul_peak

@@ -38,17 +38,30 @@ def show(task: str, exs, hyps, k: int) -> None:
         print(f"    [{task}] {ex.prompt!r} -> {hyp!r} (reference {ex.answer!r})")
 
 
+TASKS = ("vqa", "caption", "asr")
+
+
+def answer_task(model, tok, cfg, val: Sources, task: str, n: int) -> tuple[list, list[str], list[str] | None]:
+    """The first n held-out examples of ``task`` answered through chat: (examples, replies, and for
+    VQA the blind prior's answers to the same questions, else None)."""
+    exs = held_out(val, task, n, cfg.data, cfg.train.seed)
+    hyps = answer_examples(model, tok, exs)
+    blind = None
+    if task == "vqa":
+        prior = vqa_prior(Sources(cfg.data.image_manifest, cfg.data.asr_csv, cfg.data.text_file, "train"))
+        blind = [prior.get(e.prompt, "") for e in exs]
+    return exs, hyps, blind
+
+
 def media_tasks(model, tok, cfg, val: Sources, args) -> tuple[dict[str, float], list[str]]:
     out: dict[str, float] = {}
     replies: list[str] = []
-    for task in ("vqa", "caption", "asr"):
-        exs = held_out(val, task, args.n, cfg.data, cfg.train.seed)
+    for task in TASKS:
         t0 = time.perf_counter()
-        hyps = answer_examples(model, tok, exs)
+        exs, hyps, blind = answer_task(model, tok, cfg, val, task, args.n)
         m = task_metrics(task, [e.answer for e in exs], hyps)
-        if task == "vqa":
-            prior = vqa_prior(Sources(cfg.data.image_manifest, cfg.data.asr_csv, cfg.data.text_file, "train"))
-            m["vqa_blind_prior"] = float(np.mean([prior.get(e.prompt) == answer_key(e.answer) for e in exs]))
+        if blind is not None:
+            m["vqa_blind_prior"] = float(np.mean([b == answer_key(e.answer) for e, b in zip(exs, blind)]))
         out.update(m)
         replies += hyps
         print(f"  {task:<8} n={len(exs):<4} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
@@ -75,6 +88,10 @@ def omni_tax(model, tok, cfg, device, batches: int) -> tuple[float, float]:
 
 
 def spoken(replies: list[str], args, device) -> dict[str, float]:
+    """The first ``args.speech_n`` non-empty replies spoken as chat speaks them (Talker -> codec ->
+    vocoder) and transcribed by pocketsphinx: CER/WER against the reply text, synthesis RTF, n, and
+    with two replies or more the CER's bootstrap interval (``cer_lo``, ``cer_hi``)."""
+    from omni.audio.ctc import cer_interval
     from omni.speech.intelligibility import cer_wer, transcribe
     from omni.speech.synthesis import Synthesizer
     talker, n = args.talker, args.speech_n
@@ -90,6 +107,8 @@ def spoken(replies: list[str], args, device) -> dict[str, float]:
     out = cer_wer(refs, hyps)
     out["rtf"] = spent / max(secs, 1e-9)
     out["n"] = float(len(refs))
+    if len(refs) > 1:
+        out["cer_lo"], out["cer_hi"] = cer_interval(refs, hyps)
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from omni.config import TrainConfig
 from omni.data import EpochBatches
 from omni.engine import checkpoint as ckpt
 from omni.engine.lock import hold_folder
-from omni.engine.runtime import Runtime, StopOnSignal, all_mean, any_rank, setup_runtime
+from omni.engine.optim import lr_at, make_optimizer
+from omni.engine.runtime import Runtime, StopOnSignal, all_mean, any_rank, peak_rss_bytes, setup_runtime, to_device
 
 log = logging.getLogger(__name__)
 
@@ -61,44 +61,6 @@ class Stage:
 
 class TrainingError(RuntimeError):
     pass
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
-                   lr_scales: Callable[[nn.Module], dict[str, float]] | None = None) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not norms, biases or gains). ``lr_scales`` maps a
-    parameter-name prefix to a multiplier of the schedule's lr (the vocoder's generator and
-    discriminator learning rates); every other parameter gets 1."""
-    scales = lr_scales(model) if lr_scales else {}
-    by_scale: dict[float, list[tuple[str, nn.Parameter]]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            scale = next((v for k, v in scales.items() if name.startswith(k)), 1.0)
-            by_scale.setdefault(scale, []).append((name, p))
-    groups = []
-    for scale, named in by_scale.items():
-        groups += [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -421,16 +383,6 @@ class Trainer:
                    "grad_norm": gnorm, f"{self.stage.items_unit}_per_s": speed, **memory, "time": time.time(),
                    **self.p.extra}
             ckpt.append_metrics(self.save_dir, rec)
-
-
-def peak_rss_bytes() -> int:
-    """The peak resident set size of this process (Linux and macOS; 0 where unknown)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def fit(stage: Stage, cfg: TrainConfig, resume: bool = False, overwrite: bool = False,

@@ -157,24 +157,21 @@ def talker_metrics(raw: dict, val: dict, n: int, target: float | None) -> list[M
 
 
 def spoken_replies(replies: list[str], talker: Path, k: int, talker_cer: float | None) -> Metric:
-    """The chat's spoken replies (Talker -> codec -> vocoder, as ``infer_chat.py --talker`` speaks
-    them) transcribed by pocketsphinx against the reply text, beside the Talker on its own held-out
-    sentences (the D row)."""
-    from omni.audio.ctc import cer_interval
-    from omni.cli.common import vocoder_kwargs
-    texts = [r for r in replies if r.strip()][:k]
-    m = Metric(f"spoken replies: pocketsphinx CER against the reply text ({len(texts)} replies)", None, None,
+    """The chat's spoken replies scored as ``evaluate.py omni --speech-n K`` scores them, beside the
+    Talker on its own held-out sentences (the D row)."""
+    import argparse
+
+    from omni.cli.eval_omni import spoken
+    m = Metric(f"spoken replies: pocketsphinx CER against the reply text (up to {k} replies)", None, None,
                "the Talker on its held-out sentences (D row)", talker_cer, target="within 0.05 of the D row")
     try:
-        from omni.speech.intelligibility import cer_wer, transcribe
-        from omni.speech.synthesis import Synthesizer
-        voice = Synthesizer.load(talker, "cpu", **vocoder_kwargs("auto"))
-        hyps = [transcribe(voice.synthesize(t, seed=0)) for t in texts]
+        got = spoken(replies, argparse.Namespace(talker=str(talker), speech_n=k, vocoder="auto"), "cpu")
     except ImportError as e:
         m.note = f"not measured: {e}"
         return m
-    m.value = cer_wer(texts, hyps)["cer"]
-    m.interval = cer_interval(texts, hyps) if len(texts) > 1 else None
+    m.name = f"spoken replies: pocketsphinx CER against the reply text ({int(got['n'])} replies)"
+    m.value = got["cer"]
+    m.interval = (got["cer_lo"], got["cer_hi"]) if "cer_lo" in got else None
     m.met = None if talker_cer is None else abs(m.value - talker_cer) <= 0.05
     return m
 
@@ -183,38 +180,34 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
                 talker: tuple[Path, float | None] | None = None) -> list[Metric]:
     """VQA, captions, transcription through chat, the omni tax; with ``talker`` (its folder and the
     D row's CER) the spoken replies too."""
-    from omni.audio.ctc import cer_interval, error_rates
-    from omni.cli.eval_omni import omni_tax, stage_b_alone
+    from omni.audio.ctc import cer_interval
+    from omni.cli.eval_omni import answer_task, omni_tax, stage_b_alone
     from omni.multimodal.data import Sources
-    from omni.multimodal.stage import answer_examples, answer_key, held_out, load_omni, task_metrics, vqa_prior
+    from omni.multimodal.stage import answer_key, load_omni, task_metrics
     folder = ROOT / raw["train"]["save_dir"]
     model, tok, cfg = load_omni(folder / "best" if (folder / "best").is_dir() else folder, device)
     val = Sources(cfg.data.image_val_manifest, cfg.data.asr_val_csv, cfg.data.text_val_file, "val")
-    train = Sources(cfg.data.image_manifest, cfg.data.asr_csv, cfg.data.text_file, "train")
     out = []
-    exs = held_out(val, "vqa", n, cfg.data, cfg.train.seed)
-    hyps = answer_examples(model, tok, exs)
+    exs, hyps, prior = answer_task(model, tok, cfg, val, "vqa", n)
     replies = list(hyps)
     right = sum(answer_key(e.answer) == answer_key(h) for e, h in zip(exs, hyps))
-    prior = vqa_prior(train)
-    blind = sum(prior.get(e.prompt) == answer_key(e.answer) for e in exs)
+    blind = sum(b == answer_key(e.answer) for e, b in zip(exs, prior))
     t = targets.get("vqa")
     out.append(Metric(f"VQA accuracy ({len(exs)} held-out questions)", right / max(len(exs), 1),
                       wilson(right, len(exs)), "blind prior (most common training answer)",
                       blind / max(len(exs), 1), wilson(blind, len(exs)),
                       f">= {t:.2f}" if t else "above the blind prior",
                       right / max(len(exs), 1) >= t if t else right > blind))
-    exs = held_out(val, "caption", n, cfg.data, cfg.train.seed)
-    captions = answer_examples(model, tok, exs)
+    exs, captions, _ = answer_task(model, tok, cfg, val, "caption", n)
     replies += captions
     cap = task_metrics("caption", [e.answer for e in exs], captions)
     out.append(Metric(f"caption keyword recall ({len(exs)} held-out images)", cap["caption_kw"]))
-    exs = held_out(val, "asr", n, cfg.data, cfg.train.seed)
-    refs, hyps = [e.answer for e in exs], answer_examples(model, tok, exs)
-    _, b_res = stage_b_alone(cfg, device, len(exs))
-    chat_cer = error_rates(refs, hyps)["cer"]
+    exs, hyps, _ = answer_task(model, tok, cfg, val, "asr", n)
+    refs = [e.answer for e in exs]
+    b_metrics, b_res = stage_b_alone(cfg, device, len(exs))
+    chat_cer = task_metrics("asr", refs, hyps)["asr_cer"]  # as evaluate.py omni scores it
     b_refs, b_hyps = [r for r, _, _ in b_res], [h for _, h, _ in b_res]
-    b_cer = error_rates(b_refs, b_hyps)["cer"]
+    b_cer = b_metrics["val_cer"]
     out.append(Metric(f"transcription CER through chat ({len(exs)} held-out clips)", chat_cer,
                       cer_interval(refs, hyps), "Stage B alone on the same clips", b_cer, cer_interval(b_refs, b_hyps),
                       "<= Stage B + 0.03", chat_cer <= b_cer + 0.03))

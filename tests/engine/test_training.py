@@ -10,8 +10,9 @@ from torch.utils.data import TensorDataset
 import train_text
 from omni.config import TrainConfig
 from omni.engine import checkpoint as ckpt
+from omni.engine.optim import lr_at
 from omni.engine.runtime import unwrap
-from omni.engine.training import Stage, TrainingError, fit, lr_at
+from omni.engine.training import Stage, TrainingError, fit
 from tests.conftest import SONNETS, write_config
 
 
