@@ -121,7 +121,7 @@ class GriffinLim(nn.Module):
 
 
 @functools.lru_cache(maxsize=8)
-def _inverter(device: torch.device) -> GriffinLim:
+def inverter(device: torch.device) -> GriffinLim:
     return GriffinLim().to(device)
 
 
@@ -137,7 +137,7 @@ def mel_to_wav(log_mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99) 
                          f"{SPEECH_OUT_MEL.n_mels}), got {tuple(log_mel.shape)}")
     if x.shape[1] < 2:
         raise ValueError(f"mel_to_wav needs at least 2 frames, got {x.shape[1]}")
-    wav = _inverter(x.device)(x, n_iter, momentum)
+    wav = inverter(x.device)(x, n_iter, momentum)
     return wav[0] if single else wav
 
 
@@ -168,3 +168,106 @@ def stft_magnitude(wav: torch.Tensor, spec: MelSpec = SPEECH_OUT_MEL) -> torch.T
     window = torch.hann_window(spec.win_length, device=wav.device)
     return torch.stft(wav.float(), spec.n_fft, spec.hop_length, spec.win_length, window, center=True,
                       pad_mode="constant", return_complex=True).abs()
+
+
+class BlockGriffinLim:
+    """Griffin-Lim a block at a time, for speech that must start playing before it is all known.
+
+    Log-mel frames are pushed as they arrive; each block of ``block`` new frames is phase-iterated
+    over a window holding ``left`` frames before it and ``ahead`` frames after it, with every sample
+    already handed out held fixed (a projection applied after each inverse STFT, as in RTISI-LA).
+    The samples handed out are therefore final, and the phases grow out of them, so the joins have
+    no clicks. The look-ahead frames' phases carry over to the next block as its starting point.
+    Offline synthesis runs the same blocks (omni/speech/streaming.py), so streamed audio is the
+    offline audio.
+    """
+
+    def __init__(self, gl: GriffinLim, block: int = 16, left: int = 4, ahead: int = 4, n_iter: int = 32,
+                 momentum: float = 0.99) -> None:
+        s = gl.spec
+        if min(left, ahead) * s.hop_length < s.n_fft // 2 or block < 1:
+            raise ValueError(f"BlockGriffinLim needs block >= 1 and left, ahead >= {s.n_fft // 2 // s.hop_length} "
+                             f"frames (half a window), got block={block}, left={left}, ahead={ahead}")
+        self.gl, self.block, self.left, self.ahead, self.n_iter = gl, block, left, ahead, n_iter
+        self.ratio = momentum / (1.0 + momentum)
+        self.hop, self.n_fft = s.hop_length, s.n_fft
+        self.gen = torch.Generator(device="cpu").manual_seed(gl.seed)
+        device = gl.window.device
+        self.mag = torch.zeros(0, s.n_fft // 2 + 1, device=device)     # (T, F) all frames so far
+        self.phase = torch.zeros_like(self.mag)                          # current estimate per frame
+        self._table = torch.zeros_like(self.mag)                         # starting phases, by frame
+        self.out = torch.zeros(0, device=device)                         # samples handed out
+        self.done = 0                                                    # frames whose samples < done*hop are out
+
+    def push(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """log-mel frames (T, M) -> the samples that became final (possibly none)."""
+        if log_mel.shape[0]:
+            mag = self.gl.mel_to_magnitude(log_mel[None].to(self.mag.device))[0].t()   # (T, F)
+            self.mag = torch.cat([self.mag, mag])
+            self.phase = torch.cat([self.phase, self._first_phases(self.phase.shape[0], self.mag.shape[0])])
+        got = []
+        while self.mag.shape[0] >= self.done + self.block + self.ahead:
+            got.append(self._step(self.done + self.block, final=False))
+        return torch.cat(got) if got else self.out.new_zeros(0)
+
+    def _first_phases(self, lo: int, hi: int) -> torch.Tensor:
+        """Starting phases of frames [lo, hi): drawn 256 frames at a time from the seeded generator, so
+        frame t gets the same phase however the frames were pushed (streamed or all at once)."""
+        F = self.mag.shape[1]
+        while self._table.shape[0] < hi:
+            draw = torch.rand((256, F), generator=self.gen).to(self.mag.device) * (2 * torch.pi)
+            self._table = torch.cat([self._table, draw])
+        return self._table[lo:hi]
+
+    def finish(self) -> torch.Tensor:
+        """The remaining samples: all frames are in. (T - 1) * hop samples in all, as GriffinLim."""
+        T = self.mag.shape[0]
+        if T < 2:
+            raise ValueError(f"Griffin-Lim needs at least 2 frames, got {T}")
+        return self._step(T - 1, final=True) if self.done < T - 1 else self.out.new_zeros(0)
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(W, n_fft) frames at hop spacing -> (W - 1) * hop + n_fft samples."""
+        W, k = frames.shape[0], self.n_fft // self.hop
+        parts = frames.reshape(W, k, self.hop)
+        out = frames.new_zeros(W + k - 1, self.hop)
+        for j in range(k):
+            out[j:j + W] += parts[:, j]
+        return out.reshape(-1)
+
+    def _step(self, b: int, final: bool) -> torch.Tensor:
+        """Hand out samples [done*hop, b*hop), iterating frames [w0, w1)."""
+        a, h, n = self.done, self.hop, self.n_fft
+        T = self.mag.shape[0]
+        w0, w1 = max(0, a - self.left), (T if final else b + self.ahead)
+        s0 = w0 * h - n // 2                                   # global index of the segment's first sample
+        window = self.gl.window
+        mag = self.mag[w0:w1]
+        envelope = self._overlap_add((window ** 2).expand(w1 - w0, n).contiguous()).clamp(min=1e-8)
+        length = envelope.shape[0]
+        fixed = torch.zeros(a * h - s0, device=mag.device)    # zeros before sample 0 (centre padding)
+        start = max(s0, 0)
+        fixed[start - s0:] = self.out[start:a * h]
+        tail = (T - 1) * h - s0 if final else length          # past the end: zeros, as GriffinLim cuts there
+
+        def istft(spec: torch.Tensor) -> torch.Tensor:
+            x = self._overlap_add(torch.fft.irfft(spec, n=n, dim=-1) * window) / envelope
+            x[:fixed.shape[0]] = fixed
+            x[tail:] = 0
+            return x
+
+        spec = torch.polar(mag, self.phase[w0:w1])
+        previous = torch.zeros_like(spec)
+        x = istft(spec)
+        for _ in range(self.n_iter):
+            rebuilt = torch.fft.rfft(x.unfold(0, n, h) * window, dim=-1)
+            angles = torch.add(rebuilt, previous, alpha=-self.ratio)
+            power = (angles * angles.conj()).real
+            spec = angles * (mag * torch.rsqrt(power + EPS ** 2))
+            previous = rebuilt
+            x = istft(spec)
+        self.phase[w0:w1] = torch.angle(spec)
+        new = x[a * h - s0:b * h - s0]
+        self.out = torch.cat([self.out, new])
+        self.done = b
+        return new

@@ -11,19 +11,21 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from omni.audio.features import LOG_FLOOR, SAMPLE_RATE, SPEECH_OUT_MEL
+from omni.audio.features import SAMPLE_RATE, SPEECH_OUT_MEL
 from omni.codec.stage import load_codec
 from omni.config import config_from_dict
 from omni.engine.checkpoint import MODEL_FILE, CheckpointError, best_or_self, load_weights, read_config, read_metrics
 from omni.engine.runtime import pick_device
 from omni.files import file_sha1
 from omni.speech.chunks import split_text
-from omni.speech.griffinlim import mel_to_wav
+from omni.speech.griffinlim import BlockGriffinLim, inverter
+from omni.speech.streaming import LocalStream, probe_radius
 from omni.talker.data import CODEC_LINK, VOCAB_FILE
 from omni.talker.model import Talker, TalkerConfig
 from omni.talker.text import TextVocab
@@ -88,6 +90,7 @@ class Synthesizer:
         self.temperature, self.top_k, self.gl_iters, self.pause_s = temperature, top_k, gl_iters, pause_s
         self.chunk_chars = min(chunk_chars, talker.cfg.max_text_chars)
         self.last_stats: dict[str, float] = {}
+        self._radii: dict[str, int] = {}
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, device: str | torch.device = "cpu", vocoder: str = "griffinlim",
@@ -126,16 +129,20 @@ class Synthesizer:
     @torch.no_grad()
     def codes(self, text: str, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Raw text -> one codes tensor (T, n_q) per chunk; [] when nothing speakable is left."""
+        return [self.talker.generate(ids, self.temperature, self.top_k, generator=generator)
+                for ids in self.pieces(text)]
+
+    def pieces(self, text: str) -> list[list[int]]:
+        """Raw text -> the Talker ids of each chunk it is spoken in (warns about dropped characters)."""
         clean, dropped = self.vocab.normalize(text)
         if dropped:
             log.warning("dropped %d character(s) the Talker cannot read: %s", sum(dropped.values()), dict(dropped))
-        self.last_stats["dropped_chars"] = float(sum(dropped.values()))
+        self.last_stats["dropped_chars"] = self.last_stats.get("dropped_chars", 0.0) + sum(dropped.values())
         pieces = [self.vocab.ids(p) for p in split_text(clean, self.chunk_chars)]
         lost = sum((d for _, d in pieces), Counter())
         if lost:
             log.warning("dropped %d symbol(s) outside the Talker's vocabulary: %s", sum(lost.values()), dict(lost))
-        return [self.talker.generate(ids, self.temperature, self.top_k, generator=generator)
-                for ids, _ in pieces if ids]
+        return [ids for ids, _ in pieces if ids]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """One chunk's codes (T, n_q) -> log-mel (1, frames, 128)."""
@@ -143,31 +150,109 @@ class Synthesizer:
 
     @torch.no_grad()
     def synthesize(self, text: str, seed: int | None = None) -> np.ndarray:
-        """text -> (N,) float32 at 16 kHz. Empty text, or text with no readable character, gives an
-        empty array (and a warning), not an error: a chat turn may have nothing to say aloud."""
-        self.last_stats = {}
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        t0 = time.perf_counter()
-        chunks = self.codes(text, gen)
-        t1 = time.perf_counter()
-        if not chunks:
-            log.warning("nothing to synthesise in %r", text[:80])
-            self.last_stats.update(audio_s=0.0, synth_s=t1 - t0, rtf=0.0, chunks=0.0)
-            return np.zeros(0, dtype=np.float32)
-        pause = torch.full((1, round(self.pause_s * SPEECH_OUT_MEL.sample_rate / SPEECH_OUT_MEL.hop_length),
-                            SPEECH_OUT_MEL.n_mels), float(np.log(LOG_FLOOR)), device=self.device)
-        mels = []
-        for k, c in enumerate(chunks):
-            if k:
-                mels.append(pause)
-            mels.append(self.decode(c))
-        mel = torch.cat(mels, dim=1)
-        t2 = time.perf_counter()
-        wav = (vocode(self.vocoder, mel) if self.vocoder is not None else mel_to_wav(mel, n_iter=self.gl_iters))
-        wav = wav[0].float().cpu().numpy().astype(np.float32)
-        t3 = time.perf_counter()
-        audio_s = len(wav) / SAMPLE_RATE
-        self.last_stats.update(audio_s=audio_s, talker_s=t1 - t0, codec_s=t2 - t1, vocoder_s=t3 - t2,
-                               synth_s=t3 - t0, rtf=(t3 - t0) / max(audio_s, 1e-9), chunks=float(len(chunks)),
-                               frames=float(mel.shape[1]))
-        return wav
+        """text -> (N,) float32 at 16 kHz: ``stream``'s chunks joined. Empty text, or text with no
+        readable character, gives an empty array (and a warning), not an error: a chat turn may have
+        nothing to say aloud."""
+        chunks = list(self.stream(text, seed))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def _radius(self, kind: str) -> int:
+        """The codec decoder's / HiFi-GAN's receptive radius in input frames, probed once."""
+        if kind not in self._radii:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            if kind == "codec":
+                K = self.codec.codebook_size
+                ex = torch.randint(0, K, (1, 96, self.talker.cfg.n_codebooks), generator=gen).to(self.device)
+                self._radii[kind] = probe_radius(self.codec.decode, ex, self.codec.frames_per_code,
+                                                 lambda c: (c + 1) % K)
+            else:
+                ex = (torch.randn(1, 128, SPEECH_OUT_MEL.n_mels, generator=gen) - 4).to(self.device)
+                self._radii[kind] = probe_radius(lambda m: vocode(self.vocoder, m), ex,
+                                                 SPEECH_OUT_MEL.hop_length, lambda f: f + 1.0)
+        return self._radii[kind]
+
+    def stream(self, text: str | Iterable[str], seed: int | None = None) -> Iterator[np.ndarray]:
+        """Text, or the pieces of a reply as they are written -> 16 kHz float32 chunks, each yielded
+        as soon as it is final (``Utterance.say`` for each piece); ``last_stats`` is the utterance's
+        ``stats()`` once the generator is exhausted."""
+        utt = self.start(seed)
+        for piece in [text] if isinstance(text, str) else text:
+            yield from utt.say(piece)
+        self.last_stats = utt.stats()
+        if not utt.n_chunks:
+            log.warning("nothing to synthesise in %r", text[:80] if isinstance(text, str) else "the reply")
+
+    def start(self, seed: int | None = None) -> "Utterance":
+        """A new spoken reply that text is added to piece by piece (live chat)."""
+        return Utterance(self, seed)
+
+    def _speak(self, ids: list[int], gen: torch.Generator | None, spent: dict[str, float]) -> Iterator[np.ndarray]:
+        """One chunk's Talker ids -> its samples, a block at a time; adds the time of each part to ``spent``
+        and the chunk's mel frame count as spent["frames"]."""
+        codec = LocalStream(self.codec.decode, self._radius("codec"), self.codec.frames_per_code)
+        voc = (LocalStream(lambda m: vocode(self.vocoder, m), self._radius("hifigan"), SPEECH_OUT_MEL.hop_length)
+               if self.vocoder is not None else BlockGriffinLim(inverter(self.device), n_iter=self.gl_iters))
+        frames = 0
+        groups = self.talker.generate_iter(ids, self.temperature, self.top_k, generator=gen)
+        while True:
+            t0 = time.perf_counter()
+            group = next(groups, None)
+            t1 = time.perf_counter()
+            spent["talker_s"] += t1 - t0
+            mel = codec.push(group.to(self.device)) if group is not None else codec.finish()
+            t2 = time.perf_counter()
+            spent["codec_s"] += t2 - t1
+            wav = None
+            if mel is not None and mel.shape[0]:
+                frames += mel.shape[0]
+                wav = voc.push(mel.float())
+            if group is None:
+                tail = voc.finish()
+                wav = tail if wav is None else torch.cat([wav, tail])
+            spent["vocoder_s"] += time.perf_counter() - t2
+            if wav is not None and wav.numel():
+                yield wav.float().cpu().numpy().astype(np.float32)
+            if group is None:
+                spent["frames"] = frames
+                return
+
+
+class Utterance:
+    """One spoken reply built piece by piece: ``say(text)`` yields that text's audio as it becomes
+    final, after ``pause_s`` of silence when something was said before. Codes come a group at a
+    time from the Talker, the codec decodes them with its receptive field of context (LocalStream),
+    and the vocoder turns the final mel frames into samples (BlockGriffinLim, or HiFi-GAN through
+    LocalStream). ``stats()``: audio_s, first_audio_s (creation -> first chunk), seconds per part,
+    synth_s, rtf, chunks, frames, dropped_chars."""
+
+    def __init__(self, synth: Synthesizer, seed: int | None) -> None:
+        self.synth = synth
+        self.gen = torch.Generator(device=synth.device).manual_seed(seed) if seed is not None else None
+        self.t_start = time.perf_counter()
+        self.spent = {"talker_s": 0.0, "codec_s": 0.0, "vocoder_s": 0.0}
+        self.n_chunks = self.n_frames = self.n_samples = 0
+        self.first: float | None = None
+        self.synth.last_stats = {}
+
+    @torch.no_grad()
+    def say(self, text: str) -> Iterator[np.ndarray]:
+        for ids in self.synth.pieces(text):
+            if self.n_chunks:
+                pause = np.zeros(round(self.synth.pause_s * SAMPLE_RATE), dtype=np.float32)
+                self.n_samples += len(pause)
+                yield pause
+            self.n_chunks += 1
+            for wav in self.synth._speak(ids, self.gen, self.spent):
+                if self.first is None:
+                    self.first = time.perf_counter() - self.t_start
+                self.n_samples += len(wav)
+                yield wav
+            self.n_frames += int(self.spent.pop("frames"))
+
+    def stats(self) -> dict[str, float]:
+        synth = sum(self.spent.values())
+        audio_s = self.n_samples / SAMPLE_RATE
+        return {**self.spent, "audio_s": audio_s, "synth_s": synth, "rtf": synth / audio_s if audio_s else 0.0,
+                "first_audio_s": self.first if self.first is not None else float("nan"),
+                "chunks": float(self.n_chunks), "frames": float(self.n_frames),
+                "dropped_chars": self.synth.last_stats.get("dropped_chars", 0.0)}

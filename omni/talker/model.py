@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -261,7 +262,17 @@ class Talker(nn.Module):
     def generate(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
                  max_groups: int | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step.
+        """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step: ``generate_iter``'s
+        groups joined."""
+        groups = list(self.generate_iter(text_ids, temperature, top_k, max_groups, use_cache, generator))
+        return torch.cat(groups, dim=0)
+
+    @torch.no_grad()
+    def generate_iter(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
+                      max_groups: int | None = None, use_cache: bool = True,
+                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """One text's ids -> its groups of codes (frames_per_step, n_q), each yielded as soon as it is
+        picked (streaming speech decodes them while the next ones are generated).
 
         Stops when the stop flag's probability passes 0.5 or after ``max_groups`` (default from the
         text length). temperature 0 is greedy per codebook; otherwise sampled, top_k 0 = all codes.
@@ -282,18 +293,20 @@ class Talker(nn.Module):
             log.warning("generation limited to %d groups by ctx_len %d", limit, self.cfg.ctx_len)
         cache = self.new_cache(1, text.shape[1] + 1 + limit) if use_cache else None
         x = self.embed_prefix(text)
-        step_in, out = x, []
-        for _ in range(limit):
-            h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
-            if out and torch.sigmoid(self.stop_logit(h.float())).item() > 0.5:
-                break
-            group = self.pick_groups(h[0].float(), lambda logits: sample_codes(logits, temperature, top_k, generator))
-            out.append(group)
-            emb = self.embed_groups(group[None, None])
-            step_in = emb
-            x = torch.cat([x, emb], dim=1)
-        self.train(was_training)
-        return torch.cat(out, dim=0)
+        step_in = x
+        try:
+            for k in range(limit):
+                h = self.hidden(step_in if use_cache else x, cache=cache)[:, -1]
+                if k and torch.sigmoid(self.stop_logit(h.float())).item() > 0.5:
+                    break
+                group = self.pick_groups(h[0].float(),
+                                         lambda logits: sample_codes(logits, temperature, top_k, generator))
+                yield group
+                emb = self.embed_groups(group[None, None])
+                step_in = emb
+                x = torch.cat([x, emb], dim=1)
+        finally:
+            self.train(was_training)
 
 
 def sample_codes(logits: torch.Tensor, temperature: float, top_k: int,
