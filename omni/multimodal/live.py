@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,6 +25,15 @@ from omni.speech.synthesis import Synthesizer
 class Cancelled(KeyboardInterrupt):
     """Raised from inside a turn (``should_stop`` said so) to end it like Ctrl-C does: the session
     keeps the reply as far as it got (ChatSession.ask raises ReplyInterrupted)."""
+
+
+class SpeechInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a cancel) arrived while the end of a finished reply was being spoken: the reply is
+    complete and in the session's history, its speech was cut."""
+
+    def __init__(self, reply: str, stats: TurnStats) -> None:
+        super().__init__("speech interrupted")
+        self.reply, self.stats = reply, stats
 
 
 @dataclasses.dataclass
@@ -44,7 +53,8 @@ def live_turn(session: ChatSession, text: str, voice: Synthesizer | None = None,
     """Answer ``text`` (with the session's attached media); with a ``voice`` speak the reply as it
     is written. ``on_text`` gets each new piece of reply text, ``on_audio`` each 16 kHz float32
     chunk as soon as it is final. ``should_stop()`` is polled between tokens and audio blocks; True
-    cancels the turn (Cancelled, a KeyboardInterrupt: ReplyInterrupted comes out of ask).
+    cancels the turn (Cancelled, a KeyboardInterrupt: ReplyInterrupted comes out of ask while the
+    reply is being written, SpeechInterrupted once it is complete and only its speech was left).
 
     Raises ValueError when the message does not fit the context (ChatSession.ask)."""
     t0 = time.perf_counter()
@@ -76,9 +86,12 @@ def live_turn(session: ChatSession, text: str, voice: Synthesizer | None = None,
 
     reply, stats = session.ask(text, on_text=got_text)
     if pieces is not None:
-        # ask catches Ctrl-C only while the Thinker runs; here the reply is complete and kept
-        for piece in pieces.flush():
-            speak(piece)
+        try:
+            for piece in pieces.flush():
+                speak(piece)
+        except KeyboardInterrupt as e:
+            # ask handles Ctrl-C only while the Thinker writes; here the reply is complete and kept
+            raise SpeechInterrupted(reply, stats) from e
     total = time.perf_counter() - t0
     audio = (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)) if voice is not None else None
     return LiveTurn(reply, stats, utt.stats() if utt is not None else {}, first[0] if first else None, total, audio)

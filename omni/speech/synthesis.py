@@ -94,7 +94,7 @@ class Synthesizer:
 
     @classmethod
     def load(cls, ckpt_dir: str | Path, device: str | torch.device = "cpu", vocoder: str = "griffinlim",
-             vocoder_dir: str | Path = VOCODER_DIR, **kw) -> "Synthesizer":
+             vocoder_dir: str | Path = VOCODER_DIR, **kw) -> Synthesizer:
         """``ckpt_dir`` as written by train_talker.py: ``talker/`` (its ``best/`` if present) with
         config.json, model.safetensors, text_vocab.json, the codec it was trained on (``codec/``) and
         codec.json naming that folder relative to the Talker folder, with the codec weights' SHA-1.
@@ -182,7 +182,7 @@ class Synthesizer:
         if not utt.n_chunks:
             log.warning("nothing to synthesise in %r", text[:80] if isinstance(text, str) else "the reply")
 
-    def start(self, seed: int | None = None) -> "Utterance":
+    def start(self, seed: int | None = None) -> Utterance:
         """A new spoken reply that text is added to piece by piece (live chat)."""
         return Utterance(self, seed)
 

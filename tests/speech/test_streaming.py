@@ -59,7 +59,7 @@ def test_every_character_comes_out_once_in_order_and_pieces_fit(text, deltas, ma
 def test_probe_radius_finds_a_conv_stacks_reach():
     torch.manual_seed(0)
     convs = torch.nn.Sequential(torch.nn.Conv1d(3, 3, 5, padding=2), torch.nn.Conv1d(3, 3, 3, padding=3, dilation=3))
-    fn = lambda x: convs(x.transpose(1, 2)).transpose(1, 2)  # noqa: E731
+    fn = lambda x: convs(x.transpose(1, 2)).transpose(1, 2)
     # reach 2 + 3 = 5 frames; one more for safety
     assert probe_radius(fn, torch.randn(1, 40, 3), 1, lambda f: f + 1) == 6
 
@@ -191,8 +191,9 @@ def test_pieces_said_one_by_one_equal_the_pieces_said_at_once(tiny):
 
 def test_live_turn_speaks_before_the_reply_is_written(tiny, monkeypatch):
     """The first audio chunk is handed out while the Thinker is still writing."""
-    import omni.multimodal.chat as chat_lib
     from export.tiny_checkpoints import build_sft
+
+    import omni.multimodal.chat as chat_lib
     from omni.multimodal.chat import ChatSession
     from omni.multimodal.live import live_turn
     from omni.multimodal.stage import load_omni
