@@ -8,7 +8,6 @@ Writes a JSON of every turn with --out. How untrained models are timed: omni/too
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -19,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from omni.cli.common import add_vocoder_args, vocoder_kwargs
+from omni.cli.parser import Parser
 from omni.tools.bench import cpu_model
 from omni.tools.latency import build_untrained_default, codec_chunk_error_db, run
 
@@ -26,14 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0], epilog=__doc__)
     p.add_argument("--ckpt", help="Stage E checkpoint folder")
     p.add_argument("--talker", help="Stage D checkpoint folder")
     p.add_argument("--untrained-default", action="store_true",
                    help="build default-size models with untrained weights and script their replies")
-    p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--vocoder", default="griffinlim", choices=["griffinlim", "hifigan"])
+    p.add_argument("--turns", type=int, default=20, help="measured turns (after three warm-up turns)")
+    add_vocoder_args(p)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", help="write the full result (every turn) to this JSON file")
     args = p.parse_args(argv)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             sft, talker = Path(args.ckpt), Path(args.talker)
         else:
             p.error("give --ckpt and --talker, or --untrained-default")
-        res = run(sft, talker, args.turns, args.untrained_default, args.vocoder)
+        res = run(sft, talker, args.turns, args.untrained_default, vocoder_kwargs(args.vocoder))
         res["codec_chunked_vs_whole_db"] = codec_chunk_error_db(talker)
     res.update(cpu=cpu_model(), torch=torch.__version__, python=platform.python_version())
     print(f"{res['cpu']}, {res['threads']} threads, torch {res['torch']}, vocoder {res['vocoder']}, "
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         s = res[key]
         print(f"  {name:36s} median {s['median'] * 1000:7.0f} ms  p90 {s['p90'] * 1000:7.0f} ms  "
               f"max {s['max'] * 1000:7.0f} ms")
+    c = res["cold_first_turn"]
+    print(f"  first turn after loading (cold): time to first token {c['ttft_s'] * 1000:.0f} ms, first audio "
+          f"{c['first_audio_s'] * 1000:.0f} ms, turn {c['total_s']:.2f} s for {c['audio_s']:.2f} s of audio")
     s = res["rtf"]
     print(f"  {'streaming RTF':36s} median {s['median']:7.3f}     p90 {s['p90']:7.3f}     max {s['max']:7.3f}")
     print(f"  codec chunked vs whole decode: {res['codec_chunked_vs_whole_db']:.1f} dB")

@@ -6,7 +6,8 @@ set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 missing_of() { local p; for p in "$@"; do dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || echo "$p"; done; }
 
-APT_PACKAGES=(espeak-ng flite)
+# chromium + its driver: tests/web/test_browser.py drives the web demo in a headless browser
+APT_PACKAGES=(espeak-ng flite chromium chromium-driver)
 missing=($(missing_of "${APT_PACKAGES[@]}"))
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"

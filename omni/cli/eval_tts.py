@@ -31,7 +31,7 @@ from omni.audio.stage import load_asr, transcriber
 from omni.cli.common import add_talker_args, non_negative, positive
 from omni.codec.rvq import usage_stats
 from omni.codec.stage import load_codec
-from omni.speech.griffinlim import mel_to_wav
+from omni.speech.griffinlim import block_mel_to_wav
 from omni.speech.intelligibility import cer_wer, codec_path, griffinlim_path, original_path, read_rows, report_paths
 from omni.speech.synthesis import Synthesizer
 
@@ -57,7 +57,7 @@ def teacher_forced_path(synth: Synthesizer, n_iter: int):
         codes = synth.codec.encode(logmel(torch.from_numpy(audio)[None]))[0, :, :synth.talker.cfg.n_codebooks]
         ids, _ = synth.vocab.encode(text)
         mel = synth.decode(synth.talker.teacher_forced(ids, codes))
-        return mel_to_wav(mel, n_iter=n_iter)[0].numpy()
+        return block_mel_to_wav(mel, n_iter=n_iter).numpy()
     return run
 
 

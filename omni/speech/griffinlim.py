@@ -271,3 +271,11 @@ class BlockGriffinLim:
         self.out = torch.cat([self.out, new])
         self.done = b
         return new
+
+
+def block_mel_to_wav(log_mel: torch.Tensor, n_iter: int = 32) -> torch.Tensor:
+    """Speech-out log-mel (T, 128) or (1, T, 128) -> ((T - 1) * 256,) through BlockGriffinLim, the
+    Griffin-Lim the Synthesizer speaks with (so baselines on true mels hear the same vocoder)."""
+    mel = log_mel[0] if log_mel.dim() == 3 else log_mel
+    blocks = BlockGriffinLim(inverter(mel.device), n_iter=n_iter)
+    return torch.cat([blocks.push(mel), blocks.finish()])

@@ -29,7 +29,7 @@ from omni.audio.features import SPEECH_OUT_MEL, AudioError, LogMel, load_audio
 from omni.codec.model import MelCodec
 from omni.data import DataError
 from omni.manifest import Manifest
-from omni.speech.griffinlim import mel_to_wav
+from omni.speech.griffinlim import block_mel_to_wav
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,18 @@ def original_path() -> SynthPath:
 
 
 def griffinlim_path(n_iter: int = 32, device: torch.device | str = "cpu") -> SynthPath:
-    """Ground-truth speech-out log-mel -> Griffin-Lim."""
+    """Ground-truth speech-out log-mel -> Griffin-Lim (block-wise, as the Synthesizer speaks)."""
     logmel = LogMel(SPEECH_OUT_MEL).to(device)
 
     def run(text: str, audio: np.ndarray) -> np.ndarray:
         mel = logmel(torch.from_numpy(audio).to(device)[None])
-        return mel_to_wav(mel, n_iter=n_iter)[0].cpu().numpy()
+        return block_mel_to_wav(mel, n_iter=n_iter).cpu().numpy()
     return run
 
 
 def codec_path(codec: MelCodec, n_iter: int = 32, keep: int | None = None) -> SynthPath:
     """Ground-truth log-mel -> codec.encode -> codec.decode (of the first ``keep`` codebooks; all
-    by default) -> Griffin-Lim (codec's device)."""
+    by default) -> block-wise Griffin-Lim (codec's device)."""
     device = next(codec.parameters()).device
     logmel = LogMel(SPEECH_OUT_MEL).to(device)
 
@@ -112,7 +112,7 @@ def codec_path(codec: MelCodec, n_iter: int = 32, keep: int | None = None) -> Sy
     def run(text: str, audio: np.ndarray) -> np.ndarray:
         mel = logmel(torch.from_numpy(audio).to(device)[None])
         recon = codec.decode(codec.encode(mel), keep)[:, :mel.shape[1]]
-        return mel_to_wav(recon, n_iter=n_iter)[0].cpu().numpy()
+        return block_mel_to_wav(recon, n_iter=n_iter).cpu().numpy()
     return run
 
 

@@ -133,7 +133,7 @@ def summary(values: list[float]) -> dict[str, float]:
             "min": v[0], "max": v[-1], "mean": statistics.fmean(v)}
 
 
-def run(sft_dir: Path, talker_dir: Path, n_turns: int, scripted_replies: bool, vocoder: str,
+def run(sft_dir: Path, talker_dir: Path, n_turns: int, scripted_replies: bool, vocoder: dict,
         max_new_tokens: int = 64) -> dict:
     from omni.multimodal.chat import ChatSession, Sampling
     from omni.multimodal.live import live_turn
@@ -142,13 +142,20 @@ def run(sft_dir: Path, talker_dir: Path, n_turns: int, scripted_replies: bool, v
 
     cpu = torch.device("cpu")
     model, tok, _ = load_omni(sft_dir, cpu)
-    voice = Synthesizer.load(talker_dir, cpu, vocoder=vocoder)
+    voice = Synthesizer.load(talker_dir, cpu, **vocoder)  # vocoder: omni.cli.common.vocoder_kwargs
     stop_id = tok.special["<|end|>"]
     rows = []
     prompts = ["What do you see?", "Tell me about it.", "What is that sound?", "Hello!"]
-    warm = ChatSession(model, tok, Sampling(max_new_tokens=8))
-    with scripted(tok.encode(REPLIES[0]), stop_id, voice, []) if scripted_replies else _null():
-        live_turn(warm, prompts[0], voice)           # first-call costs (allocations, radius probes)
+    # The first turns after loading are slower (torch and oneDNN set up kernels per new shape): the
+    # first one is reported as "cold", and three turns warm up before the measured ones.
+    cold = None
+    for k in range(3):
+        warm = ChatSession(model, tok, Sampling(max_new_tokens=max_new_tokens))
+        with scripted(tok.encode(REPLIES[-1 - k]), stop_id, voice, []) if scripted_replies else _null():
+            turn = live_turn(warm, prompts[k % len(prompts)], voice)
+        if cold is None:
+            cold = {"ttft_s": turn.stats.ttft_s, "first_audio_s": turn.first_audio_s, "total_s": turn.total_s,
+                    "audio_s": turn.speech["audio_s"]}
     for k in range(n_turns):
         reply_text = REPLIES[k % len(REPLIES)]
         ids = tok.encode(reply_text)
@@ -169,7 +176,7 @@ def run(sft_dir: Path, talker_dir: Path, n_turns: int, scripted_replies: bool, v
                     wav = voice.synthesize(reply)
                     row.update(full_reply_wait_s=time.perf_counter() - t0, full_audio_s=len(wav) / 16000)
         rows.append(row)
-    out = {"turns": len(rows), "scripted": scripted_replies, "vocoder": voice.vocoder_name,
+    out = {"turns": len(rows), "scripted": scripted_replies, "vocoder": voice.vocoder_name, "cold_first_turn": cold,
            "threads": torch.get_num_threads(), "rows": rows}
     for key in ("ttft_s", "first_audio_s", "rtf", "full_reply_wait_s", "audio_s"):
         out[key] = summary([r[key] for r in rows if r.get(key) is not None])

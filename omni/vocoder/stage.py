@@ -17,7 +17,7 @@ from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_con
 from omni.engine.runtime import Runtime
 from omni.engine.training import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
-from omni.speech.griffinlim import mel_to_wav
+from omni.speech.griffinlim import block_mel_to_wav
 from omni.vocoder.model import GanConfig, Generator, HifiGan, VocoderConfig, vocode
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def mel_distance(wav: torch.Tensor, mel: torch.Tensor) -> float:
 
 
 class VocoderValidation:
-    """val_mel_l1 of the generator and, measured once on the same mels, of Griffin-Lim."""
+    """val_mel_l1 of the generator and, measured once on the same mels, of Griffin-Lim (the block-wise
+    one the Synthesizer speaks with)."""
 
     def __init__(self, mels: list[torch.Tensor], gl_iters: int) -> None:
         self.mels, self.gl_iters, self.gl = mels, gl_iters, None
@@ -102,7 +103,8 @@ class VocoderValidation:
         device = next(model.parameters()).device
         mels = [m.to(device) for m in self.mels]
         if self.gl is None:
-            self.gl = float(np.mean([mel_distance(mel_to_wav(m.float(), n_iter=self.gl_iters), m) for m in mels]))
+            self.gl = float(np.mean([mel_distance(block_mel_to_wav(m.float(), n_iter=self.gl_iters)[None], m)
+                                     for m in mels]))
         ours = float(np.mean([mel_distance(vocode(model.generator, m.float()), m) for m in mels]))
         return {"val_mel_l1": ours, "val_gl_mel_l1": self.gl, "val_items": float(len(mels))}
 
