@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from omni.audio.features import SPEECH_OUT_MEL, LogMel  # noqa: E402
-from omni.cli.parser import Parser  # noqa: E402
-from omni.speech.griffinlim import block_mel_to_wav, inverter, mel_to_wav, spectral_convergence  # noqa: E402
-from omni.speech.intelligibility import original_path, read_rows, report_paths  # noqa: E402
-from omni.tools.bench import cpu_model  # noqa: E402
+from omni.audio.features import SPEECH_OUT_MEL, LogMel
+from omni.cli.parser import Parser
+from omni.speech.griffinlim import block_mel_to_wav, inverter, mel_to_wav, spectral_convergence
+from omni.speech.intelligibility import original_path, read_rows, report_paths
+from omni.tools.bench import cpu_model
 
 
 def main() -> int:
@@ -34,11 +34,11 @@ def main() -> int:
     args = p.parse_args()
     logmel = LogMel(SPEECH_OUT_MEL)
     gl = inverter(torch.device("cpu"))
-    whole = lambda text, audio: mel_to_wav(logmel(torch.from_numpy(audio)[None]), args.iters)[0].numpy()  # noqa: E731
-    block = lambda text, audio: block_mel_to_wav(logmel(torch.from_numpy(audio)[None]), args.iters).numpy()  # noqa: E731
+    whole = lambda text, audio: mel_to_wav(logmel(torch.from_numpy(audio)[None]), args.iters)[0].numpy()
+    block = lambda text, audio: block_mel_to_wav(logmel(torch.from_numpy(audio)[None]), args.iters).numpy()
     result = {"cpu": cpu_model(), "torch": torch.__version__, "iters": args.iters, "sets": {}}
     for csv in args.csv or ["assets/audio/clips.csv", "data/audio/tts_val.csv"]:
-        rows, skipped = read_rows(csv, 10_000)
+        rows, _ = read_rows(csv, 10_000)
         sc = {"whole": [], "block": []}
         for _, audio in rows:
             mel = logmel(torch.from_numpy(audio)[None])

@@ -22,8 +22,8 @@ from omni.multimodal.chat import ChatSession, Sampling
 from omni.multimodal.live import live_turn
 from omni.multimodal.stage import load_omni
 from omni.speech.synthesis import Synthesizer
-from omni.tools.latency import scripted
 from omni.thinker.tokenizer import train_bpe
+from omni.tools.latency import scripted
 from omni.web import server
 from omni.web.__main__ import load_voice, main
 from omni.web.server import Demo, Limits, create_app, pcm16
@@ -324,14 +324,14 @@ def test_stop_while_speaking_keeps_the_whole_reply(client, demo, slow_turns):
     # piece of text (no clause end: spoken only once written) and long enough for several audio chunks
     reply = "stop me now as I speak on"
     with scripted(demo.tok.encode(reply), demo.tok.special["<|end|>"], demo.voice, []), session(client) as (ws, _):
-        full, full_audio = turn(ws, "hello there", speech=True)
+        full, _ = turn(ws, "hello there", speech=True)
     assert full[-1]["reply"] == reply and sum(e["type"] == "audio" for e in full) >= 2
     with scripted(demo.tok.encode(reply), demo.tok.special["<|end|>"], demo.voice, []), session(client) as (ws, sid):
         ws.send_json({"type": "message", "text": "hello there", "speech": True})
         while ws.receive().get("bytes") is None:  # up to the first audio chunk
             pass
         ws.send_json({"type": "stop"})
-        events, audio = collect(ws)
+        events, _ = collect(ws)
         done = events[-1]
         assert done["stopped"] is True and done["reply"] == full[-1]["reply"]  # the text was complete
         assert done["audio_samples"] < full[-1]["audio_samples"]
