@@ -5,14 +5,17 @@
 Measures, best of --repeats, with the same number of threads on both sides:
 - Thinker greedy generation of --tokens tokens after a chat prompt (no stop): prefill ms and decode
   tokens/s. PyTorch runs its best inference path (generate_reply: KV cache, the CPU decode head).
-- a spoken reply end to end: the chat turn (prompt -> reply text), then the reply spoken (Talker ->
-  codec -> Griffin-Lim), in seconds.
+- a fixed reply spoken as chat streams it (Talker groups -> chunked codec -> block Griffin-Lim or
+  chunked HiFi-GAN, chunks yielded as they are final): time to the first audio chunk, the whole
+  synthesis and its real-time factor (medians over --repeats, after one warm-up). Greedy codes on both
+  sides, so both do the same work (an untrained Talker speaks to its length limit on both).
 Prints a table and one JSON line.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,24 @@ from omni.multimodal.template import Turn, build_sequence
 from omni.speech.synthesis import Synthesizer
 
 PROMPT = "Continue the text: the old man walked down to the harbour and"
+REPLY = "I see a red kettle on the table. It is next to a blue cup, and the window is open."
+
+
+def spoken(chunks, repeats: int) -> dict[str, float]:
+    """``chunks()`` -> an iterator of audio chunks: one warm-up pass, then the medians over ``repeats``
+    passes of the time to the first chunk and to the last, and the real-time factor."""
+    def once():
+        t0 = time.perf_counter()
+        first, n = None, 0
+        for wav in chunks():
+            first = time.perf_counter() - t0 if first is None else first
+            n += len(wav)
+        return first, time.perf_counter() - t0, n / 16000
+    once()
+    got = [once() for _ in range(repeats)]
+    total = statistics.median(g[1] for g in got)
+    return {"first_audio_s": statistics.median(g[0] for g in got), "speech_s": total, "audio_s": got[0][2],
+            "rtf": total / got[0][2]}
 
 
 def best(fn, repeats: int):
@@ -46,14 +67,9 @@ def bench_torch(model, tok, synth, tokens: int, repeats: int) -> dict[str, float
     with torch.no_grad():
         prefill, _ = best(lambda: generate_reply(model, x, 1, ()), repeats)
         total, _ = best(lambda: generate_reply(model, x, n, ()), repeats)
-        stop = (tok.special["<|end|>"], tok.special["<|eos|>"])
-
-        def spoken():
-            reply = tok.decode(generate_reply(model, model.thinker.tok_emb(torch.tensor([seq.ids])), 32, stop)).strip()
-            return synth.synthesize(reply or "hello") if synth else None
-        e2e, _ = best(spoken, repeats)
+    speech = spoken(lambda: synth.stream(REPLY), repeats) if synth is not None else {}
     return {"prefill_ms": prefill * 1000, "decode_tok_s": (n - 1) / max(total - prefill, 1e-9), "tokens": n,
-            "spoken_reply_s": e2e}
+            **speech}
 
 
 def bench_onnx(folder: Path, tokens: int, repeats: int, threads: int) -> dict[str, float]:
@@ -65,17 +81,9 @@ def bench_onnx(folder: Path, tokens: int, repeats: int, threads: int) -> dict[st
     m.generate(*x, 2, (), R.Sampling(), rng)                      # load the sessions outside the timing
     prefill, _ = best(lambda: m.generate(*x, 1, (), R.Sampling(), rng), repeats)
     total, _ = best(lambda: m.generate(*x, n, (), R.Sampling(), rng), repeats)
-    stop = (m.special["<|end|>"], m.special["<|eos|>"])
-    speech = m.cfg.get("speech") is not None
-    if speech:
-        m.synthesize("warm up")
-
-    def spoken():
-        reply = m.decode(m.generate(*x, 32, stop, R.Sampling(), rng)).strip()
-        return m.synthesize(reply or "hello") if speech else None
-    e2e, _ = best(spoken, repeats)
+    speech = spoken(lambda: m.voice.start().say(REPLY), repeats) if m.cfg.get("speech") else {}
     return {"prefill_ms": prefill * 1000, "decode_tok_s": (n - 1) / max(total - prefill, 1e-9), "tokens": n,
-            "spoken_reply_s": e2e}
+            **speech}
 
 
 def main() -> int:
@@ -97,9 +105,10 @@ def main() -> int:
     if (int8 / "config.json").is_file():
         rows["onnx_int8"] = bench_onnx(int8, args.tokens, args.repeats, args.threads)
     print(f"threads {args.threads}, {os.cpu_count()} cores, torch {torch.__version__}, batch 1, greedy")
-    print(f"{'path':<10} {'prefill ms':>10} {'decode tok/s':>13} {'spoken reply s':>15}")
+    print(f"{'path':<10} {'prefill ms':>10} {'decode tok/s':>13} {'first audio ms':>15} {'speech s':>9} {'RTF':>6}")
     for name, r in rows.items():
-        print(f"{name:<10} {r['prefill_ms']:>10.1f} {r['decode_tok_s']:>13.1f} {r['spoken_reply_s']:>15.3f}")
+        speech = f"{r['first_audio_s'] * 1000:>15.0f} {r['speech_s']:>9.3f} {r['rtf']:>6.3f}" if "rtf" in r else ""
+        print(f"{name:<10} {r['prefill_ms']:>10.1f} {r['decode_tok_s']:>13.1f} {speech}")
     base = rows["pytorch"]["decode_tok_s"]
     for r in rows.values():
         r["decode_speedup_vs_pytorch"] = r["decode_tok_s"] / base

@@ -41,7 +41,7 @@ from onnx import numpy_helper
 from safetensors.torch import load_file
 from torch import nn
 
-from omni.audio.features import ENCODER_MEL, LOG_FLOOR, SPEECH_OUT_MEL, LogMel
+from omni.audio.features import ENCODER_MEL, SPEECH_OUT_MEL, LogMel
 from omni.engine.checkpoint import MODEL_FILE, best_or_self
 from omni.export import graphs as G
 from omni.images import MAX_SIDE, MEAN, STD
@@ -400,7 +400,8 @@ def sha256(path: Path) -> str:
 
 
 def runtime_config(src: Sources) -> dict[str, Any]:
-    from omni.speech.synthesis import DEFAULT_CHUNK_CHARS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    from omni.speech.griffinlim import BlockGriffinLim, inverter
+    from omni.speech.synthesis import Synthesizer
     from omni.talker.text import START
 
     omni = src.omni
@@ -419,19 +420,23 @@ def runtime_config(src: Sources) -> dict[str, Any]:
     }
     if src.talker is not None:
         c = src.talker.cfg
+        # the Synthesizer's own settings, so that the runtime speaks as chat does
+        synth = Synthesizer(src.talker, src.vocab, src.codec, torch.device("cpu"), src.vocoder)
+        blocks = BlockGriffinLim(inverter(torch.device("cpu")), n_iter=synth.gl_iters)
         cfg["speech"] = {
             "talker": {"d_model": c.d_model, "n_layers": c.n_layers, "n_kv_heads": c.n_kv_heads,
                        "head_dim": c.d_model // c.n_heads, "ctx_len": c.ctx_len, "frames_per_step": c.frames_per_step,
                        "n_codebooks": c.n_codebooks, "codebook_size": c.codebook_size,
                        "max_text_chars": c.max_text_chars, "max_frames_per_char": c.max_frames_per_char,
                        "depth": src.talker.depth is not None, "start_id": START, "text_input": c.text_input},
-            "text_vocab": "text_vocab.json", "chunk_chars": min(DEFAULT_CHUNK_CHARS, c.max_text_chars),
-            "pause_frames": round(0.15 * SPEECH_OUT_MEL.sample_rate / SPEECH_OUT_MEL.hop_length),
-            "log_floor": LOG_FLOOR, "frames_per_code": src.codec.frames_per_code,
+            "text_vocab": "text_vocab.json", "chunk_chars": synth.chunk_chars, "pause_s": synth.pause_s,
+            "frames_per_code": src.codec.frames_per_code, "codec_radius": synth.radius("codec"),
             "mel": {"n_fft": SPEECH_OUT_MEL.n_fft, "hop": SPEECH_OUT_MEL.hop_length, "n_mels": SPEECH_OUT_MEL.n_mels},
             "vocoder": src.vocoder_choice if src.vocoder is not None else "griffinlim",
-            "has_vocoder": src.vocoder is not None, "gl_iters": 32,
-            "temperature": DEFAULT_TEMPERATURE, "top_k": DEFAULT_TOP_K}
+            "has_vocoder": src.vocoder is not None,
+            "vocoder_radius": synth.radius("hifigan") if src.vocoder is not None else None,
+            "gl_iters": synth.gl_iters, "gl_block": {"block": blocks.block, "left": blocks.left, "ahead": blocks.ahead},
+            "temperature": synth.temperature, "top_k": synth.top_k}
     return cfg
 
 

@@ -9,16 +9,16 @@ a machine without torch. It ports what chat needs from the PyTorch code, step fo
 template (omni/multimodal/template.py), eval image preprocessing (omni/images.py), the encoder
 log-mel (omni/audio/features.py), ``generate_reply`` (prefill, then one-token decode steps over an
 explicit KV cache), sampling (temperature / top-k / top-p, in numpy), the Talker's generation loop
-with its depth chain (omni/talker/model.py), text chunking (omni/speech/synthesis.py), the codec
-decoder and Griffin-Lim (omni/export/dsp.py) or the exported HiFi-GAN. omni/export/parity.py
-checks each port against PyTorch when exporting.
+with its depth chain (omni/talker/model.py), and streaming speech as chat speaks (the reply cut into
+pieces as it is written, the codec decoder and HiFi-GAN run in chunks with their receptive radius of
+context, block-wise Griffin-Lim in omni/export/dsp.py; omni/speech/streaming.py describes the
+design). omni/export/parity.py checks each port against PyTorch when exporting.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +31,7 @@ import soundfile as sf
 from tokenizers import Tokenizer as HFTokenizer
 
 from omni.cli.parser import Parser
-from omni.export.dsp import GriffinLim, log_mel
+from omni.export.dsp import log_mel
 from omni.export.ports import (
     AUDIO,
     IMAGE,
@@ -44,10 +44,9 @@ from omni.export.ports import (
     build_sequence,
     load_audio,
     load_image,
-    sample_codes,
     sample_next,
 )
-from omni.speech.chunks import split_text
+from omni.export.voice import OnnxVoice, live_turn
 
 
 # ---------------------------------------------------------------- the model
@@ -77,7 +76,16 @@ class OnnxOmni:
         self.th = self.cfg["thinker"]
         speech = self.cfg.get("speech")
         self.vocab = TextVocab(self.dir / speech["text_vocab"]) if speech else None
-        self._gl: GriffinLim | None = None
+        self._voice: OnnxVoice | None = None
+
+    @property
+    def voice(self) -> OnnxVoice:
+        """The speech half: Talker, codec and vocoder (omni/export/voice.py)."""
+        if self._voice is None:
+            if not self.cfg.get("speech"):
+                raise RunError(f"{self.dir}: exported without a Talker (--talker): no speech out")
+            self._voice = OnnxVoice(self)
+        return self._voice
 
     # ------------------------------------------------ plumbing
     def verify(self) -> None:
@@ -170,94 +178,6 @@ class OnnxOmni:
                 break
             logits, k, v = self.run("thinker_decode", ids=np.asarray([[token]], dtype=np.int64), past_k=k, past_v=v)
         return out
-
-    # ------------------------------------------------ speech
-    def talker_codes(self, text_ids: list[int], temperature: float, top_k: int, rng: np.random.Generator
-                     ) -> np.ndarray:
-        """omni.talker.model.Talker.generate -> codes (T, n_q) int64."""
-        tk = self.cfg["speech"]["talker"]
-        r, n_q = tk["frames_per_step"], tk["n_codebooks"]
-        frames = math.ceil(tk["max_frames_per_char"] * max(len(text_ids), 1)) + 8
-        limit = -(-frames // r)
-        L = len(text_ids) + 1
-        if L + 1 + limit > tk["ctx_len"]:
-            limit = tk["ctx_len"] - L - 1
-            if limit < 1:
-                raise RunError(f"text of {len(text_ids)} characters leaves no room in ctx_len {tk['ctx_len']}")
-        text = np.asarray([[tk["start_id"]] + list(text_ids)], dtype=np.int64)
-        outs = self.run("talker_prefill", text=text)
-        groups: list[np.ndarray] = []
-        for _ in range(limit):
-            h, stop = outs[0], outs[1]
-            k, v = outs[-2], outs[-1]
-            if groups and 1.0 / (1.0 + math.exp(-float(stop[0]))) > 0.5:
-                break
-            if tk["depth"]:
-                group = self._depth_chain(h, temperature, top_k, rng, r, n_q)
-            else:
-                group = sample_codes(outs[2][0], temperature, top_k, rng)
-            groups.append(group)
-            outs = self.run("talker_decode", groups=group[None, None].astype(np.int64), past_k=k, past_v=v)
-        return np.concatenate(groups, axis=0)
-
-    def _depth_chain(self, h: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator,
-                     r: int, n_q: int) -> np.ndarray:
-        prev = np.zeros_like(h)
-        code = np.zeros((h.shape[0],), dtype=np.int64)
-        ids = []
-        for s in range(r * n_q):
-            logits, prev = self.run("talker_depth", hidden=h, prev=prev, code=code,
-                                    slot=np.asarray(s, dtype=np.int64))
-            code = np.asarray([sample_codes(logits[0], temperature, top_k, rng)], dtype=np.int64)
-            ids.append(int(code[0]))
-        return np.asarray(ids, dtype=np.int64).reshape(r, n_q)
-
-    def codes_to_mel(self, codes: np.ndarray) -> np.ndarray:
-        """(T, n_q) -> log-mel (T * fpc, 128)."""
-        return self.run("codec_decoder", codes=codes[None].astype(np.int64))[0][0]
-
-    def vocode(self, mel: np.ndarray, vocoder: str | None = None) -> np.ndarray:
-        sp = self.cfg["speech"]
-        vocoder = vocoder or sp["vocoder"]
-        if vocoder == "hifigan":
-            return self.run("vocoder", mel=mel[None].astype(np.float32))[0][0]
-        if self._gl is None:
-            fe = self.frontend
-            self._gl = GriffinLim(fe["speech_fb"], fe["speech_fb_pinv"], fe["speech_window"],
-                                  sp["mel"]["n_fft"], sp["mel"]["hop"])
-        return self._gl(mel, n_iter=sp["gl_iters"])
-
-    def speech_chunks(self, text: str) -> list[list[int]]:
-        """Raw text -> the Talker ids of each chunk (Synthesizer.codes' text side)."""
-        sp = self.cfg.get("speech")
-        if not sp:
-            raise RunError(f"{self.dir}: exported without a Talker (--talker): no speech out")
-        if self.vocab.kind != "chars":
-            raise RunError("this Talker reads phonemes (espeak-ng); the torch-free runtime speaks only "
-                                "with character Talkers")
-        clean, _ = self.vocab.normalize(text)
-        pieces = [self.vocab.ids(p) for p in split_text(clean, sp["chunk_chars"])]
-        return [p for p in pieces if p]
-
-    def synthesize(self, text: str, seed: int | None = None, temperature: float | None = None,
-                   top_k: int | None = None, vocoder: str | None = None) -> np.ndarray:
-        """text -> (N,) float32 at 16 kHz; empty when nothing is speakable (Synthesizer.synthesize)."""
-        sp = self.cfg["speech"] if self.cfg.get("speech") else None
-        chunks = self.speech_chunks(text)
-        if not chunks:
-            return np.zeros(0, dtype=np.float32)
-        temperature = sp["temperature"] if temperature is None else temperature
-        top_k = sp["top_k"] if top_k is None else top_k
-        rng = np.random.default_rng(seed)
-        pause = np.full((sp["pause_frames"], sp["mel"]["n_mels"]), np.float32(math.log(sp["log_floor"])),
-                        dtype=np.float32)
-        mels = []
-        for i, ids in enumerate(chunks):
-            if i:
-                mels.append(pause)
-            mels.append(self.codes_to_mel(self.talker_codes(ids, temperature, top_k, rng)))
-        return self.vocode(np.concatenate(mels, axis=0), vocoder).astype(np.float32)
-
 
 # ---------------------------------------------------------------- a chat session
 @dataclass
@@ -361,19 +281,25 @@ def main(argv: list[str] | None = None) -> int:
             chat.attach_image(path)
         for path in args.audio:
             chat.attach_audio(path)
+        def show(delta: str) -> None:
+            print(delta, end="", flush=True)
+
         print("μOmni: ", end="", flush=True)
-        reply, stats = chat.ask(args.text, on_text=lambda s: print(s, end="", flush=True))
+        if args.audio_out:
+            utt = model.voice.start(args.seed, vocoder=args.vocoder)
+            _, stats, audio = live_turn(chat, args.text, utt, on_text=show)
+        else:
+            utt, audio = None, []
+            _, stats = chat.ask(args.text, on_text=show)
         print(flush=True)
         line = f"[ttft {stats['ttft_s'] * 1000:.0f} ms | {stats['new_tokens']} tokens"
-        if args.audio_out and reply:
-            t0 = time.perf_counter()
-            wav = model.synthesize(reply, seed=args.seed, vocoder=args.vocoder)
-            if len(wav):
-                save_wav(args.audio_out, wav)
-                secs = len(wav) / SAMPLE_RATE
-                line += f" | speech {secs:.1f} s -> {args.audio_out}, RTF {(time.perf_counter() - t0) / secs:.2f}"
-            else:
-                line += " | nothing speakable in the reply"
+        if utt is not None and audio:
+            wav = np.concatenate(audio)
+            save_wav(args.audio_out, wav)
+            line += (f" | first audio {utt.first_audio_s * 1000:.0f} ms | speech {len(wav) / SAMPLE_RATE:.1f} s -> "
+                     f"{args.audio_out}")
+        elif utt is not None:
+            line += " | nothing speakable in the reply"
         print(line + "]", flush=True)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from omni.multimodal.chat import ChatSession, TurnStats
-from omni.speech.streaming import TextPieces
+from omni.speech.chunks import TextPieces
 from omni.speech.synthesis import Synthesizer
 
 

@@ -10,66 +10,15 @@ with ``radius`` frames of context on each side, and hands out only the outputs w
 receptive field is in, so its chunks joined are exactly the function on the whole input (the radius
 is measured by ``probe_radius``, not assumed). Griffin-Lim is iterative over the whole signal and has no
 such radius; BlockGriffinLim (omni/speech/griffinlim.py) is its block-wise form and the offline
-path uses the same blocks (docs/architecture.md, "Streaming speech").
+path uses the same blocks (docs/architecture.md, "Streaming speech"). TextPieces and LocalStream
+are pure Python (omni/speech/chunks.py): the torch-free ONNX runtime streams with them too.
 """
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 
 import torch
-
-_SENTENCE_END = re.compile(r"[.!?;:]\s")
-_CLAUSE_END = re.compile(r",\s")
-
-
-class TextPieces:
-    """Reply text as it streams -> pieces to speak, cut at sentence ends, at clause ends once a piece
-    has ``min_clause`` characters, and at the last space before ``max_chars``. Every character comes
-    out exactly once, in order (``feed`` then ``flush``)."""
-
-    def __init__(self, max_chars: int, min_clause: int = 12) -> None:
-        if max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-        self.max_chars, self.min_clause = max_chars, min_clause
-        self.buf = ""
-
-    def feed(self, delta: str) -> list[str]:
-        """Add streamed text; returns the pieces it completed (possibly none)."""
-        self.buf += delta
-        out = []
-        while (cut := self._cut()) is not None:
-            piece, self.buf = self.buf[:cut].strip(), self.buf[cut:].lstrip()
-            if piece:
-                out.append(piece)
-        return out
-
-    def flush(self) -> list[str]:
-        """The text after the last cut (the reply has ended)."""
-        piece, self.buf = self.buf.strip(), ""
-        if len(piece) > self.max_chars:  # a reply ending in an over-long run of text
-            self.buf = piece
-            out = []
-            while (cut := self._cut()) is not None:
-                out.append(self.buf[:cut].strip())
-                self.buf = self.buf[cut:].lstrip()
-            piece, self.buf = self.buf.strip(), ""
-            return [p for p in out if p] + ([piece] if piece else [])
-        return [piece] if piece else []
-
-    def _cut(self) -> int | None:
-        """Where the next piece ends in the buffer, or None while it may still grow."""
-        m = _SENTENCE_END.search(self.buf)
-        if m and m.end() - 1 <= self.max_chars:
-            return m.end()
-        for m in _CLAUSE_END.finditer(self.buf):
-            if self.min_clause <= m.end() - 1 <= self.max_chars:
-                return m.end()
-        if len(self.buf) > self.max_chars:
-            space = self.buf.rfind(" ", 0, self.max_chars + 1)
-            return space + 1 if space > 0 else self.max_chars
-        return None
 
 
 def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, ratio: int,
@@ -91,37 +40,6 @@ def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tens
     if reach >= mid - 1:
         raise ValueError(f"probe_radius: the receptive field reaches the example's edge (T={T}); probe longer")
     return reach + 1
-
-
-class LocalStream:
-    """Chunked evaluation of a function with a finite receptive field: ``push`` input frames (T, ...),
-    get back the outputs that can no longer change; ``finish`` gives the rest. The chunks joined
-    equal ``fn`` on the whole input (up to float rounding of the convolutions' different lengths)."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], radius: int, ratio: int) -> None:
-        self.fn, self.radius, self.ratio = fn, radius, ratio
-        self.kept: torch.Tensor | None = None   # the inputs from global frame `base` on
-        self.base = self.n_in = 0
-        self.done = 0                           # input frames whose outputs were handed out
-
-    def push(self, x: torch.Tensor) -> torch.Tensor | None:
-        self.kept = x if self.kept is None else torch.cat([self.kept, x])
-        self.n_in += x.shape[0]
-        return self._emit(self.n_in - self.radius)
-
-    def finish(self) -> torch.Tensor | None:
-        return self._emit(self.n_in)
-
-    def _emit(self, ready: int) -> torch.Tensor | None:
-        if ready <= self.done:
-            return None
-        lo = max(0, self.done - self.radius)
-        y = self.fn(self.kept[lo - self.base:][None])[0]
-        out = y[(self.done - lo) * self.ratio:(ready - lo) * self.ratio]
-        self.done = ready
-        keep_from = max(0, ready - self.radius)     # older inputs are never looked at again
-        self.kept, self.base = self.kept[keep_from - self.base:], keep_from
-        return out
 
 
 def silence(seconds: float, sample_rate: int, device: torch.device) -> torch.Tensor:

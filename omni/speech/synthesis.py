@@ -23,9 +23,9 @@ from omni.config import config_from_dict
 from omni.engine.checkpoint import MODEL_FILE, CheckpointError, best_or_self, load_weights, read_config, read_metrics
 from omni.engine.runtime import pick_device
 from omni.files import file_sha1
-from omni.speech.chunks import split_text
+from omni.speech.chunks import LocalStream, split_text
 from omni.speech.griffinlim import BlockGriffinLim, inverter
-from omni.speech.streaming import LocalStream, probe_radius
+from omni.speech.streaming import probe_radius
 from omni.talker.data import CODEC_LINK, VOCAB_FILE
 from omni.talker.model import Talker, TalkerConfig
 from omni.talker.text import TextVocab
@@ -156,7 +156,7 @@ class Synthesizer:
         chunks = list(self.stream(text, seed))
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
-    def _radius(self, kind: str) -> int:
+    def radius(self, kind: str) -> int:
         """The codec decoder's / HiFi-GAN's receptive radius in input frames, probed once."""
         if kind not in self._radii:
             gen = torch.Generator(device="cpu").manual_seed(0)
@@ -189,8 +189,9 @@ class Synthesizer:
     def _speak(self, ids: list[int], gen: torch.Generator | None, spent: dict[str, float]) -> Iterator[np.ndarray]:
         """One chunk's Talker ids -> its samples, a block at a time; adds the time of each part to ``spent``
         and the chunk's mel frame count as spent["frames"]."""
-        codec = LocalStream(self.codec.decode, self._radius("codec"), self.codec.frames_per_code)
-        voc = (LocalStream(lambda m: vocode(self.vocoder, m), self._radius("hifigan"), SPEECH_OUT_MEL.hop_length)
+        codec = LocalStream(self.codec.decode, self.radius("codec"), self.codec.frames_per_code, torch.cat)
+        voc = (LocalStream(lambda m: vocode(self.vocoder, m), self.radius("hifigan"), SPEECH_OUT_MEL.hop_length,
+                           torch.cat)
                if self.vocoder is not None else BlockGriffinLim(inverter(self.device), n_iter=self.gl_iters))
         frames = 0
         groups = self.talker.generate_iter(ids, self.temperature, self.top_k, generator=gen)

@@ -192,7 +192,8 @@ def codec_chunk_error_db(talker_dir: Path, n_frames: int = 200) -> float:
     """The streamed codec decode (LocalStream, 2 code frames at a time) against the whole decode of
     the same random codes, in dB of error energy over signal energy."""
     from omni.codec.stage import load_codec
-    from omni.speech.streaming import LocalStream, probe_radius
+    from omni.speech.chunks import LocalStream
+    from omni.speech.streaming import probe_radius
 
     codec, _ = load_codec(Path(talker_dir) / "talker" / "codec", torch.device("cpu"))
     K, n_q = codec.codebook_size, codec.n_codebooks
@@ -201,7 +202,7 @@ def codec_chunk_error_db(talker_dir: Path, n_frames: int = 200) -> float:
     with torch.no_grad():
         radius = probe_radius(codec.decode, torch.randint(0, K, (1, 96, n_q), generator=gen),
                               codec.frames_per_code, lambda c: (c + 1) % K)
-        stream = LocalStream(codec.decode, radius, codec.frames_per_code)
+        stream = LocalStream(codec.decode, radius, codec.frames_per_code, torch.cat)
         parts = [stream.push(codes[0, i:i + 2]) for i in range(0, n_frames, 2)] + [stream.finish()]
         got = torch.cat([p for p in parts if p is not None]).double()
         whole = codec.decode(codes)[0].double()

@@ -192,4 +192,26 @@ def test_int8_copy_quantises_the_matmuls_and_still_runs(exported, tmp_path):
     m = R.OnnxOmni(tmp_path / "int8")
     ids, kinds = R.build_sequence(m.encode, m.special, [R.Turn("user", "hello")], m.cfg["system_prompt"])
     reply = m.generate(*m.inputs(ids, kinds, [], []), 5, (), R.Sampling(), np.random.default_rng(0))
-    assert len(reply) == 5 and len(m.synthesize("Red ball.")) > 0
+    assert len(reply) == 5 and len(m.voice.synthesize("Red ball.")) > 0
+
+
+@pytest.mark.parametrize("vocoder", ["griffinlim", "hifigan"])
+def test_runtime_speech_streams_the_audio_pytorch_speaks(exported, vocoder):
+    """The runtime's streamed speech (Talker groups -> chunked codec -> block Griffin-Lim or chunked
+    HiFi-GAN, a pause between text pieces) is PyTorch's Synthesizer output, sample for sample up to
+    float rounding, and its chunks joined are its offline synthesis."""
+    from omni.export import runtime as R
+    from omni.speech.synthesis import Synthesizer
+    out, _, src = exported
+    m = R.OnnxOmni(out)
+    text = "Red ball, blue box. A cat sat on the mat, and then it left."
+    synth = Synthesizer(src.talker, src.vocab, src.codec, torch.device("cpu"),
+                        src.vocoder if vocoder == "hifigan" else None, chunk_chars=m.cfg["speech"]["chunk_chars"])
+    ref = synth.synthesize(text)
+    utt = m.voice.start(vocoder=vocoder)
+    chunks = list(utt.say(text))
+    got = np.concatenate(chunks)
+    assert synth.last_stats["chunks"] >= 2 and len(chunks) > 2 and utt.first_audio_s is not None
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-3 * max(np.abs(ref).max(), 1e-3)
+    np.testing.assert_array_equal(m.voice.synthesize(text, vocoder=vocoder), got)

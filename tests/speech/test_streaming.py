@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from omni.audio.features import SPEECH_OUT_MEL, LogMel, load_audio
 from omni.codec.model import CodecConfig, MelCodec
+from omni.speech.chunks import LocalStream, TextPieces
 from omni.speech.griffinlim import BlockGriffinLim, GriffinLim, spectral_convergence
-from omni.speech.streaming import LocalStream, TextPieces, probe_radius
+from omni.speech.streaming import probe_radius
 from omni.speech.synthesis import Synthesizer
 from omni.vocoder.model import vocode
 from omni.vocoder.stage import load_generator
@@ -78,7 +79,7 @@ def codec():
 def test_chunked_codec_decoding_equals_the_whole_decode(codec, step):
     codes = torch.randint(0, 32, (1, 45, 3), generator=torch.Generator().manual_seed(1))
     radius = probe_radius(codec.decode, torch.randint(0, 32, (1, 80, 3)), 2, lambda c: (c + 1) % 32)
-    stream = LocalStream(codec.decode, radius, 2)
+    stream = LocalStream(codec.decode, radius, 2, torch.cat)
     with torch.no_grad():
         parts = [stream.push(codes[0, i:i + step]) for i in range(0, 45, step)] + [stream.finish()]
         whole = codec.decode(codes)[0]
@@ -89,7 +90,7 @@ def test_chunked_codec_decoding_equals_the_whole_decode(codec, step):
 def test_too_little_context_is_caught_by_the_comparison(codec):
     """The equality above is not automatic: a radius below the receptive field changes the output."""
     codes = torch.randint(0, 32, (1, 45, 3), generator=torch.Generator().manual_seed(1))
-    stream = LocalStream(codec.decode, 1, 2)
+    stream = LocalStream(codec.decode, 1, 2, torch.cat)
     with torch.no_grad():
         parts = [stream.push(codes[0, i:i + 2]) for i in range(0, 45, 2)] + [stream.finish()]
         whole = codec.decode(codes)[0]
@@ -173,7 +174,7 @@ def test_hifigan_chunks_equal_the_whole_mel_vocoded(tiny):
     gen = load_generator(tiny / "vocoder", torch.device("cpu"))
     mel = torch.randn(1, 70, 128, generator=torch.Generator().manual_seed(0)) - 4
     radius = probe_radius(lambda m: vocode(gen, m), torch.randn(1, 128, 128) - 4, 256, lambda f: f + 1)
-    stream = LocalStream(lambda m: vocode(gen, m), radius, 256)
+    stream = LocalStream(lambda m: vocode(gen, m), radius, 256, torch.cat)
     with torch.no_grad():
         parts = [stream.push(mel[0, i:i + 3]) for i in range(0, 70, 3)] + [stream.finish()]
         whole = vocode(gen, mel)[0]
