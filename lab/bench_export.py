@@ -8,7 +8,8 @@ Measures, best of --repeats, with the same number of threads on both sides:
 - a fixed reply spoken as chat streams it (Talker groups -> chunked codec -> block Griffin-Lim or
   chunked HiFi-GAN, chunks yielded as they are final): time to the first audio chunk, the whole
   synthesis and its real-time factor (medians over --repeats, after one warm-up). Greedy codes on both
-  sides, so both do the same work (an untrained Talker speaks to its length limit on both).
+  sides, and the Talker's stop flag ignored on both (it speaks each piece to its length limit), so
+  both do the same work whether or not the Talker is trained.
 Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -67,7 +68,10 @@ def bench_torch(model, tok, synth, tokens: int, repeats: int) -> dict[str, float
     with torch.no_grad():
         prefill, _ = best(lambda: generate_reply(model, x, 1, ()), repeats)
         total, _ = best(lambda: generate_reply(model, x, n, ()), repeats)
-    speech = spoken(lambda: synth.stream(REPLY), repeats) if synth is not None else {}
+    speech = {}
+    if synth is not None:
+        synth.talker.stop_logit = lambda h: torch.full(h.shape[:-1], -30.0)   # never stop: see the docstring
+        speech = spoken(lambda: synth.stream(REPLY), repeats)
     return {"prefill_ms": prefill * 1000, "decode_tok_s": (n - 1) / max(total - prefill, 1e-9), "tokens": n,
             **speech}
 
@@ -81,7 +85,10 @@ def bench_onnx(folder: Path, tokens: int, repeats: int, threads: int) -> dict[st
     m.generate(*x, 2, (), R.Sampling(), rng)                      # load the sessions outside the timing
     prefill, _ = best(lambda: m.generate(*x, 1, (), R.Sampling(), rng), repeats)
     total, _ = best(lambda: m.generate(*x, n, (), R.Sampling(), rng), repeats)
-    speech = spoken(lambda: m.voice.start().say(REPLY), repeats) if m.cfg.get("speech") else {}
+    speech = {}
+    if m.cfg.get("speech"):
+        m.voice.stops = lambda stop_logit: False
+        speech = spoken(lambda: m.voice.start().say(REPLY), repeats)
     return {"prefill_ms": prefill * 1000, "decode_tok_s": (n - 1) / max(total - prefill, 1e-9), "tokens": n,
             **speech}
 

@@ -64,6 +64,7 @@ class GriffinLim:
         fbt_mel = self.fb.T @ mel
         for _ in range(self.nnls_iters):
             power = power * fbt_mel / (self.gram @ power + 1e-12)
+            np.maximum(power, 1e-30, out=power)  # out of subnormal floats, as PyTorch's (slow arithmetic)
         return np.sqrt(power).T.astype(np.float32)
 
 

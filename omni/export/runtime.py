@@ -66,6 +66,9 @@ class OnnxOmni:
         if threads:
             self.options.intra_op_num_threads = threads
         self.options.log_severity_level = 3
+        # idle ONNX Runtime workers otherwise spin between runs, and on a few cores they take the CPU from
+        # the numpy work between graph calls (Griffin-Lim, sampling), which then runs several times slower
+        self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions: dict[str, ort.InferenceSession] = {}
         tok = HFTokenizer.from_file(str(self.dir / "tokenizer.json"))
         tok.encode_special_tokens = True

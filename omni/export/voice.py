@@ -46,7 +46,7 @@ class OnnxVoice:
         outs = self.model.run("talker_prefill", text=text)
         for k in range(limit):
             h, stop = outs[0], outs[1]
-            if k and 1.0 / (1.0 + math.exp(-float(stop[0]))) > 0.5:
+            if k and self.stops(float(stop[0])):
                 return
             if tk["depth"]:
                 group = self._depth_chain(h, temperature, top_k, rng, r, n_q)
@@ -55,6 +55,11 @@ class OnnxVoice:
             yield group
             outs = self.model.run("talker_decode", groups=group[None, None].astype(np.int64), past_k=outs[-2],
                             past_v=outs[-1])
+
+    @staticmethod
+    def stops(stop_logit: float) -> bool:
+        """The Talker's stop flag (its probability past 0.5), checked before each group but the first."""
+        return 1.0 / (1.0 + math.exp(-stop_logit)) > 0.5
 
     def talker_codes(self, text_ids: list[int], temperature: float, top_k: int, rng: np.random.Generator
                      ) -> np.ndarray:

@@ -51,7 +51,9 @@ class GriffinLim(nn.Module):
         fbt_mel = torch.matmul(fb.t(), mel)
         gram = fb.t() @ fb                                           # (F, F)
         for _ in range(self.nnls_iters):
-            power = power * fbt_mel / (torch.matmul(gram, power) + 1e-12)
+            # the floor keeps bins the updates drive towards 0 out of subnormal floats, whose arithmetic
+            # is many times slower on CPUs; 1e-30 is a magnitude of 1e-15, far below anything audible
+            power = (power * fbt_mel / (torch.matmul(gram, power) + 1e-12)).clamp_(min=1e-30)
         return power.sqrt()
 
     # ---------------------------------------------------------------- phase reconstruction
