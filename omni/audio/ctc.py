@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omni.stats import ratio_interval
+
 BLANK = 0
 _KEEP = re.compile(r"[^a-z0-9' ]+")
 
@@ -100,17 +102,11 @@ def _row_counts(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarra
 
 def cer_interval(refs: list[str], hyps: list[str], *others: list[str], n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus CER over rows: the rows are resampled with
-    replacement ``n_boot`` times, so the interval says how far the score of this many rows moves
-    with other rows of the same kind. With ``others`` (a second path's transcripts of the same
-    rows): the interval of CER(hyps) - CER(others[0]), both scored on each same resample (paired)."""
+    """Percentile bootstrap interval of the corpus CER over rows (omni.stats.ratio_interval of edits
+    over characters). With ``others`` (a second path's transcripts of the same rows): the interval of
+    CER(hyps) - CER(others[0]), both scored on each same resample (paired)."""
     if not refs:
         raise ValueError("cer_interval needs at least one row")
     edits, chars = _row_counts(refs, hyps)
-    idx = np.random.default_rng(seed).integers(0, len(refs), (n_boot, len(refs)))
-    stat = edits[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
-    if others:
-        edits_b, _ = _row_counts(refs, others[0])
-        stat = stat - edits_b[idx].sum(1) / np.maximum(chars[idx].sum(1), 1)
-    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    paired = _row_counts(refs, others[0])[0] if others else None
+    return ratio_interval(edits, chars, paired, n_boot, seed, level)

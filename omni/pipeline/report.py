@@ -77,17 +77,34 @@ def run_facts(folder: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- per-stage metrics
-def thinker_metrics(stage: StageRun, raw: dict, val: dict) -> list[Metric]:
+def thinker_metrics(stage: StageRun, raw: dict, val: dict, device: torch.device) -> list[Metric]:
     from omni.config import load_config
-    from omni.thinker.stage import TextStageConfig, load_streams, tokenizer_in, unigram_loss
+    from omni.data import PackedTokens
+    from omni.stats import ratio_interval
+    from omni.thinker.stage import (
+        TextStageConfig,
+        load_streams,
+        load_thinker,
+        tokenizer_in,
+        unigram_loss,
+        window_losses,
+    )
     cfg = load_config(ROOT / stage.config, TextStageConfig)
-    tok = tokenizer_in(ROOT / cfg.train.save_dir)
+    folder = ROOT / cfg.train.save_dir
+    tok = tokenizer_in(folder)
     streams = load_streams(cfg.data, tok, cfg.train.seed)
     unigram = unigram_loss(np.asarray(streams.train), np.asarray(streams.val), tok.vocab_size)
     loss = val.get("val_loss")
-    return [Metric("held-out loss (nats/token)", loss, None, "unigram model of the training tokens", unigram,
+    # the interval resamples the windows validation scored (the first val_batches batches), with the
+    # weights in the folder: those the last validation record measured
+    model, _, _ = load_thinker(folder, device)
+    windows = PackedTokens(streams.val, cfg.model.ctx_len, "held-out text")
+    per_window = window_losses(model, windows, cfg.train.val_batches * cfg.train.batch_size)
+    interval = ratio_interval(per_window, np.ones(len(per_window))) if len(per_window) > 1 else None
+    note = f"{int(val['val_tokens']):,} held-out tokens" if val.get("val_tokens") else ""
+    return [Metric("held-out loss (nats/token)", loss, interval, "unigram model of the training tokens", unigram,
                    target="below the unigram", met=None if loss is None else loss < unigram,
-                   note=f"{int(val['val_tokens']):,} held-out tokens, no interval" if val.get("val_tokens") else "")]
+                   note=f"{note}; interval: bootstrap over its {len(per_window)} windows" if interval else note)]
 
 
 def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device) -> list[Metric]:
@@ -268,7 +285,7 @@ def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: 
     targets = profile.targets.get(stage.key, {})
     try:
         if stage.key == "thinker":
-            ms = thinker_metrics(stage, raw, val)
+            ms = thinker_metrics(stage, raw, val, device)
         elif stage.key == "audio_enc":
             ms = asr_metrics(stage, raw, n, device)
         elif stage.key == "vision":

@@ -116,6 +116,19 @@ def evaluate_lm(model: nn.Module, windows: PackedTokens, batch_size: int,
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(count)}
 
 
+@torch.no_grad()
+def window_losses(model: nn.Module, windows: PackedTokens, n: int) -> np.ndarray:
+    """The mean next-token loss of each of the first ``n`` windows, one forward pass each: the rows a
+    bootstrap interval of the held-out loss resamples (all windows have the same length, so their mean
+    is evaluate_lm's loss over the same windows)."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(min(n, len(windows))):
+        x, y = windows[i]
+        out.append(model(x[None].to(device), targets=y[None].to(device)).item())
+    return np.asarray(out)
+
+
 def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     """Cross-entropy (nats/token) of val under the add-one-smoothed unigram of train: the
     baseline a language model must beat by using context."""

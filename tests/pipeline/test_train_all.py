@@ -52,6 +52,8 @@ def test_run_skip_change_and_report(chain, capsys):
             (("thinker", "A"), ("vision", "vis"))}
     thinker_row, vision_row = report["stages"][0]["metrics"][0], report["stages"][1]["metrics"][0]
     assert thinker_row["value"] == vals["thinker"]["val_loss"] and thinker_row["baseline_value"] > 0
+    lo, hi = thinker_row["interval"]  # a bootstrap over the windows validation scored, with the saved weights
+    assert lo < thinker_row["value"] < hi and "bootstrap over its" in thinker_row["note"]
     assert vision_row["value"] == vals["vision"]["i2t_r1"]
     assert vision_row["baseline_value"] == vals["vision"]["hist_i2t_r1"]
     lo, hi = vision_row["interval"]
