@@ -136,15 +136,26 @@ def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device) -> lis
 
 
 def vision_metrics(val: dict, target: float | None) -> list[Metric]:
-    r1, chance = val.get("i2t_r1"), val.get("chance_r1")
-    n = round(1 / chance) if chance else 0
-    interval = wilson(round(r1 * n), n) if r1 is not None and n else None
-    hist = val.get("hist_i2t_r1")
-    met = None if r1 is None else (r1 >= target if target is not None else hist is None or r1 > hist)
-    return [Metric(f"image->text R@1 among {n} held-out images", r1, interval,
-                   f"colour histogram (chance {chance:.3f})" if chance else "colour histogram", hist,
-                   wilson(round(hist * n), n) if hist is not None and n else None,
-                   f">= {target:.2f}" if target is not None else "above the colour histogram", met)]
+    """Image->text R@1 overall and, when the held-out set has several sources, per source (generated
+    scenes, Tux Paint stamps, emoji), each beside the colour histogram and chance on the same queries.
+    ``target`` applies to the generated scenes (overall when there is one source)."""
+    sources = sorted(k[:-len("/queries")] for k in val if k.endswith("/queries"))
+    out = []
+    for pre in [""] + [f"{s}/" for s in sources]:
+        r1, chance, n = val.get(f"{pre}i2t_r1"), val.get(f"{pre}chance_r1"), val.get(f"{pre}queries")
+        if n is None and chance:  # records written before query counts were kept: one pool of 1/chance
+            n = round(1 / chance)
+        n = int(n or 0)
+        hist = val.get(f"hist_{pre}i2t_r1")
+        aim = target if target is not None and pre in (("scenes/",) if sources else ("",)) else None
+        met = None if r1 is None else (r1 >= aim if aim is not None else hist is None or r1 > hist)
+        what = f"{pre[:-1]}: " if pre else ("all sources: " if sources else "")
+        out.append(Metric(f"{what}image->text R@1, {n} held-out images", r1,
+                          wilson(round(r1 * n), n) if r1 is not None and n else None,
+                          f"colour histogram (chance {chance:.3f})" if chance else "colour histogram", hist,
+                          wilson(round(hist * n), n) if hist is not None and n else None,
+                          f">= {aim:.2f}" if aim is not None else "above the colour histogram", met))
+    return out
 
 
 def talker_metrics(raw: dict, val: dict, n: int, target: float | None) -> list[Metric]:

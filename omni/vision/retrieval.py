@@ -66,9 +66,16 @@ def recall_at(i2t: torch.Tensor, t2i: torch.Tensor, caption_ids: torch.Tensor, c
 
 
 def chance(cands: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Expected R@1 / R@5 of a random ranking, averaged over the queries."""
+    """Expected R@1 / R@5 of a random ranking, averaged over the queries, and the number of queries
+    (what an interval of an R@1 needs); per source too (``{source}/...``) when there are several."""
     n = torch.cat([torch.full((len(c),), c.shape[1], dtype=torch.float) for c in cands.values()])
-    return {"chance_r1": float((1.0 / n).mean()), "chance_r5": float((5.0 / n).clamp(max=1).mean())}
+    out = {"chance_r1": float((1.0 / n).mean()), "chance_r5": float((5.0 / n).clamp(max=1).mean()),
+           "queries": float(len(n))}
+    if len(cands) > 1:
+        for name, c in cands.items():
+            out.update({f"{name}/chance_r1": 1.0 / c.shape[1], f"{name}/chance_r5": min(1.0, 5.0 / c.shape[1]),
+                        f"{name}/queries": float(len(c))})
+    return out
 
 
 # ----------------------------------------------------------------------------- baseline

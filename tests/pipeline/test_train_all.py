@@ -129,3 +129,19 @@ def test_report_asr_row_matches_the_evaluator_and_survives_no_pocketsphinx(tmp_p
     assert f"CER {row.value:.4f}" in out
     lo, hi = row.interval
     assert f"{lo:.3f}-{hi:.3f}" in out
+
+
+def test_report_vision_rows_per_source_with_their_own_sample_sizes():
+    from omni.pipeline.report import vision_metrics, wilson
+    val = {"i2t_r1": 0.7, "chance_r1": 0.02, "queries": 300.0, "hist_i2t_r1": 0.1,
+           "scenes/i2t_r1": 0.85, "scenes/chance_r1": 0.01, "scenes/queries": 200.0, "hist_scenes/i2t_r1": 0.12,
+           "emoji/i2t_r1": 0.4, "emoji/chance_r1": 0.04, "emoji/queries": 100.0, "hist_emoji/i2t_r1": 0.05}
+    rows = {m.name.split(":")[0]: m for m in vision_metrics(val, 0.80)}
+    assert set(rows) == {"all sources", "emoji", "scenes"}
+    assert rows["scenes"].interval == wilson(170, 200) and rows["emoji"].interval == wilson(40, 100)
+    assert rows["scenes"].target == ">= 0.80" and rows["scenes"].met          # the target is the scenes'
+    assert rows["emoji"].target == "above the colour histogram" and rows["emoji"].met
+    assert rows["all sources"].met is True and rows["all sources"].interval == wilson(210, 300)
+    # one source: one row, which carries the target
+    [only] = vision_metrics({"i2t_r1": 0.5, "chance_r1": 0.01, "queries": 50.0, "hist_i2t_r1": 0.2}, 0.80)
+    assert only.target == ">= 0.80" and only.met is False and only.interval == wilson(25, 50)

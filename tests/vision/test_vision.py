@@ -147,7 +147,10 @@ def test_recall_metrics_candidates_and_duplicates():
     sim[0, 1] = 2.0
     assert recall_at(sim, sim, ids_dup, cands)["a/i2t_r1"] > recall_at(sim, sim, ids, cands)["a/i2t_r1"] or \
         1 not in cands["a"][0].tolist()
-    assert abs(chance(cands)["chance_r1"] - (8 / 5 + 4 / 4) / n) < 1e-6
+    c = chance(cands)
+    assert abs(c["chance_r1"] - (8 / 5 + 4 / 4) / n) < 1e-6
+    assert c["queries"] == n == 12 and (c["a/queries"], c["b/queries"]) == (8, 4)  # the intervals' sample sizes
+    assert (c["a/chance_r1"], c["b/chance_r1"]) == (1 / 5, 1 / 4)
 
 
 @pytest.fixture(scope="module")
