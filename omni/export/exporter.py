@@ -27,7 +27,6 @@ import inspect
 import io
 import json
 import logging
-import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -38,27 +37,20 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from safetensors.torch import load_file
 from torch import nn
 
-from omni.audio.features import ENCODER_MEL, SPEECH_OUT_MEL, LogMel
+from omni.audio.features import ENCODER_MEL, SPEECH_OUT_MEL
 from omni.engine.checkpoint import MODEL_FILE, best_or_self
 from omni.export import graphs as G
-from omni.images import MAX_SIDE, MEAN, STD
-from omni.multimodal.template import SYSTEM_PROMPT
-from omni.speech.griffinlim import GriffinLim
+from omni.export.assets import FORMAT_VERSION, write_assets
+from omni.export.audit import ExportError, audit_weights, derived_buffers, exclusions, read_checkpoint
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORTER = "torch.onnx.export(dynamo=False): TorchScript-based exporter"
-FORMAT_VERSION = 1
 ALIGN = 4096              # external tensors start on page boundaries (mmap-friendly)
 INLINE_BYTES = 1024       # smaller tensors stay inside the .onnx file
-
-
-class ExportError(RuntimeError):
-    """The export cannot be trusted (a weight missing, unexpected or changed; an unsupported input)."""
 
 
 # ---------------------------------------------------------------- sources
@@ -227,127 +219,16 @@ def _fix_output_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
                 d.dim_value = int(tensor.shape[i])
 
 
-# ---------------------------------------------------------------- the weight audit
-def exclusions(src: Sources) -> dict[str, list[tuple[str, str]]]:
-    """Checkpoint tensors that inference does not read, by design: (regex, reason) per source."""
-    out: dict[str, list[tuple[str, str]]] = {"omni": [], "talker": [], "codec": [], "vocoder": []}
-    if src.talker is not None:
-        out["talker"].append((r"^text_aux\.", "training-only auxiliary head (talker.text_aux_layer)"))
-        out["codec"] += [
-            (r"^encoder\.", "codec encoder (mel -> codes): builds the Talker's training targets, not used to speak"),
-            (r"^rvq\.layers\.\d+\.(ema_count|ema_sum|unused_steps|initialised)$", "EMA codebook training state")]
-        n_used = src.talker.cfg.n_codebooks
-        n_all = len(src.codec.rvq.layers)
-        if n_used < n_all:
-            idx = "|".join(str(i) for i in range(n_used, n_all))
-            out["codec"].append((rf"^rvq\.layers\.({idx})\.codebook$", "codebooks past the Talker's n_codebooks"))
-    out["vocoder"].append((r"^disc\.", "discriminators (training only)"))
-    return out
 
 
-def _constants(model: onnx.ModelProto) -> list[np.ndarray]:
-    """Float tensors of >= 16 elements held in Constant nodes (derived tables such as RoPE's)."""
-    out = []
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    arr = numpy_helper.to_array(a.t)
-                    if arr.dtype.kind == "f" and arr.size >= 16:
-                        out.append(arr)
-    return out
 
 
-def audit_weights(models: dict[str, onnx.ModelProto], sources: dict[str, str],
-                  checkpoints: dict[str, dict[str, np.ndarray]], excluded: dict[str, list[tuple[str, str]]],
-                  derived: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Every checkpoint tensor is in a graph (bit-identical, under its own name) or excluded by a
-    named rule; every graph initializer is a checkpoint tensor; every large float constant equals a
-    derived (rebuilt-from-config) buffer of the PyTorch module. Raises ExportError naming each problem."""
-    report: dict[str, Any] = {}
-    problems: list[str] = []
-    for source, ckpt in checkpoints.items():
-        graphs = [g for g, s in sources.items() if s == source]
-        found: dict[str, np.ndarray] = {}
-        per_graph = {}
-        unexpected, mismatched = set(), set()
-        for g in graphs:          # each graph against the checkpoint, not only against each other
-            inits = {t.name: numpy_helper.to_array(t) for t in models[g].graph.initializer}
-            per_graph[g] = len(inits)
-            for name, arr in inits.items():
-                table = derived.get(source, {}).get(name)
-                if name not in ckpt and table is not None and np.array_equal(table, arr):
-                    continue      # a derived buffer the exporter kept as an initializer
-                found.setdefault(name, arr)
-                if name not in ckpt:
-                    unexpected.add(name)
-                elif not (arr.dtype == ckpt[name].dtype and arr.shape == ckpt[name].shape
-                          and np.array_equal(arr, ckpt[name])):
-                    mismatched.add(name)
-                    found[name] = arr
-        unexpected, mismatched = sorted(unexpected), sorted(mismatched)
-        ex_groups: dict[str, list[str]] = {}
-        missing = []
-        for name in ckpt:
-            if name in found:
-                continue
-            reason = next((why for pat, why in excluded.get(source, []) if re.search(pat, name)), None)
-            if reason is None:
-                missing.append(name)
-            else:
-                ex_groups.setdefault(reason, []).append(name)
-        consts_unmatched = []
-        tables = list(derived.get(source, {}).items())
-        for g in graphs:
-            for arr in _constants(models[g]):
-                if not any(t.shape == arr.shape and np.array_equal(t, arr) for _, t in tables):
-                    consts_unmatched.append(f"{g}: constant {arr.dtype}{list(arr.shape)}")
-        exported = [n for n in ckpt if n in found]
-        stats = {k: _stats([v[n] for n in exported]) for k, v in (("checkpoint", ckpt), ("onnx", found))}
-        report[source] = {
-            "checkpoint_tensors": len(ckpt), "checkpoint_params": int(sum(a.size for a in ckpt.values())),
-            "exported_tensors": len(exported), "exported_params": int(sum(ckpt[n].size for n in exported)),
-            "excluded": [{"reason": why, "tensors": len(names), "params": int(sum(ckpt[n].size for n in names)),
-                          "names": names[:6] + (["..."] if len(names) > 6 else [])}
-                         for why, names in ex_groups.items()],
-            "missing": missing, "unexpected": unexpected, "mismatched": mismatched,
-            "unexplained_constants": consts_unmatched, "initializers_per_graph": per_graph,
-            "derived_constants": sorted(derived.get(source, {})), "stats": stats,
-            "ok": not (missing or unexpected or mismatched or consts_unmatched)}
-        for kind, names in (("missing from the ONNX graphs", missing), ("unexpected (not in the checkpoint)", unexpected),
-                            ("changed (values differ from the checkpoint)", mismatched),
-                            ("unexplained constant", consts_unmatched)):
-            if names:
-                shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-                problems.append(f"{source}: {len(names)} tensor(s) {kind}: {shown}")
-    if problems:
-        raise ExportError("weight audit failed; the export would not be the trained model:\n  " + "\n  ".join(problems))
-    return report
 
 
-def _stats(arrays: list[np.ndarray]) -> dict[str, float]:
-    if not arrays:
-        return {"params": 0}
-    flat = [a.astype(np.float64).ravel() for a in arrays if a.dtype.kind == "f"]
-    n = sum(a.size for a in flat)
-    s = sum(float(a.sum()) for a in flat)
-    sq = sum(float((a * a).sum()) for a in flat)
-    return {"params": n, "sum": s, "sum_sq": sq, "max_abs": max(float(np.abs(a).max()) for a in flat if a.size)}
 
 
-def derived_buffers(specs: list[GraphSpec]) -> dict[str, dict[str, np.ndarray]]:
-    """Non-persistent buffers (rebuilt from the config, not saved) of each source's wrappers."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for s in specs:
-        saved = set(s.module.state_dict())
-        for name, b in s.module.named_buffers():
-            if name not in saved:
-                out.setdefault(s.source, {})[name] = b.detach().cpu().numpy()
-    return out
 
 
-def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in load_file(str(path)).items()}
 
 
 # ---------------------------------------------------------------- writing
@@ -399,69 +280,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def runtime_config(src: Sources) -> dict[str, Any]:
-    from omni.speech.griffinlim import BlockGriffinLim, inverter
-    from omni.speech.synthesis import Synthesizer
-    from omni.talker.text import START
-
-    omni = src.omni
-    th = omni.comp.thinker
-    cfg: dict[str, Any] = {
-        "format": "uomni-onnx", "version": FORMAT_VERSION,
-        "thinker": {"d_model": th.d_model, "n_layers": th.n_layers, "n_heads": th.n_heads,
-                    "n_kv_heads": th.n_kv_heads, "head_dim": th.d_model // th.n_heads, "ctx_len": th.ctx_len,
-                    "vocab_size": th.vocab_size},
-        "special": dict(src.tok.special), "system_prompt": SYSTEM_PROMPT,
-        "vision": {"img_size": omni.comp.vision.img_size, "slots": omni.image_slots(),
-                   "mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist(), "max_side": MAX_SIDE},
-        "audio": {"n_fft": ENCODER_MEL.n_fft, "hop": ENCODER_MEL.hop_length, "n_mels": ENCODER_MEL.n_mels,
-                  "sample_rate": ENCODER_MEL.sample_rate},
-        "speech": None,
-    }
-    if src.talker is not None:
-        c = src.talker.cfg
-        # the Synthesizer's own settings, so that the runtime speaks as chat does
-        synth = Synthesizer(src.talker, src.vocab, src.codec, torch.device("cpu"), src.vocoder)
-        blocks = BlockGriffinLim(inverter(torch.device("cpu")), n_iter=synth.gl_iters)
-        cfg["speech"] = {
-            "talker": {"d_model": c.d_model, "n_layers": c.n_layers, "n_kv_heads": c.n_kv_heads,
-                       "head_dim": c.d_model // c.n_heads, "ctx_len": c.ctx_len, "frames_per_step": c.frames_per_step,
-                       "n_codebooks": c.n_codebooks, "codebook_size": c.codebook_size,
-                       "max_text_chars": c.max_text_chars, "max_frames_per_char": c.max_frames_per_char,
-                       "depth": src.talker.depth is not None, "start_id": START, "text_input": c.text_input},
-            "text_vocab": "text_vocab.json", "chunk_chars": synth.chunk_chars, "pause_s": synth.pause_s,
-            "frames_per_code": src.codec.frames_per_code, "codec_radius": synth.radius("codec"),
-            "mel": {"n_fft": SPEECH_OUT_MEL.n_fft, "hop": SPEECH_OUT_MEL.hop_length, "n_mels": SPEECH_OUT_MEL.n_mels},
-            "vocoder": src.vocoder_choice if src.vocoder is not None else "griffinlim",
-            "has_vocoder": src.vocoder is not None,
-            "vocoder_radius": synth.radius("hifigan") if src.vocoder is not None else None,
-            "gl_iters": synth.gl_iters, "gl_block": {"block": blocks.block, "left": blocks.left, "ahead": blocks.ahead},
-            "temperature": synth.temperature, "top_k": synth.top_k}
-    return cfg
 
 
-def write_assets(src: Sources, folder: Path) -> None:
-    from omni.thinker.tokenizer import BPETokenizer
-
-    if not isinstance(src.tok, BPETokenizer):
-        raise ExportError("the torch-free runtime reads tokenizer.json (byte-level BPE); this checkpoint uses a "
-                          "SentencePiece model, which it cannot load")
-    src.tok.save(folder / "tokenizer.json")
-    (folder / "config.json").write_text(json.dumps(runtime_config(src), indent=2) + "\n", encoding="utf-8")
-    enc = LogMel(ENCODER_MEL)
-    gl = GriffinLim()
-    np.savez(folder / "frontend.npz", encoder_fb=enc.filterbank.numpy(), encoder_window=enc.window.numpy(),
-             speech_fb=gl.filterbank.numpy(), speech_fb_pinv=gl.fb_pinv.numpy(), speech_window=gl.window.numpy())
-    cfg_dir = folder / "configs"
-    cfg_dir.mkdir()
-    for name, path in (("omni_sft.json", src.ckpt_dir / "config.json"), ("components.json", src.ckpt_dir / "components.json"),
-                       ("talker.json", src.talker_dir / "config.json" if src.talker_dir else None),
-                       ("codec.json", src.codec_dir / "config.json" if src.codec_dir else None),
-                       ("vocoder.json", src.vocoder_dir / "config.json" if src.vocoder_dir else None)):
-        if path is not None and path.is_file():
-            shutil.copy(path, cfg_dir / name)
-    if src.vocab is not None:
-        src.vocab.save(folder / "text_vocab.json")
 
 
 # ---------------------------------------------------------------- the whole export

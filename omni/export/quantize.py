@@ -65,7 +65,8 @@ def quantize_folder(folder: Path, dest: Path) -> None:
 
 
 def measure_int8(src, rt: R.OnnxOmni, folder: Path, held, prompts: list[dict], options) -> dict[str, Any]:
-    from omni.export.parity import asr_agreement, greedy_agreement, speech_agreement, vqa_agreement
+    from omni.export.parity import asr_agreement, greedy_agreement, vqa_agreement
+    from omni.export.parity_speech import speech_agreement
 
     dest = folder / "int8"
     if dest.exists():
