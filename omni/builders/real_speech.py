@@ -34,6 +34,7 @@ ASTERISK_SCRIPT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.tx
 SPHINX_DIR = Path("/usr/share/pocketsphinx/test/data")
 KLETTRES_DIR = Path("/usr/share/klettres")
 HEADER = ("wav", "text", "speaker", "source")
+REAL_CSV = "data/audio/real_speech.csv"   # where the report card looks for it (the builder's default --out)
 MAX_SECONDS = 12.0
 SOUND_ONLY = {"aw", "ch", "th"}   # klettres items that are a sound, not a word
 

@@ -107,32 +107,46 @@ def thinker_metrics(stage: StageRun, raw: dict, val: dict, device: torch.device)
                    note=f"{note}; interval: bootstrap over its {len(per_window)} windows" if interval else note)]
 
 
-def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device) -> list[Metric]:
-    import argparse
-
-    from omni.audio.ctc import cer_interval
-    from omni.cli.eval_asr import greedy_pass, load_rows
+def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device, real_csv: Path | None = None
+                ) -> list[Metric]:
+    """The held-out CER (what `scripts/evaluate.py asr --ckpt CKPT --csv VAL --n N` decodes, the same
+    way) and, when it has been built, the CER on real people (``real_csv``, default
+    data/audio/real_speech.csv; ``n`` rows spread evenly over its sources), each beside pocketsphinx on
+    the same clips."""
+    from omni.builders.real_speech import REAL_CSV
+    real_csv = ROOT / REAL_CSV if real_csv is None else real_csv
     folder = ROOT / raw["train"]["save_dir"]
     ckpt = folder / "best" if (folder / "best").is_dir() else folder
-    # what `scripts/evaluate.py asr --ckpt CKPT --csv VAL --n N` decodes, the same way
+    out = [_asr_row(ckpt, raw["data"]["val_csv"], n, device, "held-out CER, greedy", spread=False)]
+    if real_csv.is_file():
+        out.append(_asr_row(ckpt, str(real_csv), n, device, "real people's CER, greedy", spread=True))
+    return out
+
+
+def _asr_row(ckpt: Path, csv: str, n: int, device: torch.device, what: str, spread: bool) -> Metric:
+    import argparse
+
+    from omni.audio.ctc import cer_interval, error_rates
+    from omni.cli.eval_asr import greedy_pass, load_rows
     model, vocab, _, manifest, ds, rows = load_rows(argparse.Namespace(
-        ckpt=str(ckpt), device=str(device), csv=raw["data"]["val_csv"], skip=0, n=n))
+        ckpt=str(ckpt), device=str(device), csv=csv, skip=0, n=None if spread else n))
+    if spread and n < len(rows):  # the manifest is grouped by source: take every k-th row, not the first n
+        rows = [rows[round(i * (len(rows) - 1) / max(n - 1, 1))] for i in range(n)]
     m, results, _ = greedy_pass(model, ds, vocab, 16, rows)
     refs, hyps = [r for r, _, _ in results], [h for _, h, _ in results]
-    out = Metric(f"held-out CER, greedy ({len(refs)} clips)", m["val_cer"], cer_interval(refs, hyps),
+    out = Metric(f"{what} ({len(refs)} clips)", m["val_cer"], cer_interval(refs, hyps),
                  "pocketsphinx (en-us) on the same clips", target="below pocketsphinx")
     try:
         from omni.cli.eval_asr import pocketsphinx_results
         ps = pocketsphinx_results(manifest, results)
     except ImportError as e:
         out.note = f"pocketsphinx baseline not measured: {e}"
-        return [out]
-    from omni.audio.ctc import error_rates
+        return out
     prefs, phyps = [x[0] for x in ps], [x[1] for x in ps]
     out.baseline_value = error_rates(prefs, phyps)["cer"]
     out.baseline_interval = cer_interval(prefs, phyps)
     out.met = out.value < out.baseline_value
-    return [out]
+    return out
 
 
 def vision_metrics(val: dict, target: float | None) -> list[Metric]:
