@@ -576,7 +576,9 @@ def test_ctrl_c_during_playback_stops_it_and_the_session_goes_on(ckpt, replies, 
 
 def test_ctrl_c_while_the_reply_streams_to_the_player_stops_both(ckpt, replies, monkeypatch, capsys, tmp_path):
     bin_ = tmp_path / "bin"
-    fake_player(bin_, "aplay", "kill -INT $PPID; exec sleep 30")  # Ctrl-C lands while the reply is written
+    # Ctrl-C lands while the reply is written: half a second after the player starts (with the turn), so
+    # that the chat is in its token loop by then even on a loaded machine, and well before the 2.4 s reply ends
+    fake_player(bin_, "aplay", "sleep 0.5; kill -INT $PPID; exec sleep 30")
     monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
     real = chat_lib.generate_reply
 
