@@ -14,8 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from omni.cli.common import add_vocoder_args, vocoder_kwargs

@@ -34,17 +34,7 @@ import torch
 
 from omni.audio.features import AudioError, save_wav
 from omni.cli.common import Parser, add_device_arg, add_vocoder_args, setup_logging, vocoder_kwargs
-from omni.cli.console import (
-    DEFAULT_HISTORY,
-    PLAYERS,
-    STREAM_PLAYERS,
-    LineHistory,
-    PcmStream,
-    PlaybackError,
-    find_player,
-    line_editing,
-    play_wav,
-)
+from omni.cli.console import DEFAULT_HISTORY, LineHistory, Playback, PlaybackError, line_editing
 from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError
 from omni.engine.runtime import pick_device
@@ -116,7 +106,7 @@ class Chat:
         self.audio_out = Path(args.audio_out or "reply.wav")
         self._voice: Synthesizer | None = None
         self._ocr = None
-        self._player: tuple[str, ...] | None = None  # () once looked up and none found
+        self.playback = Playback(args.play)
         self.turns = 0
         self.spoken: Path | None = None    # the WAV say() wrote for the current reply
         self.transcript: list[dict] = []   # every exchange since the start, for /save
@@ -143,7 +133,7 @@ class Chat:
         print("μOmni: ", end="", flush=True)
         self.spoken = None
         voice = self.loaded_voice() if self.speak else None
-        sink = self.stream_sink() if voice is not None else None
+        sink = self.playback.sink() if voice is not None else None
         try:
             t = live_turn(self.session, text, voice, on_text=lambda s: print(s, end="", flush=True),
                           on_audio=sink.write if sink is not None else None, seed=self.args.seed)
@@ -164,13 +154,13 @@ class Chat:
             return False
         except PlaybackError as e:
             print(f"\n[{e}; --play is off for this session]", flush=True)
-            self._player = ()
+            self.playback.off()
             return False
         finally:
             if sink is not None and sys.exc_info()[0] is not None:
                 sink.close(wait=False)   # the reply was cancelled: so is what is left to play
         if sink is not None:
-            self.close_sink(sink)
+            self.playback.finish(sink)
         print(flush=True)
         self.turns += 1
         self.notices(t.stats)
@@ -182,8 +172,8 @@ class Chat:
         print(line + "]", flush=True)
         if self.spoken is not None:
             said["speech"] = os.path.abspath(self.spoken)
-            if self.args.play and sink is None and self._player:
-                self.play(self.spoken)   # a player that cannot stream plays the whole reply now
+            if sink is None and self.playback.player:
+                self.playback.play(self.spoken)   # a player that cannot stream plays the whole reply now
         return True
 
     def loaded_voice(self) -> Synthesizer | None:
@@ -194,33 +184,6 @@ class Chat:
         except (CheckpointError, DataError, OSError) as e:
             print(f"[no speech: {e}]\nμOmni: ", end="", flush=True)
             return None
-
-    def stream_sink(self) -> PcmStream | None:
-        """--play with a player that reads raw PCM from stdin: the reply plays while it is spoken."""
-        if not self.args.play:
-            return None
-        if self._player is None:
-            self._player = find_player() or ()
-            if not self._player:
-                print(f"[--play: no audio player found ({', '.join(cmd[0] for cmd in PLAYERS)}); spoken replies "
-                      "are only written to their WAV files]", flush=True)
-        if not self._player or self._player[0] not in STREAM_PLAYERS:
-            return None
-        try:
-            return PcmStream(STREAM_PLAYERS[self._player[0]])
-        except PlaybackError as e:
-            print(f"[{e}]", flush=True)
-            return None
-
-    def close_sink(self, sink: PcmStream) -> None:
-        """Wait for the player to play what is left; Ctrl-C stops it."""
-        try:
-            sink.close()
-        except KeyboardInterrupt:
-            sink.close(wait=False)
-            print("\n[playback stopped]", flush=True)
-        except PlaybackError as e:
-            print(f"[{e}]", flush=True)
 
     def notices(self, stats: TurnStats) -> None:
         """What the reply itself does not show: older exchanges dropped to fit, a reply cut short."""
@@ -274,22 +237,6 @@ class Chat:
             print(f"[ocr {path}: {read_image(*self._ocr, path)!r}]", flush=True)
         except (BadImage, CheckpointError, DataError, OSError) as e:
             print(f"[could not read text from {path}: {e}]", flush=True)
-
-    def play(self, wav: Path) -> None:
-        """--play: the spoken reply through the first audio player found; Ctrl-C stops just the playback."""
-        if self._player is None:
-            self._player = find_player() or ()
-            if not self._player:
-                print(f"[--play: no audio player found ({', '.join(cmd[0] for cmd in PLAYERS)}); spoken replies "
-                      "are only written to their WAV files]", flush=True)
-        if not self._player:
-            return
-        try:
-            play_wav(wav, self._player)
-        except KeyboardInterrupt:
-            print("\n[playback stopped]", flush=True)
-        except PlaybackError as e:
-            print(f"[{e}]", flush=True)
 
     def set_sampling(self, arg: str) -> None:
         """/set: show the sampling settings, or change one (validated by Sampling)."""

@@ -137,3 +137,55 @@ class PcmStream:
         code = self.proc.wait()
         if code != 0:
             raise PlaybackError(f"{self.cmd[0]} failed (exit status {code}): {self._why()}")
+
+
+class Playback:
+    """--play: each spoken reply through the first audio player found (looked up once; said once when
+    there is none). A player that reads raw PCM from stdin gets the reply while it is spoken (``sink``);
+    any other plays the reply's WAV afterwards (``play``). Ctrl-C stops the playback, not the chat."""
+
+    def __init__(self, on: bool) -> None:
+        self.player: tuple[str, ...] | None = None if on else ()   # () once looked up and none found
+
+    def _found(self) -> tuple[str, ...]:
+        if self.player is None:
+            self.player = find_player() or ()
+            if not self.player:
+                print(f"[--play: no audio player found ({', '.join(cmd[0] for cmd in PLAYERS)}); spoken replies "
+                      "are only written to their WAV files]", flush=True)
+        return self.player
+
+    def off(self) -> None:
+        self.player = ()
+
+    def sink(self) -> PcmStream | None:
+        """A player streaming the reply as it is spoken, or None (no --play, no player, or one that cannot)."""
+        player = self._found()
+        if not player or player[0] not in STREAM_PLAYERS:
+            return None
+        try:
+            return PcmStream(STREAM_PLAYERS[player[0]])
+        except PlaybackError as e:
+            print(f"[{e}]", flush=True)
+            return None
+
+    def finish(self, sink: PcmStream) -> None:
+        """Wait for the player to play what is left; Ctrl-C stops it."""
+        try:
+            sink.close()
+        except KeyboardInterrupt:
+            sink.close(wait=False)
+            print("\n[playback stopped]", flush=True)
+        except PlaybackError as e:
+            print(f"[{e}]", flush=True)
+
+    def play(self, wav: Path) -> None:
+        """The reply's WAV through the player, after the reply."""
+        if not self._found():
+            return
+        try:
+            play_wav(wav, self.player)
+        except KeyboardInterrupt:
+            print("\n[playback stopped]", flush=True)
+        except PlaybackError as e:
+            print(f"[{e}]", flush=True)

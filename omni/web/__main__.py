@@ -25,7 +25,8 @@ from omni.engine.runtime import pick_device
 from omni.multimodal.chat import Sampling
 from omni.multimodal.stage import load_omni
 from omni.speech.synthesis import Synthesizer
-from omni.web.server import Demo, Limits, create_app
+from omni.web.media import Limits
+from omni.web.server import Demo, create_app
 
 log = logging.getLogger("omni.web")
 

@@ -21,6 +21,7 @@
 Each connection has its own ChatSession, so tabs never see each other's history. One model serves
 them all: a turn runs ``live_turn`` in a worker thread under ``Demo.lock``, and its text and audio
 reach the socket through one asyncio queue (``loop.call_soon_threadsafe``), in the order they were made.
+Upload limits, the media checks and the PCM frames are in omni/web/media.py.
 """
 from __future__ import annotations
 
@@ -41,17 +42,17 @@ import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from omni.audio.features import SAMPLE_RATE, AudioError, load_audio
-from omni.images import BadImage, load_image_tensor
+from omni.audio.features import SAMPLE_RATE, AudioError
+from omni.images import BadImage
 from omni.multimodal.chat import ChatSession, ReplyInterrupted, Sampling, TurnStats
 from omni.multimodal.live import SpeechInterrupted, live_turn
 from omni.multimodal.model import OmniModel
 from omni.speech.synthesis import Synthesizer
 from omni.thinker.tokenizer import Tokenizer
+from omni.web.media import Limits, UploadError, check_upload, mb, pcm16
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -62,12 +63,6 @@ MAX_ATTACHMENTS = 8           # per message; far more than the context holds, a 
 Emit = Callable[[object], None]   # a JSON-able dict or a bytes frame, queued for the socket
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    upload_bytes: int = 10 * 2**20
-    audio_s: float = 30.0
-    image_pixels: int = 16_000_000    # width * height, read from the header before decoding
-    text_chars: int = 4000            # a longer message cannot fit the model's context anyway
 
 
 @dataclasses.dataclass
@@ -83,55 +78,16 @@ class Demo:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-class UploadError(ValueError):
-    """An upload the demo refuses; the message names the file and is shown on the page."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
 
 
-def check_upload(path: Path, kind: str, name: str, limits: Limits, img_size: int) -> str:
-    """Decode an uploaded file as the model will read it -> a short description ("640x480", "2.4 s").
-    Raises UploadError naming ``name`` (the user's file name, not the temporary path)."""
-    if path.stat().st_size == 0:
-        raise UploadError(f"{name}: the file is empty")
-    try:
-        return _check_image(path, name, limits, img_size) if kind == "image" else _check_audio(path, name, limits)
-    except (BadImage, AudioError) as e:
-        raise UploadError(str(e).replace(str(path), name)) from e
 
 
-def _check_image(path: Path, name: str, limits: Limits, img_size: int) -> str:
-    try:
-        with Image.open(path) as img:  # reads the header only: the size is known before decoding
-            w, h = img.size
-    except Image.UnidentifiedImageError as e:
-        raise UploadError(f"{name}: not an image Pillow can read; upload a PNG, JPEG, GIF or WebP file") from e
-    except Image.DecompressionBombError as e:
-        raise UploadError(f"{name}: far too many pixels ({e})", 413) from e
-    if w * h > limits.image_pixels:
-        raise UploadError(f"{name}: {w}x{h} is {w * h:,} pixels, over the {limits.image_pixels:,}-pixel limit; "
-                          "scale it down", 413)
-    load_image_tensor(path, img_size)  # a full decode: a truncated file fails now, not when the message is sent
-    return f"{w}x{h}"
 
 
-def _check_audio(path: Path, name: str, limits: Limits) -> str:
-    seconds = len(load_audio(path)) / SAMPLE_RATE
-    if seconds > limits.audio_s:
-        raise UploadError(f"{name}: {seconds:.1f} s of audio, over the {limits.audio_s:g} s limit; "
-                          "send a shorter clip", 413)
-    return f"{seconds:.1f} s"
 
 
-def pcm16(wav: np.ndarray) -> bytes:
-    """float32 samples (N,) in [-1, 1] -> N little-endian int16 samples, the page's audio frames."""
-    return (np.clip(wav, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
 
 
 def _num(x: float | None) -> float | None:
@@ -182,7 +138,7 @@ class Session:
         if length is None or not length.isdigit():
             raise UploadError("the upload has no Content-Length; send the file as a form with a size", 411)
         if int(length) > limit + FORM_OVERHEAD:
-            raise UploadError(f"the upload is {_mb(int(length))} ({int(length):,} bytes), over the {_mb(limit)} "
+            raise UploadError(f"the upload is {mb(int(length))} ({int(length):,} bytes), over the {mb(limit)} "
                               "limit", 413)
         if len(self.staged) + len(self.chat.pending_sources) >= MAX_ATTACHMENTS:
             raise UploadError(f"at most {MAX_ATTACHMENTS} attachments per message; send the message first")
@@ -202,7 +158,7 @@ class Session:
         try:
             if path.stat().st_size > limit:
                 size = path.stat().st_size
-                raise UploadError(f"{name}: {_mb(size)} ({size:,} bytes), over the {_mb(limit)} limit", 413)
+                raise UploadError(f"{name}: {mb(size)} ({size:,} bytes), over the {mb(limit)} limit", 413)
             detail = await asyncio.to_thread(check_upload, path, kind, name, self.demo.limits,
                                              self.demo.model.comp.vision.img_size)
         except UploadError:

@@ -7,10 +7,7 @@ signal.raise_signal, exactly where the terminal's would land; one test sends it 
 The checkpoint is a tiny untrained Stage E model written the way sft_omni.py writes one: what it
 says does not matter here, only what the console does around it.
 """
-import dataclasses
-import io
 import json
-import logging
 import os
 import re
 import signal
@@ -21,104 +18,31 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import omni.multimodal.chat as chat_lib
-from omni.audio.encoder import AudioEncConfig
 from omni.audio.features import AudioError, load_audio, save_wav
-from omni.cli import console
-from omni.cli.chat import PROMPT_INTERRUPT_HINT, Chat, LineHistory, main, parse_args
-from omni.config import load_config, to_dict
-from omni.engine.checkpoint import save_config, save_weights
+from omni.cli.chat import PROMPT_INTERRUPT_HINT, Chat, main, parse_args
 from omni.images import BadImage, load_image
-from omni.multimodal.model import Components, OmniModel
-from omni.multimodal.stage import SftStageConfig
 from omni.ocr.model import OcrModel, OcrModelConfig, OcrVocab
-from omni.thinker.model import ThinkerConfig
-from omni.thinker.stage import save_tokenizer
-from omni.thinker.tokenizer import train_bpe
-from omni.vision.encoder import VisionConfig
-from tests.conftest import ROOT, SONNETS
+from tests.conftest import ROOT
+from tests.multimodal.chat_helpers import INTERRUPT, FakeVoice, ScriptedStdin, argv, survives
 
-INTERRUPT = object()  # a ScriptedStdin line: Ctrl-C while input() waits at the prompt
+# every test here relies on Python's own SIGINT handler and restores the logging level (conftest.py)
+pytestmark = pytest.mark.usefixtures("default_sigint_and_logging")
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("omni_sft")
-    lines = [line for line in SONNETS.read_text().splitlines() if line.strip()]
-    tok = train_bpe(iter(lines), 400)
-    torch.manual_seed(0)
-    comp = Components(ThinkerConfig(tok.vocab_size, 32, 2, 2, 1, 64, 256, 0.0),
-                      AudioEncConfig(24, 1, 2, 48, 0.0, 256),
-                      VisionConfig(32, 8, 16, 1, 2, 32, 0.0))
-    cfg = load_config(ROOT / "configs/omni_sft_demo.json", SftStageConfig, ["model.projector_hidden=16"])
-    save_config(to_dict(cfg), d)
-    save_weights(OmniModel(comp, cfg.model), d)
-    save_tokenizer(tok, d)
-    (d / "components.json").write_text(json.dumps(dataclasses.asdict(comp)))
-    return d
 
 
-@pytest.fixture(autouse=True)
-def default_sigint_and_logging():
-    # the tests rely on Python's own SIGINT handler (KeyboardInterrupt); main() lowers the root level
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    level = logging.getLogger().level
-    yield
-    logging.getLogger().setLevel(level)
 
 
-@pytest.fixture
-def replies(monkeypatch):
-    """Replies never end early (no stop ids), so they are long enough to interrupt; ``plan[k] = n``
-    delivers SIGINT right after the n-th token of the k-th reply (counting from 1). ``tokens`` holds
-    each reply's token ids."""
-    real = chat_lib.generate_reply
-    plan: dict[int, int] = {}
-    tokens: list[list[int]] = []
-
-    def generate(model, x, max_new, stop, temperature, top_k, top_p, generator, on_token):
-        tokens.append([])
-        mine, at = tokens[-1], plan.get(len(tokens))
-
-        def tick(token: int) -> None:
-            mine.append(token)
-            on_token(token)
-            if len(mine) == at:
-                signal.raise_signal(signal.SIGINT)
-        return real(model, x, max_new, (), temperature, top_k, top_p, generator, tick)
-
-    monkeypatch.setattr(chat_lib, "generate_reply", generate)
-    return plan, tokens
 
 
-class ScriptedStdin(io.TextIOBase):
-    """stdin for input(): one script line per read; INTERRUPT raises SIGINT while input() waits."""
-
-    def __init__(self, lines: list) -> None:
-        self.lines = list(lines)
-
-    def readline(self, size: int = -1) -> str:
-        if not self.lines:
-            return ""  # EOF: Ctrl-D
-        line = self.lines.pop(0)
-        if line is INTERRUPT:
-            signal.raise_signal(signal.SIGINT)
-        return line + "\n"
 
 
-def survives(run, *args):
-    """run(*args), failing the test (not the whole pytest session) if a Ctrl-C escapes it."""
-    try:
-        return run(*args)
-    except KeyboardInterrupt as e:
-        pytest.fail(f"Ctrl-C escaped the chat: {e!r}")
 
 
-def argv(ckpt, *more: str) -> list[str]:
-    return ["--ckpt", str(ckpt), "--device", "cpu", "--max-new-tokens", "24", "--seed", "0", *more]
+
 
 
 def test_ctrl_c_during_a_reply_cancels_it_and_the_session_goes_on(ckpt, replies, monkeypatch, capsys):
@@ -412,34 +336,8 @@ def test_bad_sampling_flags_are_usage_errors(ckpt, capsys):
     assert e.value.code == 2 and "top_p must be in (0, 1]" in capsys.readouterr().err
 
 
-class FakeUtterance:
-    def __init__(self, voice: "FakeVoice") -> None:
-        self.voice, self.samples = voice, 0
-
-    def say(self, text: str):
-        FakeVoice.calls += 1
-        if FakeVoice.calls == self.voice.interrupt_at:
-            signal.raise_signal(signal.SIGINT)
-        self.samples += 1600
-        yield np.full(1600, 0.1, dtype=np.float32)
-
-    def stats(self) -> dict:
-        return {"rtf": 0.1, "audio_s": self.samples / 16000}
 
 
-class FakeVoice:
-    """Stands in for the Talker + vocoder: a tenth of a second of tone per piece of the reply;
-    ``interrupt_at``: the say() call (counting from 1 over the test) during which Ctrl-C lands."""
-    vocoder_name = "test"
-    chunk_chars = 60
-    calls = 0
-
-    def __init__(self, interrupt_at: int = 0) -> None:
-        self.interrupt_at = interrupt_at
-        FakeVoice.calls = 0
-
-    def start(self, seed: int | None = None) -> FakeUtterance:
-        return FakeUtterance(self)
 
 
 def test_save_writes_the_turns_with_attachment_and_speech_paths(ckpt, replies, monkeypatch, capsys, media,
@@ -468,129 +366,3 @@ def test_save_writes_the_turns_with_attachment_and_speech_paths(ckpt, replies, m
     assert turns[1]["speech"] == turns[4]["speech"] == str(tmp_path / "said.wav")
     assert turns[6]["cancelled"] and turns[6]["speech"] is None and not turns[4]["cancelled"]
     assert doc["ckpt"] == str(ckpt)
-
-
-# ---------------------------------------------------------------- input history
-
-def test_history_file_is_written_bounded_and_can_be_turned_off(ckpt, replies, monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))  # where the default ~/.omni_chat_history would go
-    hist = tmp_path / "hist"
-    monkeypatch.setattr(sys, "stdin", ScriptedStdin(["hello", "", "/set", "/set"]))
-    assert survives(main, argv(ckpt, "--history", str(hist))) == 0
-    assert hist.read_text().splitlines() == ["hello", "/set"]  # blank lines and repeats are not kept
-    monkeypatch.setattr(console, "HISTORY_LINES", 3)
-    monkeypatch.setattr(sys, "stdin", ScriptedStdin(["/set top_k 2", "again"]))
-    assert survives(main, argv(ckpt, "--history", str(hist))) == 0
-    assert hist.read_text().splitlines() == ["/set", "/set top_k 2", "again"]  # appended, the newest 3 kept
-    for off in (["--history", ""], []):  # '' keeps none; without the flag, piped stdin keeps none
-        monkeypatch.setattr(sys, "stdin", ScriptedStdin(["hello"]))
-        assert survives(main, argv(ckpt, *off)) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hist"]
-
-
-def test_history_is_loaded_into_readline(tmp_path, capsys):
-    class Readline:
-        def __init__(self):
-            self.lines = []
-
-        def add_history(self, line):
-            self.lines.append(line)
-
-    hist = tmp_path / "hist"
-    hist.write_text("one\ntwo\n")
-    rl = Readline()
-    LineHistory(hist, rl)
-    assert rl.lines == ["one", "two"]
-    LineHistory(tmp_path, Readline()).save()  # a folder: said, and left alone
-    assert f"[input history off: cannot read {tmp_path}: " in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------- --play
-
-def fake_player(folder, name: str, body: str):
-    folder.mkdir(exist_ok=True)
-    exe = folder / name
-    exe.write_text(f"#!/bin/sh\n{body}\n")
-    exe.chmod(0o755)
-
-
-def spoken_chat(ckpt, monkeypatch, tmp_path, lines: list[str]) -> Chat:
-    chat = Chat(parse_args(argv(ckpt, "--audio-out", str(tmp_path / "r.wav"), "--play")))
-    voice = FakeVoice()
-    monkeypatch.setattr(chat, "voice", lambda: voice)
-    monkeypatch.setattr(sys, "stdin", ScriptedStdin(lines))
-    return chat
-
-
-def test_play_streams_the_reply_to_the_player_and_reports_its_failure(ckpt, replies, monkeypatch, capsys,
-                                                                     tmp_path):
-    import soundfile as sf
-    bin_, args, pcm, failed = tmp_path / "bin", tmp_path / "args", tmp_path / "pcm", tmp_path / "failed"
-    # paplay reads raw PCM from stdin while the reply is spoken; it fails on its second call, saying why
-    fake_player(bin_, "paplay", f'echo "$@" >> {args}; /bin/cat >> {pcm}; '
-                                f'[ -e {failed} ] && {{ echo "no sink" >&2; exit 3; }}; : > {failed}')
-    monkeypatch.setenv("PATH", str(bin_))
-    chat = spoken_chat(ckpt, monkeypatch, tmp_path, ["hello"])
-    survives(chat.repl)
-    first = sf.read(tmp_path / "r.wav", dtype="int16")[0]
-    monkeypatch.setattr(sys, "stdin", ScriptedStdin(["again"]))
-    survives(chat.repl)
-    out = capsys.readouterr().out
-    assert args.read_text().splitlines() == ["--raw --format=s16le --rate=16000 --channels=1"] * 2
-    second = sf.read(tmp_path / "r.wav", dtype="int16")[0]
-    # what the player got is exactly the two spoken replies, as written to the WAV
-    assert np.array_equal(np.frombuffer(pcm.read_bytes(), "<i2"), np.concatenate([first, second]))
-    assert "[paplay failed (exit status 3): no sink]" in out
-    assert out.count("[ttft ") == 2
-
-
-def test_a_player_that_cannot_stream_plays_the_wav_after_the_reply(ckpt, replies, monkeypatch, capsys, tmp_path):
-    bin_, played = tmp_path / "bin", tmp_path / "played"
-    fake_player(bin_, "afplay", f'echo "$@" >> {played}')
-    monkeypatch.setenv("PATH", str(bin_))
-    survives(spoken_chat(ckpt, monkeypatch, tmp_path, ["hello", "again"]).repl)
-    assert played.read_text().splitlines() == [str(tmp_path / "r.wav")] * 2
-    assert capsys.readouterr().out.count("[ttft ") == 2
-
-
-def test_play_without_a_player_says_so_once(ckpt, replies, monkeypatch, capsys, tmp_path):
-    (tmp_path / "empty").mkdir()
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    survives(spoken_chat(ckpt, monkeypatch, tmp_path, ["hello", "again"]).repl)
-    out = capsys.readouterr().out
-    assert out.count("[--play: no audio player found (aplay, paplay, afplay, ffplay, play)") == 1
-    assert out.count("[ttft ") == 2
-
-
-def test_ctrl_c_during_playback_stops_it_and_the_session_goes_on(ckpt, replies, monkeypatch, capsys, tmp_path):
-    bin_ = tmp_path / "bin"
-    # the player takes the whole reply, then Ctrl-C lands while the chat waits for it to finish playing
-    fake_player(bin_, "aplay", "cat > /dev/null; kill -INT $PPID; exec sleep 30")
-    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
-    t0 = time.monotonic()
-    survives(spoken_chat(ckpt, monkeypatch, tmp_path, ["hello", "again"]).repl)
-    out = capsys.readouterr().out
-    assert out.count("[playback stopped]") == 2 and out.count("[ttft ") == 2
-    assert time.monotonic() - t0 < 20  # the player was stopped, not waited for
-
-
-def test_ctrl_c_while_the_reply_streams_to_the_player_stops_both(ckpt, replies, monkeypatch, capsys, tmp_path):
-    bin_ = tmp_path / "bin"
-    # Ctrl-C lands while the reply is written: half a second after the player starts (with the turn), so
-    # that the chat is in its token loop by then even on a loaded machine, and well before the 2.4 s reply ends
-    fake_player(bin_, "aplay", "sleep 0.5; kill -INT $PPID; exec sleep 30")
-    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")
-    real = chat_lib.generate_reply
-
-    def slow(model, x, max_new, stop, temperature, top_k, top_p, generator, on_token):
-        def tick(token):
-            time.sleep(0.1)  # 24 tokens: 2.4 s, far longer than the player takes to send SIGINT
-            on_token(token)
-        return real(model, x, max_new, (), temperature, top_k, top_p, generator, tick)
-
-    monkeypatch.setattr(chat_lib, "generate_reply", slow)
-    t0 = time.monotonic()
-    survives(spoken_chat(ckpt, monkeypatch, tmp_path, ["hello", "again"]).repl)
-    out = capsys.readouterr().out
-    assert out.count("[reply cancelled after ") == 2
-    assert time.monotonic() - t0 < 20

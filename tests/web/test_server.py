@@ -26,7 +26,8 @@ from omni.thinker.tokenizer import train_bpe
 from omni.tools.latency import scripted
 from omni.web import server
 from omni.web.__main__ import load_voice, main
-from omni.web.server import Demo, Limits, create_app, pcm16
+from omni.web.media import Limits, pcm16
+from omni.web.server import Demo, create_app
 from tests.conftest import ROOT, SONNETS
 
 MAX_NEW_TOKENS = 24
