@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from omni.builders import download as dl
 from omni.builders import text as tc
+from tests.conftest import ROOT
 
 STORIES = [
     "Once upon a time, there was a little cat named Tom. Tom liked to play in the sun.\n"
@@ -145,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
     requests: list[tuple[str, str | None]] = []
     honour_range = True
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         self.requests.append((self.path, self.headers.get("Range")))
         body = self.files.get(self.path)
         if body is None:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image, ImageFont
 
 from omni import images
 from omni.builders import image as im
+from tests.conftest import ROOT
 
 ASSETS = ROOT / "assets" / "images"
 
@@ -262,7 +262,7 @@ def _script():
 class _Handler(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         body = self.files.get(self.path)
         if body is None:
             self.send_error(404, "Not Found")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image
 
 from omni.builders import ocr
+from tests.conftest import ROOT
 
 SONNETS = ROOT / "assets" / "text" / "sonnets.txt"
 DEJAVU = ocr.DEJAVU_DIR / "DejaVuSans.ttf"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT
 
 from omni.audio.features import SAMPLE_RATE, load_audio
+from tests.conftest import ROOT
 
 
 def prepare_script():

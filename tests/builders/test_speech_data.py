@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT
 
 from omni.audio.features import SAMPLE_RATE, AudioError, load_audio, save_wav
 from omni.builders import speech as sd
+from tests.conftest import ROOT
 
 
 def missing_engines(engines: list[str]) -> str | None:
@@ -187,8 +187,8 @@ def test_smoke_speech_uses_espeak_and_is_deterministic(tmp_path: Path) -> None:
 
 
 def tiny_corpus(path: Path) -> Path:
-    words = "red blue green small big old new happy quiet bright".split()
-    things = "cat dog bird tree river house boat road hill door".split()
+    words = ["red", "blue", "green", "small", "big", "old", "new", "happy", "quiet", "bright"]
+    things = ["cat", "dog", "bird", "tree", "river", "house", "boat", "road", "hill", "door"]
     lines = [f"The {a} {t} sat by the {b} {u}. A {b} {t} was near the {a} road."
              for a in words for b in words for t, u in zip(things, things[1:])]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from conftest import ROOT, SONNETS, tiny_config
 
 from omni.audio.ctc import CharVocab
 from omni.audio.encoder import AudioEncConfig
@@ -18,6 +17,7 @@ from omni.tools import autotune as at
 from omni.tools import token_count as tc
 from omni.tools.json_edit import replace_values
 from omni.tools.survey import model_info, train_slots
+from tests.conftest import ROOT, SONNETS, tiny_config
 
 spec = importlib.util.spec_from_file_location("update_configs", ROOT / "scripts" / "update_configs_from_data.py")
 update_configs = importlib.util.module_from_spec(spec)
@@ -42,7 +42,7 @@ def test_epochs_stay_in_each_buckets_range(lo, hi, e_min, e_max):
 
 
 def test_epochs_never_rise_with_more_data():
-    values = [at.epochs_for_tokens(int(10 ** (k / 20))) for k in range(0, 241)]
+    values = [at.epochs_for_tokens(int(10 ** (k / 20))) for k in range(241)]
     assert values == sorted(values, reverse=True)
 
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("bench_stages", ROOT / "lab" / "bench_stages.py")
 bench = importlib.util.module_from_spec(spec)

@@ -6,7 +6,8 @@ import shutil
 import sys
 
 import pytest
-from conftest import ROOT, SONNETS, tiny_config
+
+from tests.conftest import ROOT, SONNETS, tiny_config
 
 spec = importlib.util.spec_from_file_location("check_setup", ROOT / "scripts" / "check_setup.py")
 check_setup = importlib.util.module_from_spec(spec)

@@ -4,10 +4,10 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from omni.cli import chat, evaluate, tts
 from omni.cli.common import Parser
+from tests.conftest import ROOT
 
 
 def program_files() -> list[Path]:

@@ -3,7 +3,7 @@ baselines do not; several folders make one figure."""
 import importlib.util
 import json
 
-from conftest import ROOT
+from tests.conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("plot_metrics", ROOT / "scripts" / "plot_metrics.py")
 plot_metrics = importlib.util.module_from_spec(spec)
