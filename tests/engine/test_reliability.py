@@ -370,7 +370,7 @@ def test_average_weights_skips_the_lock_and_temp_files(tmp_path):
 
 def test_stage_script_refuses_a_file_as_save_dir_before_writing_anything(tmp_path, capsys):
     """run_stage holds the folder from the start (Stage A writes its tokenizer before fit)."""
-    from conftest import write_config
+    from tests.conftest import write_config
 
     import train_text
     target = tmp_path / "afile"
