@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0], epilog=__doc__)
     p.add_argument("--ckpt", default="checkpoints/omni_sft_tiny", help="Stage E checkpoint folder (sft_omni.py)")
     p.add_argument("--talker", default="checkpoints/talker_tiny", help="Stage D checkpoint folder, for speech")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="speaking rate, 2.0 twice as fast (a Talker with talker.alignment=durations)")
     add_vocoder_args(p)
     p.add_argument("--ocr-ckpt", default="checkpoints/ocr_tiny/best", help="OCR checkpoint for /ocr (train_ocr.py)")
     p.add_argument("--text", default=None, help="one-shot: send this message and exit")
@@ -113,7 +115,8 @@ class Chat:
 
     def voice(self) -> Synthesizer:
         if self._voice is None:
-            self._voice = Synthesizer.load(self.args.talker, self.device, **vocoder_kwargs(self.args.vocoder))
+            self._voice = Synthesizer.load(self.args.talker, self.device, **vocoder_kwargs(self.args.vocoder),
+                                           rate=self.args.rate)
         return self._voice
 
     def attach(self, kind: str, path: str) -> bool:

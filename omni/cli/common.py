@@ -77,7 +77,7 @@ def vocoder_kwargs(choice: str) -> dict:
 
 
 def add_talker_args(p: argparse.ArgumentParser) -> None:
-    """How the Talker speaks: --temperature, --top-k, --chunk-chars (Synthesizer's arguments),
+    """How the Talker speaks: --temperature, --top-k, --chunk-chars, --rate (Synthesizer's arguments),
     shared by scripts/tts.py and evaluate.py tts."""
     from omni.speech.synthesis import DEFAULT_CHUNK_CHARS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
@@ -85,6 +85,8 @@ def add_talker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-chars", type=int, default=DEFAULT_CHUNK_CHARS,
                    help="speak the text in pieces of at most this many characters, cut at sentence, "
                         "clause and word boundaries (capped at the Talker's talker.max_text_chars)")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="speaking rate, 2.0 twice as fast (a Talker with talker.alignment=durations)")
 
 
 def non_negative(text: str) -> int:

@@ -88,7 +88,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     synth = codec = None
     if args.talker:
         synth = Synthesizer.load(args.talker, "cpu", temperature=args.temperature, top_k=args.top_k,
-                                 gl_iters=args.gl_iters, chunk_chars=args.chunk_chars)
+                                 gl_iters=args.gl_iters, chunk_chars=args.chunk_chars, rate=args.rate)
         codec = synth.codec
     if args.codec:
         codec, _ = load_codec(args.codec, "cpu")

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     try:
         synth = Synthesizer.load(args.talker, args.device, **vocoder_kwargs(args.vocoder), temperature=args.temperature,
-                                 top_k=args.top_k, gl_iters=args.gl_iters, chunk_chars=args.chunk_chars)
+                                 top_k=args.top_k, gl_iters=args.gl_iters, chunk_chars=args.chunk_chars, rate=args.rate)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

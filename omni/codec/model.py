@@ -73,7 +73,7 @@ class MelCodec(nn.Module):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.n_codebooks, self.codebook_size = cfg.n_codebooks, cfg.codebook_size
+        self.n_codebooks, self.codebook_size, self.codebook_dim = cfg.n_codebooks, cfg.codebook_size, cfg.codebook_dim
         self.frames_per_code = cfg.frames_per_code
         M, C, L = SPEECH_OUT_MEL.n_mels, cfg.d_model, cfg.n_layers
         self.register_buffer("mel_mean", torch.zeros(M))

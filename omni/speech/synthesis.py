@@ -27,7 +27,7 @@ from omni.speech.chunks import LocalStream, split_text
 from omni.speech.griffinlim import BlockGriffinLim, inverter
 from omni.speech.streaming import probe_radius
 from omni.talker.data import CODEC_LINK, VOCAB_FILE
-from omni.talker.model import Talker, TalkerConfig
+from omni.talker.model import Talker, TalkerConfig, build_talker
 from omni.talker.text import TextVocab
 from omni.vocoder.model import Generator, vocode
 from omni.vocoder.stage import load_generator
@@ -77,13 +77,20 @@ class Synthesizer:
 
     def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
-                 pause_s: float = 0.15, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> None:
+                 pause_s: float = 0.15, chunk_chars: int = DEFAULT_CHUNK_CHARS, rate: float = 1.0) -> None:
         """``vocoder``: a trained HiFi-GAN generator (omni.vocoder.stage.load_generator), or None
         for Griffin-Lim (``gl_iters`` iterations). ``chunk_chars``: text is
         spoken in pieces of at most this many characters (capped at the Talker's max_text_chars,
-        the longest text it was trained on)."""
+        the longest text it was trained on). ``rate``: speaking rate (2.0 twice as fast), for a
+        Talker with durations (talker.alignment=durations)."""
         if chunk_chars < 1:
             raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
+        if rate != 1.0 and talker.cfg.alignment != "durations":
+            raise ValueError(f"--rate {rate}: this Talker (talker.alignment={talker.cfg.alignment}) has no rate "
+                             "control; a Talker trained with talker.alignment=durations has")
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.rate = rate
         self.talker, self.vocab, self.codec, self.device = talker.eval(), vocab, codec.eval(), device
         self.vocoder = vocoder.eval() if vocoder is not None else None
         self.vocoder_name = "griffinlim" if vocoder is None else "hifigan"
@@ -119,7 +126,7 @@ class Synthesizer:
         if vocab.kind != talker_cfg.text_input:
             raise CheckpointError(f"{tdir}: {VOCAB_FILE} reads {vocab.kind} but config.json says "
                                   f"talker.text_input={talker_cfg.text_input}; the folder mixes two Talkers")
-        talker = Talker(talker_cfg)
+        talker = build_talker(talker_cfg)
         load_weights(talker, tdir)
         codec, _ = load_codec(codec_dir, device)
         log.info("Talker %s (%.2fM params) + codec %s on %s", tdir, talker.num_params() / 1e6, codec_dir, device)
@@ -129,7 +136,7 @@ class Synthesizer:
     @torch.no_grad()
     def codes(self, text: str, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Raw text -> one codes tensor (T, n_q) per chunk; [] when nothing speakable is left."""
-        return [self.talker.generate(ids, self.temperature, self.top_k, generator=generator)
+        return [self.talker.generate(ids, self.temperature, self.top_k, generator=generator, rate=self.rate)
                 for ids in self.pieces(text)]
 
     def pieces(self, text: str) -> list[list[int]]:
@@ -194,7 +201,7 @@ class Synthesizer:
                            torch.cat)
                if self.vocoder is not None else BlockGriffinLim(inverter(self.device), n_iter=self.gl_iters))
         frames = 0
-        groups = self.talker.generate_iter(ids, self.temperature, self.top_k, generator=gen)
+        groups = self.talker.generate_iter(ids, self.temperature, self.top_k, generator=gen, rate=self.rate)
         while True:
             t0 = time.perf_counter()
             group = next(groups, None)

@@ -128,11 +128,12 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 class TalkerDataset(SkipCountingDataset):
     """item i -> (text ids (L,) long, codes (T, n_q) long) or None when the row is unusable;
-    ``n_codebooks``: the first that many of the cached codebooks (all by default)."""
+    ``n_codebooks``: the first that many of the cached codebooks (all by default); ``aligned``: a
+    row needs at least one frame per symbol (a duration Talker gives every symbol a frame)."""
 
     def __init__(self, manifest: Manifest, cache: CodeCache, vocab: TextVocab, max_text_chars: int,
-                 n_codebooks: int | None = None) -> None:
-        self.m, self.cache, self.vocab = manifest, cache, vocab
+                 n_codebooks: int | None = None, aligned: bool = False) -> None:
+        self.m, self.cache, self.vocab, self.aligned = manifest, cache, vocab, aligned
         self.n_q = n_codebooks or cache.codes.shape[1]
         super().__init__()
         self.text: list[list[int] | None] = []
@@ -161,8 +162,11 @@ class TalkerDataset(SkipCountingDataset):
             return self.cache.reasons[i]
         if self.text[i] is None:
             return "text_empty_or_too_long"
-        if self.cache.offsets[i + 1] == self.cache.offsets[i]:
+        frames = self.cache.offsets[i + 1] - self.cache.offsets[i]
+        if frames == 0:
             return "no_frames"
+        if self.aligned and frames < len(self.text[i]):
+            return "fewer_frames_than_symbols"
         return None
 
     def lengths(self) -> np.ndarray:

@@ -31,6 +31,8 @@ class TalkerLossConfig:
     self_feed: float = 0.0              # share of input groups replaced by the Talker's own prediction
     codebook_weights: tuple[float, ...] = ()  # the code CE's weight per codebook (empty: equal)
     text_aux_weight: float = 1.0        # the weight of talker.text_aux_layer's CE (when that layer is set)
+    prior_weight: float = 1.0           # durations: the aligner's prior loss (omni/talker/duration.py)
+    duration_weight: float = 1.0        # durations: the duration predictor's squared log error
 
     def code_weights(self, n_codebooks: int) -> list[float]:
         """The per-codebook CE weights for a Talker of ``n_codebooks`` (equal when none are given);
@@ -155,6 +157,24 @@ def self_fed(model: nn.Module, text: torch.Tensor, text_lens: torch.Tensor, grou
     return torch.where(swap[..., None, None], predicted, groups)
 
 
+def code_ce(code_logits: torch.Tensor, tgt: torch.Tensor, cfg: TalkerLossConfig
+            ) -> tuple[torch.Tensor, dict[str, float]]:
+    """code logits (..., n_q, K), targets (..., n_q) (IGNORE allowed) -> the code loss (the mean over
+    codebooks of each one's CE, weighted by ``cfg.codebook_weights``) and logs: ce (unweighted,
+    so that runs with other weights compare), ce_q<i> per codebook, acc (top-1 over codes)."""
+    K = code_logits.shape[-1]
+    ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
+                             reduction="none").view(tgt.shape)
+    valid = tgt != IGNORE
+    dims = tuple(range(tgt.dim() - 1))
+    per_q = (ce_all * valid).sum(dim=dims) / valid.sum(dim=dims).clamp(min=1)  # (n_q,)
+    w = per_q.new_tensor(cfg.code_weights(per_q.numel()))
+    with torch.no_grad():
+        acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
+    return (per_q * w).sum() / w.sum(), {"ce": per_q.mean().item(), "acc": acc.item(),
+                                         **{f"ce_q{i}": v for i, v in enumerate(per_q.tolist())}}
+
+
 def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig,
                 r: int, feed: float | None = None, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -175,28 +195,20 @@ def talker_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLos
     tgt = t["targets"]
     code_logits, stop_logits = model(text, text_lens, groups, next_groups=tgt,
                                      probe=probe if readout is None else lambda *a: (probe(*a), readout(*a)))
-    K = code_logits.shape[-1]
-    ce_all = F.cross_entropy(code_logits.float().reshape(-1, K), tgt.reshape(-1), ignore_index=IGNORE,
-                             reduction="none").view(tgt.shape)
-    valid = tgt != IGNORE
-    per_q = (ce_all * valid).sum(dim=(0, 1, 2)) / valid.sum(dim=(0, 1, 2)).clamp(min=1)  # (n_q,)
-    ce = per_q.mean()  # logged unweighted, so that runs with other weights compare
-    w = per_q.new_tensor(cfg.code_weights(per_q.numel()))
-    code_loss = (per_q * w).sum() / w.sum()
+    code_loss, code_logs = code_ce(code_logits, tgt, cfg)
     stop_ok = t["stop"] >= 0
     stop_bce = F.binary_cross_entropy_with_logits(
         stop_logits.float()[stop_ok], t["stop"][stop_ok],
         pos_weight=torch.tensor(cfg.stop_pos_weight, device=stop_logits.device))
-    guided = probe.loss() if probe.losses else torch.zeros((), device=ce.device)
+    guided = probe.loss() if probe.losses else torch.zeros((), device=code_loss.device)
     loss = code_loss + cfg.stop_weight * stop_bce + cfg.guided_weight * guided
     if readout is not None:
         text_aux = readout.ce(tgt)
         loss = loss + cfg.text_aux_weight * text_aux
     with torch.no_grad():
-        acc = ((code_logits.argmax(-1) == tgt) & valid).sum() / valid.sum().clamp(min=1)
         at_end = stop_logits.gather(1, t["n_groups"][:, None])[:, 0] > 0
-    logs = {"ce": ce.item(), "acc": acc.item(), "stop_bce": stop_bce.item(), "guided": guided.item(),
-            "stop_acc": at_end.float().mean().item(), **{f"ce_q{i}": v for i, v in enumerate(per_q.tolist())}}
+    logs = {**code_logs, "stop_bce": stop_bce.item(), "guided": guided.item(),
+            "stop_acc": at_end.float().mean().item()}
     if readout is not None:
         logs["text_aux_ce"] = text_aux.item()
     return loss, logs

@@ -36,6 +36,7 @@ from omni.talker.text import KINDS, START
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+ALIGNMENTS = ("attention", "durations")
 
 
 @dataclass
@@ -61,10 +62,19 @@ class TalkerConfig:
     text_input: str = "chars"   # what the text is read as: "chars", or "phonemes" (espeak-ng IPA; omni/talker/phonemes.py)
     text_aux_layer: int = -1    # training only: a head on this layer's attention output (its read of the text)
                                 # predicts the next group's base codes (loss.text_aux_weight); -1: none
+    alignment: str = "attention"  # how frames find their text: "attention" (a prefix LM, this module) or
+                                  # "durations" (an aligned symbol per frame, omni/talker/duration.py)
+    encoder_layers: int = 2     # durations: bidirectional text-encoder blocks
+    latent_dim: int = 0         # durations: the codec's code-vector width (the aligner's space; 0: from the codec)
 
     def __post_init__(self) -> None:
         if self.text_input not in KINDS:
             raise ConfigError(f"talker.text_input must be one of {', '.join(KINDS)}, got '{self.text_input}'")
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"talker.alignment must be one of {', '.join(ALIGNMENTS)}, got '{self.alignment}'")
+        if self.alignment == "durations" and self.text_aux_layer != -1:
+            raise ConfigError("talker.text_aux_layer reads the text through attention; a Talker with "
+                              "talker.alignment=durations has none (set it to -1)")
         if not -1 <= self.text_aux_layer < self.n_layers:
             raise ConfigError(f"talker.text_aux_layer must be -1 (none) or a layer 0..{self.n_layers - 1}, "
                               f"got {self.text_aux_layer}")
@@ -112,6 +122,8 @@ class DepthChain(nn.Module):
 
 
 class Talker(nn.Module):
+    stop_rows = 1  # the head's last row is the end-of-speech flag
+
     def __init__(self, cfg: TalkerConfig) -> None:
         super().__init__()
         if min(cfg.n_codebooks, cfg.codebook_size, cfg.text_vocab_size) <= 0:
@@ -128,7 +140,7 @@ class Talker(nn.Module):
             Block(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.dropout, causal=True, rope=self.rope)
             for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, r * n_q * K + 1, bias=False)  # codes of the next group + stop
+        self.head = nn.Linear(cfg.d_model, r * n_q * K + self.stop_rows, bias=False)  # codes of the next group + stop
         self.register_buffer("offsets", (torch.arange(r * n_q) * K).view(r, n_q), persistent=False)
         self.depth = (DepthChain(cfg.d_model, cfg.depth_ff or cfg.d_ff, cfg.depth_layers, r * n_q)
                       if cfg.depth_layers > 0 else None)
@@ -172,18 +184,18 @@ class Talker(nn.Module):
         shape = (cfg.frames_per_step, cfg.n_codebooks, cfg.codebook_size)
         if self.depth is None:
             out = self.head(h)
-            return out[..., :-1].unflatten(-1, shape), out[..., -1]
+            return out[..., :math.prod(shape)].unflatten(-1, shape), out[..., -1] if self.stop_rows else None
         if next_groups is None:
             raise ValueError("a Talker with depth_layers > 0 needs the next groups' codes (teacher forcing)")
         emb = self.code_emb(next_groups.clamp(min=0) + self.offsets).flatten(-3, -2)  # (..., S, D)
         prev = emb.cumsum(-2) - emb                                                # slots before s
         logits = self.slot_logits(self.depth(h, prev), slice(None))
-        return logits.unflatten(-2, shape[:2]), self.stop_logit(h)
+        return logits.unflatten(-2, shape[:2]), self.stop_logit(h) if self.stop_rows else None
 
     def slot_logits(self, u: torch.Tensor, slots: slice) -> torch.Tensor:
         """Chain states u (..., S', D) of ``slots`` -> their code logits (..., S', K)."""
         S, K = self.cfg.frames_per_step * self.cfg.n_codebooks, self.cfg.codebook_size
-        w = self.head.weight[:-1].view(S, K, -1)[slots]
+        w = self.head.weight[:S * K].view(S, K, -1)[slots]
         return torch.einsum("...sd,skd->...sk", u, w)
 
     def stop_logit(self, h: torch.Tensor) -> torch.Tensor:
@@ -261,16 +273,16 @@ class Talker(nn.Module):
     @torch.no_grad()
     def generate(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
                  max_groups: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, rate: float = 1.0) -> torch.Tensor:
         """One text's ids -> codes (T, n_q) long, T a multiple of frames_per_step: ``generate_iter``'s
         groups joined."""
-        groups = list(self.generate_iter(text_ids, temperature, top_k, max_groups, use_cache, generator))
+        groups = list(self.generate_iter(text_ids, temperature, top_k, max_groups, use_cache, generator, rate))
         return torch.cat(groups, dim=0)
 
     @torch.no_grad()
     def generate_iter(self, text_ids: list[int], temperature: float = 0.0, top_k: int = 0,
                       max_groups: int | None = None, use_cache: bool = True,
-                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                      generator: torch.Generator | None = None, rate: float = 1.0) -> Iterator[torch.Tensor]:
         """One text's ids -> its groups of codes (frames_per_step, n_q), each yielded as soon as it is
         picked (streaming speech decodes them while the next ones are generated).
 
@@ -280,6 +292,9 @@ class Talker(nn.Module):
         """
         if not text_ids:
             raise ValueError("generate: empty text (nothing to say)")
+        if rate != 1.0:
+            raise ValueError("this Talker finds its own pace through attention and has no rate control; "
+                             "a Talker with talker.alignment=durations has")
         was_training = self.training
         self.eval()
         device = self.head.weight.device
@@ -307,6 +322,15 @@ class Talker(nn.Module):
                 x = torch.cat([x, emb], dim=1)
         finally:
             self.train(was_training)
+
+
+def build_talker(cfg: TalkerConfig) -> Talker:
+    """The Talker ``cfg.alignment`` names (a duration Talker's latent buffers are set by its stage,
+    or loaded with its weights)."""
+    if cfg.alignment == "durations":
+        from omni.talker.duration import DurationTalker  # it subclasses Talker
+        return DurationTalker(cfg)
+    return Talker(cfg)
 
 
 def sample_codes(logits: torch.Tensor, temperature: float, top_k: int,

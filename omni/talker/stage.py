@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from omni.codec import stage as codec_stage
@@ -28,7 +29,8 @@ from omni.talker.data import (
     unigram_code_ce,
 )
 from omni.talker.loss import TalkerLossConfig, talker_loss
-from omni.talker.model import Talker, TalkerConfig
+from omni.talker.duration_loss import duration_loss, evaluate_duration_talker
+from omni.talker.model import TalkerConfig, build_talker
 from omni.talker.text import TextVocab
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,10 @@ def fill_from_codec(cfg: TalkerStageConfig, codec, vocab: TextVocab) -> None:
     t.n_codebooks = t.n_codebooks or codec.n_codebooks
     if t.n_codebooks < codec.n_codebooks:
         log.info("the Talker predicts the first %d of the codec's %d codebooks", t.n_codebooks, codec.n_codebooks)
-    for key, actual in (("codebook_size", codec.codebook_size), ("text_vocab_size", len(vocab))):
+    sizes = [("codebook_size", codec.codebook_size), ("text_vocab_size", len(vocab))]
+    if t.alignment == "durations":
+        sizes.append(("latent_dim", codec.codebook_dim))
+    for key, actual in sizes:
         if getattr(t, key) not in (0, actual):
             raise ConfigError(f"talker.{key}={getattr(t, key)} but the codec/vocabulary has {actual}; set it to 0 "
                               "(filled automatically) or to the real value")
@@ -86,6 +91,11 @@ def fill_from_codec(cfg: TalkerStageConfig, codec, vocab: TextVocab) -> None:
         cfg.loss.code_weights(t.n_codebooks)  # checked before training, not at the first step
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def codec_vectors(codec, n_codebooks: int) -> torch.Tensor:
+    """The codec's first n_codebooks codebooks (n_q, K, dim): the duration Talker's aligner space."""
+    return torch.stack([vq.codebook.detach().float() for vq in codec.rvq.layers[:n_codebooks]])
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -112,16 +122,20 @@ def build_stage(cfg: TalkerStageConfig, rt: Runtime) -> Stage:
     vocab = TextVocab.default(cfg.talker.text_input)
     fill_from_codec(cfg, codec, vocab)
     cache_dir = Path(cfg.train.save_dir) / "codes"
+    durations = cfg.talker.alignment == "durations"
     sets = {}
     for split, name in (("train", cfg.data.train_csv), ("val", cfg.data.val_csv)):
         csv = resolve_manifest(name, split)
         outside = cfg.data.allow_outside_paths
         cache = CodeCache.load_or_build(csv, cache_dir, codec, sha, cfg.data.max_seconds, outside)
         sets[split] = TalkerDataset(Manifest(csv, allow_outside=outside), cache, vocab, cfg.talker.max_text_chars,
-                                    cfg.talker.n_codebooks)
+                                    cfg.talker.n_codebooks, aligned=durations)
     train_set, val_set = sets["train"], sets["val"]
     torch.manual_seed(cfg.train.seed)
-    model = Talker(cfg.talker)
+    model = build_talker(cfg.talker)
+    if durations:
+        sample = torch.from_numpy(train_set.cache.codes[:200_000, :cfg.talker.n_codebooks].astype(np.int64))
+        model.set_latent(codec_vectors(codec, cfg.talker.n_codebooks), sample)
     log.info("Talker: %.2fM parameters, predicting %d codebooks; codec %s: %d codebooks x %d codes",
              model.num_params() / 1e6, cfg.talker.n_codebooks, codec_dir, codec.n_codebooks, codec.codebook_size)
     lengths = train_set.lengths()
@@ -139,11 +153,15 @@ def build_stage(cfg: TalkerStageConfig, rt: Runtime) -> Stage:
         ckpt.copy_weights(codec_dir, d / CODEC_SUBDIR)
         write_json_atomic(d / CODEC_LINK, {"codec_dir": CODEC_SUBDIR, "codec_sha1": sha})
 
+    if durations:
+        loss_fn = lambda m, b: duration_loss(m, b, cfg.loss)  # noqa: E731
+        evaluate = evaluate_duration_talker
+    else:
+        loss_fn = lambda m, b: talker_loss(m, b, cfg.loss, r)  # noqa: E731
+        evaluate = evaluate_talker
     return Stage(
-        name="talker", model=model, train_set=train_set, config=to_dict(cfg),
-        loss_fn=lambda m, b: talker_loss(m, b, cfg.loss, r), collate=collate_talker,
-        evaluate=lambda m: {**evaluate_talker(m, val_set, cfg.loss, cfg.train.batch_size, cfg.data.val_items),
-                            **baseline},
+        name="talker", model=model, train_set=train_set, config=to_dict(cfg), loss_fn=loss_fn, collate=collate_talker,
+        evaluate=lambda m: {**evaluate(m, val_set, cfg.loss, cfg.train.batch_size, cfg.data.val_items), **baseline},
         count_items=lambda b: float(b["code_lens"].sum()), items_unit="frames",
         best_metric="val_fed_loss" if cfg.loss.self_feed > 0 else "val_loss",
         lengths=lengths, skip_report=train_set.report, save_extra=save_extra)

@@ -330,7 +330,7 @@ def test_codebook_weights_must_give_one_weight_per_codec_codebook(weights):
     raw["loss"]["codebook_weights"] = weights
     cfg = config_from_dict(raw, TalkerStageConfig)
     with pytest.raises(ConfigError, match="codebook_weights"):
-        talker_stage.fill_from_codec(cfg, SimpleNamespace(n_codebooks=4, codebook_size=256), TextVocab.default())
+        talker_stage.fill_from_codec(cfg, SimpleNamespace(n_codebooks=4, codebook_size=256, codebook_dim=64), TextVocab.default())
 
 
 def test_talker_may_predict_the_first_codebooks_only():
@@ -339,7 +339,7 @@ def test_talker_may_predict_the_first_codebooks_only():
     from omni.config import ConfigError, config_from_dict
     from omni.talker.stage import TalkerStageConfig
     raw = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
-    codec = SimpleNamespace(n_codebooks=4, codebook_size=256)
+    codec = SimpleNamespace(n_codebooks=4, codebook_size=256, codebook_dim=64)
     for asked, filled in ((0, 4), (2, 2), (4, 4)):
         raw["talker"]["n_codebooks"] = asked
         raw["loss"]["codebook_weights"] = [1.0] * filled

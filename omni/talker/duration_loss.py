@@ -1,0 +1,58 @@
+"""The duration Talker's objective and its validation: code CE given the aligned text, the
+aligner's prior loss and the duration predictor's squared error in log frames."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+from omni.talker.data import TalkerDataset, collate_talker
+from omni.talker.loss import TalkerLossConfig, code_ce
+
+
+def duration_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
+
+    logs: code_ce's (ce, ce_q<i>, acc), prior, dur (squared log error per symbol), dur_frames
+    (mean absolute error in frames per symbol) and len_ratio (the predicted length of each row over
+    its real length, averaged)."""
+    out = model(batch["text"], batch["text_lens"], batch["codes"], batch["code_lens"])
+    code_loss, logs = code_ce(out["logits"], out["targets"], cfg)
+    d = out["durations"]
+    real = torch.arange(d.shape[1], device=d.device)[None, :] < (batch["text_lens"] - 1)[:, None]
+    pred = out["log_dur"].float()
+    dur = ((pred - d.clamp(min=1).float().log()).pow(2) * real).sum() / real.sum().clamp(min=1)
+    loss = code_loss + cfg.prior_weight * out["prior"] + cfg.duration_weight * dur
+    with torch.no_grad():
+        frames = pred.exp() * real
+        err = ((frames - d).abs() * real).sum() / real.sum().clamp(min=1)
+        ratio = (frames.sum(1) / batch["code_lens"].float()).mean()
+    logs.update(prior=out["prior"].item(), dur=dur.item(), dur_frames=err.item(), len_ratio=ratio.item())
+    return loss, logs
+
+
+@torch.no_grad()
+def evaluate_duration_talker(model: nn.Module, data: TalkerDataset, loss_cfg: TalkerLossConfig, batch_size: int,
+                             n_items: int) -> dict[str, float]:
+    """Teacher-forced metrics over the first n_items usable rows (sorted by length, for tight
+    batches): val_loss = the code CE (mean over codebooks) given the aligned text; val_ce_q<i>,
+    val_acc, val_prior, val_dur, val_dur_frames and val_len_ratio as in duration_loss."""
+    device = next(model.parameters()).device
+    usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
+    usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
+    sums: Counter = Counter()
+    n = 0
+    for s in range(0, len(usable), batch_size):
+        batch = collate_talker([data[i] for i in usable[s:s + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        _, logs = duration_loss(model, batch, loss_cfg)
+        k = batch["text"].shape[0]
+        for key, v in logs.items():
+            sums[key] += v * k
+        n += k
+    data.report()  # evaluation reads are not training skips
+    out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    out["val_loss"] = out["val_ce"]
+    return out
