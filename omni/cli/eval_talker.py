@@ -1,5 +1,9 @@
 """Does the Talker read the text? Teacher-forced metrics of a Talker on held-out rows (Stage D).
 
+A duration Talker (talker.alignment=durations) is given its text frame by frame, so for it this
+prints the code CE, the aligner's prior loss and how far its predicted durations are from the
+aligned ones; what follows is about an attention Talker.
+
     python scripts/evaluate.py talker --talker checkpoints/talker_tiny \
         [--csv data/audio/production_tts_val.csv] [--n 100]
 
@@ -28,6 +32,7 @@ from omni.engine.checkpoint import read_config
 from omni.manifest import Manifest
 from omni.speech.synthesis import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, Synthesizer, talker_dir
 from omni.talker.data import CODEC_LINK, CodeCache, TalkerDataset, collate_talker, evaluate_talker
+from omni.talker.duration_loss import evaluate_duration_talker
 from omni.talker.loss import TalkerLossConfig, TextAttention, frame_scores
 from omni.talker.model import make_targets
 from omni.talker.stage import TtsDataConfig
@@ -99,10 +104,20 @@ def eval_talker(args: argparse.Namespace) -> int:
     csv = Path(args.csv)
     cache = CodeCache.load_or_build(csv, Path(args.talker) / "talker" / "codes", synth.codec, sha, max_seconds)
     talker = synth.talker.eval()
-    data = TalkerDataset(Manifest(csv), cache, synth.vocab, talker.cfg.max_text_chars, talker.cfg.n_codebooks)
+    durations = talker.cfg.alignment == "durations"
+    data = TalkerDataset(Manifest(csv), cache, synth.vocab, talker.cfg.max_text_chars, talker.cfg.n_codebooks,
+                         aligned=durations)
     torch.manual_seed(0)
-    out = evaluate_talker(talker, data, loss_cfg, args.batch_size, args.n)
     n_q = talker.cfg.n_codebooks
+    if durations:
+        out = evaluate_duration_talker(talker, data, loss_cfg, args.batch_size, args.n)
+        print(f"{tdir} on {csv}, the first {min(args.n, len(data))} usable rows, teacher-forced on the aligned text:")
+        print(f"  code CE {out['val_ce']:.3f} nats (per codebook "
+              + " / ".join(f"{out[f'val_ce_q{q}']:.3f}" for q in range(n_q)) + f"), accuracy {out['val_acc']:.3f}")
+        print(f"  aligner prior {out['val_prior']:.3f}; durations off by {out['val_dur_frames']:.2f} frames per "
+              f"symbol; predicted length {out['val_len_ratio']:.3f} of the recording's")
+        return 0
+    out = evaluate_talker(talker, data, loss_cfg, args.batch_size, args.n)
     print(f"{tdir} on {csv}, the first {min(args.n, len(data))} usable rows, teacher-forced:")
     print(f"  code CE {out['val_ce']:.3f} nats (per codebook "
           + " / ".join(f"{out[f'val_ce_q{q}']:.3f}" for q in range(n_q))

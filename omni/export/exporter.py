@@ -79,11 +79,15 @@ def load_sources(ckpt: str | Path, talker: str | Path | None = None, vocoder: st
     from omni.vocoder.stage import load_generator
 
     cpu = torch.device("cpu")
+    synth = Synthesizer.load(talker, cpu) if talker is not None else None
+    if synth is not None and synth.talker.cfg.alignment != "attention":  # checked before the long loads
+        raise ExportError(f"{talker}: a Talker with talker.alignment={synth.talker.cfg.alignment} has no ONNX "
+                          "graphs yet (only the attention Talker exports); export without --talker for "
+                          "text, image and audio in, text out")
     ckpt = Path(ckpt)
     model, tok, _ = load_omni(ckpt, cpu)
     src = Sources(model.eval(), tok, ckpt, weight_files={"omni": ckpt / MODEL_FILE})
-    if talker is not None:
-        synth = Synthesizer.load(talker, cpu)
+    if synth is not None:
         tdir = talker_dir(Path(talker))
         link = json.loads((tdir / "codec.json").read_text(encoding="utf-8"))
         src.talker, src.vocab, src.codec = synth.talker.eval(), synth.vocab, synth.codec.eval()
