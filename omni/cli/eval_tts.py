@@ -8,7 +8,9 @@ Paths, all on the same held-out rows: original (the CSV's recordings), griffinli
 -> Griffin-Lim: this vocoder's ceiling), codec (log-mel -> codec -> Griffin-Lim), talker (text ->
 Talker -> codec -> Griffin-Lim), teacher (a diagnosis: the Talker predicts every frame from the text
 and the *real* codes before it, argmax -> codec -> Griffin-Lim; far better than ``talker`` means
-free-running drift, as bad means the Talker cannot yet predict a frame). The codec is the one the
+free-running drift, as bad means the Talker cannot yet predict a frame), chat (the text spoken as a
+chat reply: streamed word by word into ``live_turn``, which cuts it into pieces as they arrive and
+speaks each at once; compare it with talker). The codec is the one the
 Talker was trained on, or ``--codec``.
 Also prints per-codebook usage and perplexity on the same rows, and with ``--asr-ckpt`` the CER of
 our own Stage B model on every path's audio (the round trip). ``add_parser`` registers the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -35,7 +38,24 @@ from omni.speech.griffinlim import block_mel_to_wav
 from omni.speech.intelligibility import cer_wer, codec_path, griffinlim_path, original_path, read_rows, report_paths
 from omni.speech.synthesis import Synthesizer
 
-PATHS = ("original", "griffinlim", "codec", "talker", "teacher")
+PATHS = ("original", "griffinlim", "codec", "talker", "teacher", "chat")
+
+
+class ScriptedReply:
+    """A stand-in for ChatSession whose reply is the row's text, streamed word by word as the
+    Thinker streams tokens, so that ``live_turn`` speaks it exactly as chat speaks a reply (pieces
+    cut by TextPieces as the text arrives)."""
+
+    def ask(self, text: str, on_text=None):
+        for word in re.findall(r"\S+\s*", text):
+            on_text(word)
+        return text, None
+
+
+def chat_path(synth: Synthesizer, seed: int):
+    """text -> the Talker's speech as a spoken chat reply (omni/multimodal/live.py)."""
+    from omni.multimodal.live import live_turn
+    return lambda text, audio: live_turn(ScriptedReply(), text, voice=synth, seed=seed).audio
 
 
 def codec_usage(codec, rows) -> str:
@@ -78,11 +98,11 @@ def eval_tts(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.paths.split(",") if s.strip()]
     if set(names) - set(PATHS):
         raise SystemExit(f"unknown --paths {sorted(set(names) - set(PATHS))}; choose from {','.join(PATHS)}")
-    needs_codec = bool({"codec", "talker", "teacher"} & set(names))
+    needs_codec = bool({"codec", "talker", "teacher", "chat"} & set(names))
     if needs_codec and not (args.talker or args.codec):
         raise SystemExit("the codec and talker paths need --talker CKPT (or --codec CKPT for the codec path)")
-    if {"talker", "teacher"} & set(names) and not args.talker:
-        raise SystemExit("the talker and teacher paths need --talker CKPT (as written by train_talker.py)")
+    if {"talker", "teacher", "chat"} & set(names) and not args.talker:
+        raise SystemExit("the talker, teacher and chat paths need --talker CKPT (as written by train_talker.py)")
     rows, skipped = read_rows(args.csv, args.n, skip=args.skip)
     paths = {"original": original_path(), "griffinlim": griffinlim_path(args.gl_iters)}
     synth = codec = None
@@ -99,6 +119,7 @@ def eval_tts(args: argparse.Namespace) -> int:
     if synth is not None:
         paths["talker_codec_griffinlim"] = lambda text, audio: synth.synthesize(text, seed=args.seed)
         paths["teacher_forced_talker"] = teacher_forced_path(synth, args.gl_iters)
+        paths["chat_reply_talker"] = chat_path(synth, args.seed)
     chosen = {k: v for k, v in paths.items() if k.split("_")[0] in names}
     also = {}
     if args.asr_ckpt:

@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 
 def runtime_config(src: Sources) -> dict[str, Any]:
     from omni.speech.synthesis import Synthesizer
+    from omni.talker.duration import PLACES
     from omni.talker.text import START
 
     omni = src.omni
@@ -51,7 +52,8 @@ def runtime_config(src: Sources) -> dict[str, Any]:
                        "head_dim": c.d_model // c.n_heads, "ctx_len": c.ctx_len, "frames_per_step": c.frames_per_step,
                        "n_codebooks": c.n_codebooks, "codebook_size": c.codebook_size,
                        "max_text_chars": c.max_text_chars, "max_frames_per_char": c.max_frames_per_char,
-                       "depth": src.talker.depth is not None, "start_id": START, "text_input": c.text_input},
+                       "depth": src.talker.depth is not None, "start_id": START, "text_input": c.text_input,
+                       "alignment": c.alignment, "places": PLACES},
             "text_vocab": "text_vocab.json", "chunk_chars": synth.chunk_chars, "pause_s": synth.pause_s,
             "frames_per_code": src.codec.frames_per_code, "codec_radius": synth.radius("codec"),
             "mel": {"n_fft": SPEECH_OUT_MEL.n_fft, "hop": SPEECH_OUT_MEL.hop_length, "n_mels": SPEECH_OUT_MEL.n_mels},

@@ -13,7 +13,8 @@ from onnx import numpy_helper
 from safetensors.torch import load_file
 
 if TYPE_CHECKING:
-    from omni.export.exporter import GraphSpec, Sources
+    from omni.export.exporter import Sources
+    from omni.export.specs import GraphSpec
 
 
 class ExportError(RuntimeError):
@@ -25,6 +26,8 @@ def exclusions(src: Sources) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {"omni": [], "talker": [], "codec": [], "vocoder": []}
     if src.talker is not None:
         out["talker"].append((r"^text_aux\.", "training-only auxiliary head (talker.text_aux_layer)"))
+        out["talker"].append((r"^(to_latent\.|latent_codes$|latent_mean$|latent_std$)",
+                              "the duration Talker's aligner (training only: synthesis uses the predicted durations)"))
         out["codec"] += [
             (r"^encoder\.", "codec encoder (mel -> codes): builds the Talker's training targets, not used to speak"),
             (r"^rvq\.layers\.\d+\.(ema_count|ema_sum|unused_steps|initialised)$", "EMA codebook training state")]

@@ -44,6 +44,7 @@ from omni.engine.checkpoint import MODEL_FILE, best_or_self
 from omni.export import graphs as G
 from omni.export.assets import FORMAT_VERSION, write_assets
 from omni.export.audit import ExportError, audit_weights, derived_buffers, exclusions, read_checkpoint
+from omni.export.specs import GraphSpec, _kv, talker_specs
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,11 @@ def load_sources(ckpt: str | Path, talker: str | Path | None = None, vocoder: st
     from omni.vocoder.stage import load_generator
 
     cpu = torch.device("cpu")
-    synth = Synthesizer.load(talker, cpu) if talker is not None else None
-    if synth is not None and synth.talker.cfg.alignment != "attention":  # checked before the long loads
-        raise ExportError(f"{talker}: a Talker with talker.alignment={synth.talker.cfg.alignment} has no ONNX "
-                          "graphs yet (only the attention Talker exports); export without --talker for "
-                          "text, image and audio in, text out")
     ckpt = Path(ckpt)
     model, tok, _ = load_omni(ckpt, cpu)
     src = Sources(model.eval(), tok, ckpt, weight_files={"omni": ckpt / MODEL_FILE})
-    if synth is not None:
+    if talker is not None:
+        synth = Synthesizer.load(talker, cpu)
         tdir = talker_dir(Path(talker))
         link = json.loads((tdir / "codec.json").read_text(encoding="utf-8"))
         src.talker, src.vocab, src.codec = synth.talker.eval(), synth.vocab, synth.codec.eval()
@@ -102,22 +99,6 @@ def load_sources(ckpt: str | Path, talker: str | Path | None = None, vocoder: st
 
 
 # ---------------------------------------------------------------- graph specs
-@dataclass
-class GraphSpec:
-    name: str
-    source: str                          # which checkpoint its weights come from
-    module: nn.Module
-    example: tuple[torch.Tensor, ...]
-    inputs: list[str]
-    outputs: list[str]
-    dynamic: dict[str, dict[int, str]]
-    group: str | None = None             # shared external weights file
-
-
-def _kv(n_layers: int, batch: int, heads: int, length: int, head_dim: int) -> torch.Tensor:
-    return torch.randn(n_layers, batch, heads, length, head_dim) * 0.1
-
-
 def graph_specs(src: Sources) -> list[GraphSpec]:
     omni = src.omni
     th = omni.comp.thinker
@@ -147,29 +128,8 @@ def graph_specs(src: Sources) -> list[GraphSpec]:
                   {"images": {0: "batch"}, "slots": {0: "batch"}}),
     ]
     if src.talker is not None:
-        tk = src.talker
-        c = tk.cfg
-        tdh = c.d_model // c.n_heads
-        heads = ["hidden", "stop_logit"] + (["code_logits"] if tk.depth is None else [])
-        out_axes = {"hidden": {0: "batch"}, "stop_logit": {0: "batch"}, "code_logits": {0: "batch"}}
-        groups = torch.randint(0, c.codebook_size, (B, 2, c.frames_per_step, c.n_codebooks))
-        specs += [
-            GraphSpec("talker_prefill", "talker", G.TalkerPrefill(tk), (torch.randint(3, c.text_vocab_size, (B, 7)),),
-                      ["text"], heads + ["present_k", "present_v"],
-                      {"text": {0: "batch", 1: "chars"}, **out_axes, "present_k": {1: "batch", 3: "seq"},
-                       "present_v": {1: "batch", 3: "seq"}}, "talker.weights"),
-            GraphSpec("talker_decode", "talker", G.TalkerDecode(tk),
-                      (groups, _kv(c.n_layers, B, c.n_kv_heads, P, tdh), _kv(c.n_layers, B, c.n_kv_heads, P, tdh)),
-                      ["groups", "past_k", "past_v"], heads + ["present_k", "present_v"],
-                      {"groups": {0: "batch", 1: "steps"}, **kv_in, **out_axes, **kv_out}, "talker.weights"),
-        ]
-        if tk.depth is not None:
-            specs.append(GraphSpec(
-                "talker_depth", "talker", G.TalkerDepth(tk),
-                (torch.randn(B, c.d_model), torch.randn(B, c.d_model), torch.randint(0, c.codebook_size, (B,)),
-                 torch.tensor(1)), ["hidden", "prev", "code", "slot"], ["logits", "prev_out"],
-                {"hidden": {0: "batch"}, "prev": {0: "batch"}, "code": {0: "batch"}, "logits": {0: "batch"},
-                 "prev_out": {0: "batch"}}, "talker.weights"))
+        c = src.talker.cfg
+        specs += talker_specs(src.talker, B, P, kv_in, kv_out)
         specs.append(GraphSpec(
             "codec_decoder", "codec", G.CodecDecoder(src.codec, c.n_codebooks),
             (torch.randint(0, c.codebook_size, (B, 6, c.n_codebooks)),), ["codes"], ["mel"],

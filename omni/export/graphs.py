@@ -19,6 +19,10 @@ Graphs (batch and lengths dynamic unless said):
   talker_prefill   text (B,L) [<s>, chars] -> hidden (B,Dt), stop_logit (B,), [code_logits (B,r,n_q,K)],
                    present_k/v
   talker_decode    groups (B,G,r,n_q) int64, past_k/v -> the same outputs after the last group
+  talker_plan      (duration Talker) text (B,L) -> enc (B,L,Dt), log_dur (B,L-1)
+  talker_cond      enc, sym/since/to_end (B,G*r) int64 -> cond (B,G,Dt)
+  talker_start     cond (B,1,Dt) -> hidden (B,Dt), [code_logits], present_k/v
+  talker_step      groups (B,G,r,n_q) int64, cond (B,G,Dt), past_k/v -> the same after the last group
   talker_depth     hidden (B,Dt), prev (B,Dt), code (B,) int64, slot () int64 -> logits (B,K), prev_out (B,Dt)
                    (one code of the depth chain; the runtime loops over the r*n_q slots and samples)
   codec_decoder    codes (B,T',n) int64 -> log-mel (B,T'*fpc,128)
@@ -222,6 +226,66 @@ class TalkerDecode(_TalkerGraph):
         return self.outputs(x, past_k, past_v)
 
 
+class DurTalkerPlan(nn.Module):
+    """DurationTalker.encode + log_durations: the bidirectional text encoder (no cache, no mask: one
+    unpadded text) and the duration head."""
+
+    def __init__(self, talker: nn.Module) -> None:
+        super().__init__()
+        adopt(self, talker)
+
+    def forward(self, text):
+        x = self.text_emb(text)
+        cos, sin = rope_tables(self.rope, 0, x.shape[1])
+        for block in self.encoder:
+            x, _, _ = attention_block(block, x, cos, sin, None, None, None)
+        enc = self.enc_norm(x)
+        return enc, self.duration(enc)[..., 0][:, 1:]
+
+
+class DurTalkerCond(nn.Module):
+    """DurationTalker.condition_vectors: symbol states and the frames' places (frame_places, computed
+    by the runtime) -> one condition per group."""
+
+    def __init__(self, talker: nn.Module) -> None:
+        super().__init__()
+        adopt(self, talker)
+        self.cfg = talker.cfg
+
+    def forward(self, enc, sym, since, to_end):
+        from omni.talker.duration import DurationTalker
+        return DurationTalker.condition_vectors(self, enc, sym, since, to_end)
+
+
+class DurTalkerStart(nn.Module):
+    """The duration Talker's first step: BOS + the first group's condition through the blocks."""
+
+    def __init__(self, talker: nn.Module) -> None:
+        super().__init__()
+        adopt(self, talker)
+        self.depth = talker.depth
+        self.cfg = talker.cfg
+
+    def outputs(self, x, past_k, past_v):
+        x, k, v = decoder_stack(self.blocks, self.rope, x, past_k, past_v)
+        h = self.norm(x[:, -1])
+        if self.depth is None:
+            c = self.cfg
+            S = c.frames_per_step * c.n_codebooks * c.codebook_size
+            return h, self.head(h)[:, :S].unflatten(-1, (c.frames_per_step, c.n_codebooks, c.codebook_size)), k, v
+        return h, k, v
+
+    def forward(self, cond):
+        return self.outputs(self.bos.expand(cond.shape[0], 1, -1) + cond, None, None)
+
+
+class DurTalkerStep(DurTalkerStart):
+    """Later steps: the last groups' code embeddings + the next groups' conditions, after a KV cache."""
+
+    def forward(self, groups, cond, past_k, past_v):
+        return self.outputs(self.code_emb(groups + self.offsets).sum(dim=(2, 3)) + cond, past_k, past_v)
+
+
 class TalkerDepth(nn.Module):
     """One slot of the depth chain (Talker.pick_groups): first adds the embedding of the code picked
     at slot-1 to ``prev`` (nothing at slot 0), then gives slot ``slot``'s code logits. The runtime
@@ -241,7 +305,7 @@ class TalkerDepth(nn.Module):
         for layer in self.depth.layers:
             u = u + layer(u)
         u = self.depth.norm(u)
-        w = self.head.weight[:-1].unflatten(0, (S, K))[slot]                 # (K, D)
+        w = self.head.weight[:S * K].unflatten(0, (S, K))[slot]              # (K, D); no stop row
         return torch.matmul(u, w.transpose(0, 1)), prev_out
 
 

@@ -22,15 +22,12 @@ GL_MEL_L1_MAX = 0.01
 MEL_DISTANCE_MAX = 0.05      # mean |log-mel| difference (nats) between PyTorch's and the runtime's speech
 
 
-@torch.no_grad()
-def speech_parts(src, rt: R.OnnxOmni, held: HeldOut, tol: float) -> tuple[dict[str, list], dict[str, list]]:
-    tk, codec = src.talker, src.codec
+def attention_parts(tk, rt: R.OnnxOmni, texts: list[list[int]], gen: torch.Generator, tol: float) -> dict[str, list]:
+    """The attention Talker's prefill and decode graphs against Talker.hidden with its KV cache."""
     c = tk.cfg
-    parts: dict[str, list] = {"talker_prefill": [], "talker_decode": [], "codec_decoder": []}
-    gen = torch.Generator().manual_seed(0)
+    parts: dict[str, list] = {"talker_prefill": [], "talker_decode": []}
     names = ["hidden", "stop_logit"] + (["code_logits"] if tk.depth is None else [])
-    for text in sorted(held.tts_texts[:4], key=len)[::3][:2] or held.tts_texts[:2]:
-        ids = src.vocab.encode(text)[0][:c.max_text_chars]
+    for ids in texts:
         x = tk.embed_prefix(torch.tensor([[1] + ids]))
         L = x.shape[1]
         cache = tk.new_cache(1, L + 8)
@@ -49,6 +46,58 @@ def speech_parts(src, rt: R.OnnxOmni, held: HeldOut, tol: float) -> tuple[dict[s
             parts["talker_decode"].append(check_case(f"P={P}, groups={g}", {**{n: err(a, b) for n, a, b in zip(names, o, refs)},
                                                                        "present_k": err(o[-2], cache.k[:, :, :, :P + g])}, tol))
             k, v = o[-2], o[-1]
+    return parts
+
+
+def duration_parts(tk, rt: R.OnnxOmni, texts: list[list[int]], gen: torch.Generator, tol: float) -> dict[str, list]:
+    """The duration Talker's plan, condition, start and step graphs against DurationTalker's own methods."""
+    from omni.talker.duration import frame_places
+    c = tk.cfg
+    parts: dict[str, list] = {"talker_plan": [], "talker_cond": [], "talker_start": [], "talker_step": []}
+    names = ["hidden"] + (["code_logits"] if tk.depth is None else [])
+
+    def refs(h):
+        return [h] + ([tk.split_logits(h)[0]] if tk.depth is None else [])
+    for ids in texts:
+        text = torch.tensor([[1] + ids])
+        enc = tk.encode(text, torch.tensor([text.shape[1]]))
+        o = rt.run("talker_plan", text=text.numpy())
+        parts["talker_plan"].append(check_case(f"L={text.shape[1]}", {"enc": err(o[0], enc),
+                                               "log_dur": err(o[1], tk.log_durations(enc)[:, 1:])}, tol))
+        _, path = tk.plan(ids)
+        places = frame_places(path, len(ids), c.frames_per_step)
+        cond = tk.condition_vectors(enc, *places)
+        o = rt.run("talker_cond", enc=enc.numpy(), **{k: p.numpy() for k, p in zip(("sym", "since", "to_end"), places)})
+        parts["talker_cond"].append(check_case(f"frames={path.shape[1]}", {"cond": err(o[0], cond)}, tol))
+        cache = tk.new_cache(1, cond.shape[1] + 8)
+        h = tk.hidden(tk.bos[None, None] + cond[:, :1], cache=cache)[:, -1]
+        o = rt.run("talker_start", cond=cond[:, :1].numpy())
+        parts["talker_start"].append(check_case("first group", {**{n: err(a, b) for n, a, b in zip(names, o, refs(h))},
+                                                               "present_k": err(o[-2], cache.k[:, :, :, :1])}, tol))
+        k, v = o[-2], o[-1]
+        for g in (1, 2):
+            groups = torch.randint(0, c.codebook_size, (1, g, c.frames_per_step, c.n_codebooks), generator=gen)
+            P = cache.pos
+            step_cond = cond[:, P:P + g]
+            h = tk.hidden(tk.embed_groups(groups) + step_cond, cache=cache)[:, -1]
+            o = rt.run("talker_step", groups=groups.numpy(), cond=step_cond.numpy(), past_k=k, past_v=v)
+            parts["talker_step"].append(check_case(f"P={P}, groups={g}", {**{n: err(a, b) for n, a, b in zip(names, o, refs(h))},
+                                                                        "present_k": err(o[-2], cache.k[:, :, :, :P + g])}, tol))
+            k, v = o[-2], o[-1]
+    return parts
+
+
+@torch.no_grad()
+def speech_parts(src, rt: R.OnnxOmni, held: HeldOut, tol: float) -> tuple[dict[str, list], dict[str, list]]:
+    tk, codec = src.talker, src.codec
+    c = tk.cfg
+    parts: dict[str, list] = {"codec_decoder": []}
+    gen = torch.Generator().manual_seed(0)
+    texts = sorted(held.tts_texts[:4], key=len)[::3][:2] or held.tts_texts[:2]
+    if c.alignment == "durations":
+        parts.update(duration_parts(tk, rt, [src.vocab.encode(t)[0][:c.max_text_chars] for t in texts], gen, tol))
+    else:
+        parts.update(attention_parts(tk, rt, [src.vocab.encode(t)[0][:c.max_text_chars] for t in texts], gen, tol))
     if tk.depth is not None:
         parts["talker_depth"] = []
         S, K = c.frames_per_step * c.n_codebooks, c.codebook_size

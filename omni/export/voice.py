@@ -22,6 +22,28 @@ if TYPE_CHECKING:
     from omni.export.runtime import OnnxChat, OnnxOmni
 
 
+def round_durations(frames: np.ndarray) -> np.ndarray:
+    """omni.talker.align.round_durations: integer frames per symbol from the rounded running sum."""
+    ends = np.round(np.cumsum(np.maximum(frames, 0).astype(np.float64))).astype(np.int64)
+    d = np.diff(ends, prepend=0)
+    if d.sum() < 1:
+        d[-1] += 1 - d.sum()
+    return d
+
+
+def frame_places(path: np.ndarray, n_sym: int, r: int, places: int) -> tuple[np.ndarray, ...]:
+    """omni.talker.duration.frame_places for one row of real frames (T,) -> sym, since, to_end (G r,)."""
+    T = len(path)
+    t = np.arange(-(-T // r) * r)
+    src = np.minimum(t, T - 1)
+    sym = path[src]
+    counts = np.bincount(path, minlength=n_sym)
+    ends = np.cumsum(counts)
+    since = np.clip(src - (ends - counts)[sym], 0, places - 1)
+    to_end = np.clip(ends[sym] - 1 - src, 0, places - 1)
+    return sym.astype(np.int64), since.astype(np.int64), to_end.astype(np.int64)
+
+
 class OnnxVoice:
     """Speech out of an export folder's graphs (``OnnxOmni.voice``)."""
 
@@ -35,6 +57,9 @@ class OnnxVoice:
         yielded as soon as it is picked."""
         tk = self.model.cfg["speech"]["talker"]
         r, n_q = tk["frames_per_step"], tk["n_codebooks"]
+        if tk.get("alignment") == "durations":
+            yield from self._duration_groups(text_ids, temperature, top_k, rng)
+            return
         frames = math.ceil(tk["max_frames_per_char"] * max(len(text_ids), 1)) + 8
         limit = -(-frames // r)
         L = len(text_ids) + 1
@@ -55,6 +80,31 @@ class OnnxVoice:
             yield group
             outs = self.model.run("talker_decode", groups=group[None, None].astype(np.int64), past_k=outs[-2],
                             past_v=outs[-1])
+
+    def _duration_groups(self, text_ids: list[int], temperature: float, top_k: int, rng: np.random.Generator
+                         ) -> Iterator[np.ndarray]:
+        """omni.talker.duration.DurationTalker.generate_iter: plan (encoder, durations), one condition
+        per group, then one group a step."""
+        tk = self.model.cfg["speech"]["talker"]
+        r, n_q = tk["frames_per_step"], tk["n_codebooks"]
+        if not text_ids:
+            raise RunError("generate: empty text (nothing to say)")
+        text = np.asarray([[tk["start_id"]] + list(text_ids)], dtype=np.int64)
+        enc, log_dur = self.model.run("talker_plan", text=text)
+        path = np.repeat(np.arange(len(text_ids)), round_durations(np.exp(log_dur[0].astype(np.float32))))
+        sym, since, to_end = frame_places(path, len(text_ids), r, tk["places"])
+        cond = self.model.run("talker_cond", enc=enc, sym=sym[None], since=since[None], to_end=to_end[None])[0]
+        limit = min(cond.shape[1], tk["ctx_len"])
+        outs = self.model.run("talker_start", cond=cond[:, :1])
+        for j in range(limit):
+            if tk["depth"]:
+                group = self._depth_chain(outs[0], temperature, top_k, rng, r, n_q)
+            else:
+                group = sample_codes(outs[1][0], temperature, top_k, rng)
+            yield group
+            if j + 1 < limit:
+                outs = self.model.run("talker_step", groups=group[None, None].astype(np.int64),
+                                      cond=cond[:, j + 1:j + 2], past_k=outs[-2], past_v=outs[-1])
 
     @staticmethod
     def stops(stop_logit: float) -> bool:

@@ -35,10 +35,32 @@ from omni.talker.text import START
 PLACES = 8  # frames since a symbol's start / to its end are told exactly up to this, then clamped
 
 
+def frame_places(path: torch.Tensor, n_sym: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each frame's symbol (B, T) (-1 past a row's length), the symbol count and the group size ->
+    for every frame of the groups (B, G r): its symbol, frames since that symbol's first frame and
+    frames to its last (both clamped to PLACES - 1). Frames past a row's length (in a padded batch,
+    or filling the last group) repeat the last real frame, so a row's conditions do not depend on
+    its padding. (omni/export/voice.py ports this to numpy.)"""
+    B, T = path.shape
+    G = -(-T // r)
+    n = (path >= 0).sum(1, keepdim=True)                                         # real frames (B, 1)
+    t = torch.arange(G * r, device=path.device)[None, :]
+    src = torch.minimum(t, n - 1).expand(B, -1)
+    sym = path.gather(1, src)
+    counts = torch.zeros(B, n_sym, dtype=torch.long, device=path.device)
+    counts.scatter_add_(1, sym, (t < n).long().expand(B, -1))
+    ends = counts.cumsum(1)                                                      # one past each symbol's frames
+    since = (src - (ends - counts).gather(1, sym)).clamp(0, PLACES - 1)
+    to_end = (ends.gather(1, sym) - 1 - src).clamp(0, PLACES - 1)
+    return sym, since, to_end
+
+
 class DurationTalker(Talker):
     stop_rows = 0  # the length comes from the durations
 
     def __init__(self, cfg: TalkerConfig) -> None:
+        if cfg.alignment != "durations":
+            raise ValueError(f"a DurationTalker needs talker.alignment=durations, got {cfg.alignment}")
         if cfg.latent_dim <= 0:
             raise ValueError("a duration Talker needs talker.latent_dim > 0 (filled from the codec)")
         super().__init__(cfg)
@@ -104,23 +126,15 @@ class DurationTalker(Talker):
 
     def conditions(self, enc: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
         """Symbol states (B, L, D) and each frame's symbol (B, T) (-1 past a row's length) -> one
-        condition per group (B, G, D). Frames past the length (in a padded batch, or filling the
-        last group) repeat the last real frame, so a row's conditions do not depend on its padding."""
-        B, T = path.shape
-        r = self.cfg.frames_per_step
-        G = -(-T // r)
-        n = (path >= 0).sum(1, keepdim=True)                                     # real frames (B, 1)
-        t = torch.arange(G * r, device=path.device)[None, :]
-        src = torch.minimum(t, n - 1).expand(B, -1)
-        sym = path.gather(1, src)                                                # (B, G r)
-        counts = torch.zeros(B, enc.shape[1] - 1, dtype=torch.long, device=path.device)
-        counts.scatter_add_(1, sym, (t < n).long().expand(B, -1))
-        ends = counts.cumsum(1)                                                  # one past each symbol's frames
-        since = (src - (ends - counts).gather(1, sym)).clamp(0, PLACES - 1)
-        to_end = (ends.gather(1, sym) - 1 - src).clamp(0, PLACES - 1)
+        condition per group (B, G, D)."""
+        return self.condition_vectors(enc, *frame_places(path, enc.shape[1] - 1, self.cfg.frames_per_step))
+
+    def condition_vectors(self, enc: torch.Tensor, sym: torch.Tensor, since: torch.Tensor, to_end: torch.Tensor
+                          ) -> torch.Tensor:
+        """enc (B, L, D), frame_places' (B, G r) each -> the conditions (B, G, D)."""
         x = enc.gather(1, (sym + 1)[..., None].expand(-1, -1, enc.shape[-1]))   # +1: skip <s>
-        x = x + self.place(since) + self.place(PLACES + to_end)
-        return self.cond(x.reshape(B, G, r * x.shape[-1]))
+        x = x + self.place(since) + self.place(to_end + PLACES)
+        return self.cond(x.reshape(x.shape[0], -1, self.cfg.frames_per_step * x.shape[-1]))
 
     def teacher(self, text: torch.Tensor, text_lens: torch.Tensor, codes: torch.Tensor, code_lens: torch.Tensor
                 ) -> dict[str, torch.Tensor]:

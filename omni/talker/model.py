@@ -126,6 +126,8 @@ class Talker(nn.Module):
 
     def __init__(self, cfg: TalkerConfig) -> None:
         super().__init__()
+        if type(self) is Talker and cfg.alignment != "attention":
+            raise ValueError(f"talker.alignment={cfg.alignment}: build it with build_talker (omni/talker/duration.py)")
         if min(cfg.n_codebooks, cfg.codebook_size, cfg.text_vocab_size) <= 0:
             raise ValueError("TalkerConfig needs n_codebooks, codebook_size and text_vocab_size > 0 "
                              "(filled from the codec and the vocabulary when building the stage)")

@@ -132,11 +132,15 @@ def build_talker(cfg, shape: Shape, g: torch.Generator) -> Built:
 
     from omni.codec.model import CODE_RATE_HZ
     from omni.talker.data import collate_talker
+    from omni.talker.duration_loss import duration_loss
     from omni.talker.loss import talker_loss
-    from omni.talker.model import Talker
+    from omni.talker.model import build_talker as make_talker
     from omni.talker.text import TextVocab
     b = _batch(cfg, shape)
     c, t = cfg.codec.model, cfg.talker
+    durations = t.alignment == "durations"
+    if durations:
+        t.latent_dim = t.latent_dim or c.codebook_dim
     vocab = TextVocab.default(t.text_input)
     t.n_codebooks = t.n_codebooks or c.n_codebooks
     t.codebook_size = t.codebook_size or c.codebook_size
@@ -147,7 +151,14 @@ def build_talker(cfg, shape: Shape, g: torch.Generator) -> Built:
     items = _rows(b, lambda i: (torch.randint(1, t.text_vocab_size, (L,), generator=g),
                                 torch.randint(0, t.codebook_size, (T, t.n_codebooks), generator=g)))
     r = t.frames_per_step
-    stage = Stage("talker", Talker(t), [], lambda m, x: talker_loss(m, x, cfg.loss, r), {}, collate=collate_talker,
+    model = make_talker(t)
+    if durations:
+        model.set_latent(torch.randn(t.n_codebooks, t.codebook_size, t.latent_dim, generator=g),
+                         torch.randint(0, t.codebook_size, (1000, t.n_codebooks), generator=g))
+        loss = lambda m, x: duration_loss(m, x, cfg.loss)  # noqa: E731
+    else:
+        loss = lambda m, x: talker_loss(m, x, cfg.loss, r)  # noqa: E731
+    stage = Stage("talker", model, [], loss, {}, collate=collate_talker,
                   count_items=lambda x: float(x["code_lens"].sum()), items_unit="frames")
     fills = {"n_codebooks": t.n_codebooks, "codebook_size": t.codebook_size, "text_vocab_size": t.text_vocab_size}
     est = _estimate(t, cfg.data, b, fills)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import time
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ def build_untrained_default(root: Path, configs: Path) -> tuple[Path, Path]:
     from omni.engine.checkpoint import save_weights
     from omni.files import file_sha1
     from omni.multimodal.model import Components, OmniConfig, OmniModel
-    from omni.talker.model import Talker, TalkerConfig
+    from omni.talker.model import TalkerConfig, build_talker
     from omni.talker.text import TextVocab
     from omni.thinker.model import ThinkerConfig
     from omni.thinker.tokenizer import train_bpe
@@ -81,7 +82,9 @@ def build_untrained_default(root: Path, configs: Path) -> tuple[Path, Path]:
     vocab = TextVocab.default()
     tcfg = dict(talker_raw["talker"], n_codebooks=talker_raw["talker"]["n_codebooks"] or ccfg.n_codebooks,
                 codebook_size=ccfg.codebook_size, text_vocab_size=len(vocab))
-    talker = Talker(config_from_dict(tcfg, TalkerConfig))
+    if tcfg.get("alignment") == "durations":
+        tcfg["latent_dim"] = ccfg.codebook_dim
+    talker = build_talker(config_from_dict(tcfg, TalkerConfig))
     tdir = root / "tts" / "talker"
     (tdir / "codec").mkdir(parents=True, exist_ok=True)
     (tdir / "codec" / "config.json").write_text(json.dumps(talker_raw["codec"]))
@@ -97,13 +100,18 @@ def build_untrained_default(root: Path, configs: Path) -> tuple[Path, Path]:
 @contextmanager
 def scripted(reply_ids: list[int], stop_id: int, voice, n_chars: list[int]):
     """Force the Thinker's choices to ``reply_ids`` then ``stop_id`` (its forward pass still runs for
-    every token), and stop the Talker after SPEECH_CHARS_PER_S of each chunk's text."""
+    every token), and make the Talker speak each chunk's text at SPEECH_CHARS_PER_S (an attention
+    Talker is stopped after that long, a duration Talker is given those durations)."""
     import omni.multimodal.model as mm
 
     todo = list(reply_ids) + [stop_id]
-    real_sample, real_stop, real_iter = mm.sample_next, voice.talker.stop_logit, voice.talker.generate_iter
-    frames_per_s = 62.5 / voice.codec.frames_per_code / voice.talker.cfg.frames_per_step  # groups per second
+    talker = voice.talker
+    real_sample, real_stop, real_iter = mm.sample_next, talker.stop_logit, talker.generate_iter
+    frames_per_s = 62.5 / voice.codec.frames_per_code / talker.cfg.frames_per_step  # groups per second
     left = [0]
+    durations = talker.cfg.alignment == "durations"
+    real_durations = talker.log_durations if durations else None
+    frames_per_char = 62.5 / voice.codec.frames_per_code / SPEECH_CHARS_PER_S
 
     def sample(logits, *a, **k):
         real_sample(logits, *a, **k)  # the sampling work itself
@@ -119,12 +127,21 @@ def scripted(reply_ids: list[int], stop_id: int, voice, n_chars: list[int]):
         left[0] -= 1
         return torch.full(h.shape[:-1], 30.0 if left[0] < 0 else -30.0, device=h.device)
 
-    mm.sample_next, voice.talker.stop_logit, voice.talker.generate_iter = sample, stop, gen_iter
+    def log_durations(enc):
+        # a duration Talker speaks for the durations it predicts: the speaking rate's, every character
+        return torch.full_like(real_durations(enc), math.log(frames_per_char))
+
+    mm.sample_next, talker.generate_iter = sample, gen_iter
+    if durations:
+        talker.log_durations = log_durations
+    else:
+        talker.stop_logit = stop
     try:
         yield
     finally:
         mm.sample_next = real_sample
-        del voice.talker.stop_logit, voice.talker.generate_iter
+        del talker.generate_iter
+        del talker.__dict__["log_durations" if durations else "stop_logit"]
 
 
 def summary(values: list[float]) -> dict[str, float]:

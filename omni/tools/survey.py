@@ -127,6 +127,8 @@ def model_fills(raw: dict) -> dict[str, int]:
             if node.get("n_codebooks", 0) > 0 and node.get("codebook_size", 0) > 0:
                 fills.setdefault("n_codebooks", node["n_codebooks"])
                 fills.setdefault("codebook_size", node["codebook_size"])
+                if node.get("codebook_dim", 0) > 0:
+                    fills.setdefault("latent_dim", node["codebook_dim"])  # a duration Talker's aligner space
             for v in node.values():
                 walk(v)
 

@@ -15,6 +15,7 @@ from omni.engine.checkpoint import save_weights
 from omni.files import file_sha1
 from omni.multimodal.model import Components, OmniConfig, OmniModel
 from omni.talker.model import Talker, TalkerConfig
+from omni.talker.model import build_talker as build_talker_model
 from omni.talker.text import TextVocab
 from omni.thinker.model import ThinkerConfig
 from omni.thinker.tokenizer import train_bpe
@@ -53,7 +54,7 @@ def build_sft(folder, tok) -> OmniModel:
     return model
 
 
-def build_talker(root) -> Talker:
+def build_talker(root, alignment: str = "attention") -> Talker:
     torch.manual_seed(1)
     vocab = TextVocab.default()
     ccfg = CodecConfig(n_codebooks=3, codebook_size=16, codebook_dim=8, d_model=16, n_layers=1)
@@ -62,11 +63,15 @@ def build_talker(root) -> Talker:
     for vq in codec.rvq.layers:
         vq.codebook.copy_(torch.randn_like(vq.codebook))
         vq.initialised.fill_(True)
+    durations = dict(alignment="durations", encoder_layers=1, latent_dim=8, text_aux_layer=-1)
     tcfg = TalkerConfig(d_model=24, n_layers=2, n_heads=3, n_kv_heads=1, d_ff=48, ctx_len=256, dropout=0.0,
                         frames_per_step=2, n_codebooks=2, codebook_size=16, text_vocab_size=len(vocab),
-                        max_frames_per_char=1.0, depth_layers=1, text_aux_layer=0)
-    talker = Talker(tcfg).eval()
+                        max_frames_per_char=1.0, depth_layers=1,
+                        **(durations if alignment == "durations" else {"text_aux_layer": 0}))
+    talker = build_talker_model(tcfg).eval()
     _jitter(talker, 3)
+    if alignment == "durations":
+        talker.set_latent(torch.stack([vq.codebook for vq in codec.rvq.layers[:2]]), torch.randint(0, 16, (50, 2)))
     demo = json.loads((ROOT / "configs/talker_demo.json").read_text())
     demo["codec"]["model"] = dataclasses.asdict(ccfg)
     demo["talker"] = dataclasses.asdict(tcfg)

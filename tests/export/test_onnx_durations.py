@@ -1,0 +1,55 @@
+"""ONNX export of a duration Talker (talker.alignment=durations): its plan, condition, start, step and
+depth graphs match PyTorch part by part, the aligner's weights are accounted for as training-only, and
+the runtime speaks the codes PyTorch speaks."""
+import numpy as np
+import pytest
+import torch
+
+from omni.export import exporter as E
+from omni.export import runtime as R
+from omni.speech.synthesis import Synthesizer
+from omni.thinker.tokenizer import train_bpe
+from tests.conftest import SONNETS
+from tests.export.test_onnx_export import SMALL
+from tests.export.tiny_checkpoints import TEXTS, build_data, build_sft, build_talker
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dur_ckpts")
+    lines = [ln for ln in SONNETS.read_text().splitlines() if ln.strip()]
+    build_sft(root / "sft", train_bpe(iter(lines), 400))
+    build_talker(root / "tts", alignment="durations")
+    data = build_data(root / "data")
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    src = E.load_sources(root / "sft", root / "tts")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = E.export(src, out, E.ExportOptions(**SMALL, data=data))
+    finally:
+        torch.set_num_threads(threads)
+    return out, report, root
+
+
+def test_duration_talker_exports_with_parity(exported):
+    out, report, _ = exported
+    assert report["passed"], (out / "parity.md").read_text()
+    for name in ("talker_plan", "talker_cond", "talker_start", "talker_step", "talker_depth", "codec_decoder"):
+        part = report["parts"][name]
+        assert part["ok"] and len(part["cases"]) >= 2, name
+    talker = report["weights"]["talker"]
+    assert talker["ok"] and not talker["missing"] and not talker["unexpected"]
+    assert any("aligner" in e["reason"] and e["tensors"] == 5 for e in talker["excluded"])  # to_latent w+b, 3 buffers
+    assert report["talker"]["agreement"] == 1.0 and report["speech"]["ok"]
+
+
+def test_runtime_speaks_the_codes_pytorch_speaks(exported):
+    out, _, root = exported
+    synth = Synthesizer.load(root / "tts", "cpu", temperature=0.0)
+    rt = R.OnnxOmni(out)
+    for text in TEXTS:
+        for ids in synth.pieces(text):
+            want = synth.talker.generate(ids).numpy()
+            got = rt.voice.talker_codes(ids, 0.0, 0, np.random.default_rng(0))
+            assert np.array_equal(got, want), text
