@@ -19,7 +19,7 @@ Graphs (batch and lengths dynamic unless said):
   talker_prefill   text (B,L) [<s>, chars] -> hidden (B,Dt), stop_logit (B,), [code_logits (B,r,n_q,K)],
                    present_k/v
   talker_decode    groups (B,G,r,n_q) int64, past_k/v -> the same outputs after the last group
-  talker_plan      (duration Talker) text (B,L) -> enc (B,L,Dt), log_dur (B,L-1)
+  talker_plan      (duration Talker) text (B,L) -> enc (B,L,Dt), log_frames (B,L-1)
   talker_cond      enc, sym/since/to_end (B,G*r) int64 -> cond (B,G,Dt)
   talker_start     cond (B,1,Dt) -> hidden (B,Dt), [code_logits], present_k/v
   talker_step      groups (B,G,r,n_q) int64, cond (B,G,Dt), past_k/v -> the same after the last group
@@ -227,8 +227,8 @@ class TalkerDecode(_TalkerGraph):
 
 
 class DurTalkerPlan(nn.Module):
-    """DurationTalker.encode + log_durations: the bidirectional text encoder (no cache, no mask: one
-    unpadded text) and the duration head."""
+    """DurationTalker.encode + log_frames: the bidirectional text encoder (no cache, no mask: one
+    unpadded text) and the duration head's log expected frames."""
 
     def __init__(self, talker: nn.Module) -> None:
         super().__init__()
@@ -240,7 +240,7 @@ class DurTalkerPlan(nn.Module):
         for block in self.encoder:
             x, _, _ = attention_block(block, x, cos, sin, None, None, None)
         enc = self.enc_norm(x)
-        return enc, self.duration(enc)[..., 0][:, 1:]
+        return enc, (self.duration(enc)[..., 0] + 0.5 * self.log_dur_var)[:, 1:]
 
 
 class DurTalkerCond(nn.Module):

@@ -63,7 +63,7 @@ def duration_parts(tk, rt: R.OnnxOmni, texts: list[list[int]], gen: torch.Genera
         enc = tk.encode(text, torch.tensor([text.shape[1]]))
         o = rt.run("talker_plan", text=text.numpy())
         parts["talker_plan"].append(check_case(f"L={text.shape[1]}", {"enc": err(o[0], enc),
-                                               "log_dur": err(o[1], tk.log_durations(enc)[:, 1:])}, tol))
+                                               "log_frames": err(o[1], tk.log_frames(enc)[:, 1:])}, tol))
         _, path = tk.plan(ids)
         places = frame_places(path, len(ids), c.frames_per_step)
         cond = tk.condition_vectors(enc, *places)

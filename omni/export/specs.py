@@ -41,9 +41,9 @@ def talker_specs(tk: nn.Module, B: int, P: int, kv_in: dict, kv_out: dict) -> li
         cond = torch.randn(B, 2, c.d_model)
         specs = [
             GraphSpec("talker_plan", "talker", G.DurTalkerPlan(tk), (torch.randint(3, c.text_vocab_size, (B, L)),),
-                      ["text"], ["enc", "log_dur"],
+                      ["text"], ["enc", "log_frames"],
                       {"text": {0: "batch", 1: "chars"}, "enc": {0: "batch", 1: "chars"},
-                       "log_dur": {0: "batch", 1: "symbols"}}, "talker.weights"),
+                       "log_frames": {0: "batch", 1: "symbols"}}, "talker.weights"),
             GraphSpec("talker_cond", "talker", G.DurTalkerCond(tk), (torch.randn(B, L, c.d_model), sym, *places),
                       ["enc", "sym", "since", "to_end"], ["cond"],
                       {"enc": {0: "batch", 1: "chars"}, **{k: {0: "batch", 1: "frames"} for k in ("sym", "since", "to_end")},

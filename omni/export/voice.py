@@ -90,8 +90,8 @@ class OnnxVoice:
         if not text_ids:
             raise RunError("generate: empty text (nothing to say)")
         text = np.asarray([[tk["start_id"]] + list(text_ids)], dtype=np.int64)
-        enc, log_dur = self.model.run("talker_plan", text=text)
-        path = np.repeat(np.arange(len(text_ids)), round_durations(np.exp(log_dur[0].astype(np.float32))))
+        enc, log_frames = self.model.run("talker_plan", text=text)
+        path = np.repeat(np.arange(len(text_ids)), round_durations(np.exp(log_frames[0].astype(np.float32))))
         sym, since, to_end = frame_places(path, len(text_ids), r, tk["places"])
         cond = self.model.run("talker_cond", enc=enc, sym=sym[None], since=since[None], to_end=to_end[None])[0]
         limit = min(cond.shape[1], tk["ctx_len"])

@@ -12,7 +12,8 @@ one mostly continues the sound instead (docs/experiments.md, Stage D). Here the 
   the path itself takes no gradient. This is Grad-TTS's aligner, with the codec's latent in place
   of the mel. It needs no separate aligner or recogniser, and it aligns better as the encoder learns;
 - a **duration predictor** (on the encoder states, which it does not train) learns log frames per
-  symbol from the path, and sets the length at synthesis; ``rate`` divides the durations;
+  symbol from the path, and sets the length at synthesis (as the log-normal mean, see
+  ``log_dur_var``); ``rate`` divides the durations;
 - the **frame decoder** stays the attention Talker's causal decoder over groups of RVQ codes with the
   depth chain, so the Stage D codec, Griffin-Lim and the vocoder stay as they are. The input at
   each position is the last group's code embedding plus the *condition* of the group it predicts:
@@ -78,6 +79,10 @@ class DurationTalker(Talker):
         self.register_buffer("latent_codes", torch.zeros(cfg.n_codebooks, cfg.codebook_size, cfg.latent_dim))
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
         self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
+        # the duration head's mean squared error in log frames (a running mean over training batches):
+        # a head trained on log frames predicts the median, and the mean of a log-normal is
+        # exp(mu + var / 2), so synthesis adds var / 2 to speak for the natural length, not a shorter one
+        self.register_buffer("log_dur_var", torch.zeros(()))
         for module in (self.encoder, self.to_latent, self.duration, self.place, self.cond):
             init_weights(module, cfg.n_layers)
 
@@ -109,6 +114,11 @@ class DurationTalker(Talker):
         """Symbol states (B, L, D) -> predicted log frames per position (B, L). The encoder is
         detached: the duration loss does not shape what the frames read (as in Grad-TTS)."""
         return self.duration(enc.detach()).squeeze(-1)
+
+    def log_frames(self, enc: torch.Tensor) -> torch.Tensor:
+        """Symbol states (B, L, D) -> the log of the expected frames per position (B, L): the
+        predicted log durations plus half their error variance (the log-normal mean)."""
+        return self.log_durations(enc) + 0.5 * self.log_dur_var
 
     def align(self, enc: torch.Tensor, text_lens: torch.Tensor, codes: torch.Tensor, code_lens: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +178,7 @@ class DurationTalker(Talker):
         device = self.head.weight.device
         text = torch.tensor([[START] + list(text_ids)], device=device)
         enc = self.encode(text, torch.tensor([text.shape[1]], device=device))
-        frames = self.log_durations(enc)[0, 1:].float().exp() / rate
+        frames = self.log_frames(enc)[0, 1:].float().exp() / rate
         return enc, path_of(round_durations(frames))[None]
 
     @torch.no_grad()

@@ -7,8 +7,12 @@ from collections import Counter
 import torch
 from torch import nn
 
+from omni.engine.runtime import unwrap
 from omni.talker.data import TalkerDataset, collate_talker
 from omni.talker.loss import TalkerLossConfig, code_ce
+
+
+VAR_MOMENTUM = 0.01  # the running mean of the duration error follows about the last 100 batches
 
 
 def duration_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerLossConfig
@@ -16,8 +20,9 @@ def duration_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerL
     """batch: text (B, L), text_lens (B,), codes (B, T, n_q), code_lens (B,) -> (loss, logs).
 
     logs: code_ce's (ce, ce_q<i>, acc), prior, dur (squared log error per symbol), dur_frames
-    (mean absolute error in frames per symbol) and len_ratio (the predicted length of each row over
-    its real length, averaged)."""
+    (mean absolute error in frames per symbol) and len_ratio (the length synthesis would give each
+    row, DurationTalker.log_frames, over its real length, averaged). In training it also updates
+    the Talker's running duration error, log_dur_var."""
     out = model(batch["text"], batch["text_lens"], batch["codes"], batch["code_lens"])
     code_loss, logs = code_ce(out["logits"], out["targets"], cfg)
     d = out["durations"]
@@ -26,7 +31,9 @@ def duration_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TalkerL
     dur = ((pred - d.clamp(min=1).float().log()).pow(2) * real).sum() / real.sum().clamp(min=1)
     loss = code_loss + cfg.prior_weight * out["prior"] + cfg.duration_weight * dur
     with torch.no_grad():
-        frames = pred.exp() * real
+        if model.training:
+            unwrap(model).log_dur_var.lerp_(dur.detach().to(torch.float32), VAR_MOMENTUM)
+        frames = (pred + 0.5 * unwrap(model).log_dur_var).exp() * real
         err = ((frames - d).abs() * real).sum() / real.sum().clamp(min=1)
         ratio = (frames.sum(1) / batch["code_lens"].float()).mean()
     logs.update(prior=out["prior"].item(), dur=dur.item(), dur_frames=err.item(), len_ratio=ratio.item())

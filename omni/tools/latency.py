@@ -110,7 +110,7 @@ def scripted(reply_ids: list[int], stop_id: int, voice, n_chars: list[int]):
     frames_per_s = 62.5 / voice.codec.frames_per_code / talker.cfg.frames_per_step  # groups per second
     left = [0]
     durations = talker.cfg.alignment == "durations"
-    real_durations = talker.log_durations if durations else None
+    real_durations = talker.log_frames if durations else None
     frames_per_char = 62.5 / voice.codec.frames_per_code / SPEECH_CHARS_PER_S
 
     def sample(logits, *a, **k):
@@ -127,13 +127,13 @@ def scripted(reply_ids: list[int], stop_id: int, voice, n_chars: list[int]):
         left[0] -= 1
         return torch.full(h.shape[:-1], 30.0 if left[0] < 0 else -30.0, device=h.device)
 
-    def log_durations(enc):
+    def log_frames(enc):
         # a duration Talker speaks for the durations it predicts: the speaking rate's, every character
         return torch.full_like(real_durations(enc), math.log(frames_per_char))
 
     mm.sample_next, talker.generate_iter = sample, gen_iter
     if durations:
-        talker.log_durations = log_durations
+        talker.log_frames = log_frames
     else:
         talker.stop_logit = stop
     try:
@@ -141,7 +141,7 @@ def scripted(reply_ids: list[int], stop_id: int, voice, n_chars: list[int]):
     finally:
         mm.sample_next = real_sample
         del talker.generate_iter
-        del talker.__dict__["log_durations" if durations else "stop_logit"]
+        del talker.__dict__["log_frames" if durations else "stop_logit"]
 
 
 def summary(values: list[float]) -> dict[str, float]:

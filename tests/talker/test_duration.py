@@ -140,3 +140,21 @@ def test_learns_a_tiny_set_to_low_code_loss_and_reads_it_back():
     for ids, codes in items:
         out = model.generate(ids.tolist())
         assert len(out) == -(-len(codes) // R) * R and (out[:len(codes)] == codes).float().mean() > 0.9
+
+
+def test_synthesis_speaks_for_the_log_normal_mean_of_the_durations():
+    """A head trained on log frames predicts the median; the mean adds half the error variance,
+    which training keeps as a running mean (log_dur_var), so that speech is not too short."""
+    model = _talker()
+    ids = TextVocab.default().encode("a sentence long enough to measure its length by")[0]
+    base = model.plan(ids)[1].shape[1]
+    model.log_dur_var.fill_(0.4)
+    assert abs(model.plan(ids)[1].shape[1] / base - 1.2214) < 0.05          # exp(0.4 / 2)
+    batch = collate_talker([_item("hello there", 30, 1), _item("a longer line of text", 50, 2)])
+    model.log_dur_var.zero_()
+    model.eval()
+    _, logs = duration_loss(model, batch, TalkerLossConfig())
+    assert float(model.log_dur_var) == 0.0                                  # validation leaves it alone
+    model.train()
+    _, logs = duration_loss(model, batch, TalkerLossConfig())
+    assert float(model.log_dur_var) == pytest.approx(0.01 * logs["dur"], rel=1e-4)
