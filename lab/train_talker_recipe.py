@@ -1,6 +1,6 @@
 """Stage D in one command: the Talker recipe that speaks most clearly so far (docs/results.md, Stage D).
 
-    python lab/train_talker_recipe.py [--config configs/talker_tiny.json] [--save-dir checkpoints/talker_read]
+    python lab/train_talker_recipe.py [--config configs/talker_attention_tiny.json] [--save-dir checkpoints/talker_read]
         [--read 3000,6000] [--self-fed 8000,10000,12000,16000,18000,20000,24000,26000] [--keep-rounds] [section.key=value ...]
 
 It runs train_talker.py in phases on one folder, each resuming the last (``--resume``), exactly as
@@ -61,7 +61,7 @@ def keep_round(talker_dir: Path, step: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/talker_tiny.json", help="Stage D config every phase starts from")
+    p.add_argument("--config", default="configs/talker_attention_tiny.json", help="Stage D config every phase starts from")
     p.add_argument("--save-dir", default="checkpoints/talker_read", type=Path,
                    help="the run's folder (train.save_dir's parent), resumed phase by phase")
     p.add_argument("--read", default=[3000, 6000], type=step_list, help="reading phases' step counts")

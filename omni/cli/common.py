@@ -79,12 +79,14 @@ def vocoder_kwargs(choice: str) -> dict:
 def add_talker_args(p: argparse.ArgumentParser) -> None:
     """How the Talker speaks: --temperature, --top-k, --chunk-chars, --rate (Synthesizer's arguments),
     shared by scripts/tts.py and evaluate.py tts."""
-    from omni.speech.synthesis import DEFAULT_CHUNK_CHARS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+    from omni.speech.synthesis import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy codes")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0: sample from all codes")
-    p.add_argument("--chunk-chars", type=int, default=DEFAULT_CHUNK_CHARS,
+    p.add_argument("--chunk-chars", type=int, default=None,
                    help="speak the text in pieces of at most this many characters, cut at sentence, "
-                        "clause and word boundaries (capped at the Talker's talker.max_text_chars)")
+                        "clause and word boundaries (capped at the Talker's talker.max_text_chars; default: "
+                        "60 for an attention Talker, whole sentences up to talker.max_text_chars for a "
+                        "duration Talker)")
     p.add_argument("--rate", type=float, default=1.0,
                    help="speaking rate, 2.0 twice as fast (a Talker with talker.alignment=durations)")
 

@@ -1,7 +1,7 @@
 """Stage D synthesis: ``Synthesizer`` (text -> Talker codes -> codec -> vocoder -> 16 kHz audio).
 
-text -> chunks (sentences / clauses / words of at most ``chunk_chars``, DEFAULT_CHUNK_CHARS unless
-given, never more than the Talker's ``max_text_chars``) -> Talker codes ->
+text -> chunks (sentences / clauses / words of at most ``chunk_chars``, the Talker's own default
+(``default_chunk_chars``) unless given, never more than its ``max_text_chars``) -> Talker codes ->
 codec.decode -> log-mel (62.5 Hz; chunks joined by 0.15 s of silence) -> Griffin-Lim, or a trained
 HiFi-GAN -> 16 kHz. The Talker's data and training pieces are in omni/talker/data.py.
 """
@@ -34,9 +34,15 @@ from omni.vocoder.stage import load_generator
 
 log = logging.getLogger(__name__)
 
-# the longest piece of text the Talker speaks at once: its speech drifts over long texts, and
-# shorter pieces, cut at sentence / clause / word boundaries, are clearer (docs/results.md, Stage D)
-DEFAULT_CHUNK_CHARS = 60
+# the longest piece of text an attention Talker speaks at once: its speech drifts over long texts,
+# and shorter pieces, cut at sentence / clause / word boundaries, are clearer; a duration Talker
+# speaks whole sentences at least as clearly (docs/results.md, Stage D)
+ATTENTION_CHUNK_CHARS = 60
+
+
+def default_chunk_chars(cfg: TalkerConfig) -> int:
+    """The longest piece of text a Talker speaks at once by default."""
+    return ATTENTION_CHUNK_CHARS if cfg.alignment == "attention" else cfg.max_text_chars
 
 
 def talker_dir(ckpt_dir: Path) -> Path:
@@ -77,12 +83,13 @@ class Synthesizer:
 
     def __init__(self, talker: Talker, vocab: TextVocab, codec, device: torch.device, vocoder: Generator | None = None,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, gl_iters: int = 32,
-                 pause_s: float = 0.15, chunk_chars: int = DEFAULT_CHUNK_CHARS, rate: float = 1.0) -> None:
+                 pause_s: float = 0.15, chunk_chars: int | None = None, rate: float = 1.0) -> None:
         """``vocoder``: a trained HiFi-GAN generator (omni.vocoder.stage.load_generator), or None
         for Griffin-Lim (``gl_iters`` iterations). ``chunk_chars``: text is
         spoken in pieces of at most this many characters (capped at the Talker's max_text_chars,
         the longest text it was trained on). ``rate``: speaking rate (2.0 twice as fast), for a
         Talker with durations (talker.alignment=durations)."""
+        chunk_chars = default_chunk_chars(talker.cfg) if chunk_chars is None else chunk_chars
         if chunk_chars < 1:
             raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
         if rate != 1.0 and talker.cfg.alignment != "durations":

@@ -1,4 +1,6 @@
 """The duration Talker: monotonic alignment, durations, rate, padding, cache, learning."""
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from omni.talker.duration_loss import duration_loss
 from omni.talker.loss import TalkerLossConfig
 from omni.talker.model import TalkerConfig, build_talker
 from omni.talker.text import TextVocab
+from tests.conftest import ROOT
 
 N_Q, K, R, DIM = 3, 16, 2, 8
 
@@ -158,3 +161,12 @@ def test_synthesis_speaks_for_the_log_normal_mean_of_the_durations():
     model.train()
     _, logs = duration_loss(model, batch, TalkerLossConfig())
     assert float(model.log_dur_var) == pytest.approx(0.01 * logs["dur"], rel=1e-4)
+
+
+def test_default_config_is_a_duration_talker_of_about_3m_params():
+    cfg = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+    codec = cfg["codec"]["model"]
+    t = {**cfg["talker"], "n_codebooks": codec["n_codebooks"], "codebook_size": codec["codebook_size"],
+         "text_vocab_size": len(TextVocab.default()), "latent_dim": codec["codebook_dim"]}
+    model = build_talker(TalkerConfig(**t))
+    assert isinstance(model, DurationTalker) and 2.9e6 < model.num_params() < 3.1e6

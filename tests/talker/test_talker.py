@@ -232,8 +232,8 @@ def test_loss_decreases_and_reports_per_codebook_ce(self_feed, depth):
         assert model.depth.layers[0][1].weight.grad.abs().sum() > 0
 
 
-def test_tiny_config_is_about_2_24m_params():
-    cfg = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
+def test_attention_config_is_about_2_24m_params():
+    cfg = json.loads((ROOT / "configs" / "talker_attention_tiny.json").read_text())
     codec = cfg["codec"]["model"]
     t = {**cfg["talker"], "n_codebooks": codec["n_codebooks"], "codebook_size": codec["codebook_size"],
          "text_vocab_size": len(TextVocab.default())}
