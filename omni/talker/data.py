@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,28 @@ def unigram_code_ce(train: np.ndarray, val: np.ndarray, codebook_size: int) -> f
     return float(np.mean(ces))
 
 
+def held_out_items(data: TalkerDataset, n_items: int) -> list:
+    """The first n_items usable rows, sorted by length so that validation batches are tight."""
+    usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
+    usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
+    return [data[i] for i in usable]
+
+
+def mean_over_batches(data: TalkerDataset, items: list, batch_size: int, device: torch.device,
+                      logs_of: Callable[[dict[str, torch.Tensor], int], dict[str, float]]) -> dict[str, float]:
+    """Every log of logs_of(batch, first row) averaged over the rows of all batches, as val_<key>."""
+    sums: Counter = Counter()
+    n = 0
+    for s in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in collate_talker(items[s:s + batch_size]).items()}
+        k = batch["text"].shape[0]
+        for key, v in logs_of(batch, s).items():
+            sums[key] += v * k
+        n += k
+    data.report()  # evaluation reads are not training skips
+    return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
 @torch.no_grad()
 def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConfig, batch_size: int,
                     n_items: int) -> dict[str, float]:
@@ -230,16 +253,11 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
     lengths are close), in nats. It measures how much the Talker reads the text rather than continuing the sound
     it has heard: a Talker that ignored the text would score 0."""
     device = next(model.parameters()).device
-    usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
-    usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
-    items = [data[i] for i in usable]
+    items = held_out_items(data, n_items)
     other = [(items[(j + 1) % len(items)][0], codes) for j, (_, codes) in enumerate(items)]
-    sums: Counter = Counter()
-    n = 0
     gen = torch.Generator(device=device).manual_seed(0)
-    for s in range(0, len(items), batch_size):
-        batch = collate_talker(items[s:s + batch_size])
-        batch = {k: v.to(device) for k, v in batch.items()}
+
+    def logs_of(batch: dict[str, torch.Tensor], s: int) -> dict[str, float]:
         _, logs = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step)
         if loss_cfg.self_feed > 0:
             _, fed = talker_loss(model, batch, loss_cfg, model.cfg.frames_per_step, loss_cfg.self_feed, gen)
@@ -248,12 +266,9 @@ def evaluate_talker(model: Talker, data: TalkerDataset, loss_cfg: TalkerLossConf
             wrong = {k: v.to(device) for k, v in collate_talker(other[s:s + batch_size]).items()}
             _, w = talker_loss(model, wrong, loss_cfg, model.cfg.frames_per_step)
             logs.update(text_gain=w["ce"] - logs["ce"], text_gain_q0=w["ce_q0"] - logs["ce_q0"])
-        k = batch["text"].shape[0]
-        for key, v in logs.items():
-            sums[key] += v * k
-        n += k
-    data.report()  # evaluation reads are not training skips
-    out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+        return logs
+
+    out = mean_over_batches(data, items, batch_size, device, logs_of)
     out["val_loss"] = out["val_ce"] + out["val_stop_bce"]
     if "val_fed_ce" in out:
         out["val_fed_loss"] = out["val_fed_ce"] + out["val_fed_stop_bce"]

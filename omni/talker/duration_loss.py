@@ -2,15 +2,12 @@
 aligner's prior loss and the duration predictor's squared error in log frames."""
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import nn
 
 from omni.engine.runtime import unwrap
-from omni.talker.data import TalkerDataset, collate_talker
+from omni.talker.data import TalkerDataset, held_out_items, mean_over_batches
 from omni.talker.loss import TalkerLossConfig, code_ce
-
 
 VAR_MOMENTUM = 0.01  # the running mean of the duration error follows about the last 100 batches
 
@@ -46,20 +43,8 @@ def evaluate_duration_talker(model: nn.Module, data: TalkerDataset, loss_cfg: Ta
     """Teacher-forced metrics over the first n_items usable rows (sorted by length, for tight
     batches): val_loss = the code CE (mean over codebooks) given the aligned text; val_ce_q<i>,
     val_acc, val_prior, val_dur, val_dur_frames and val_len_ratio as in duration_loss."""
-    device = next(model.parameters()).device
-    usable = [i for i in range(len(data)) if data.reason(i) is None][:n_items]
-    usable.sort(key=lambda i: int(data.cache.offsets[i + 1] - data.cache.offsets[i]))
-    sums: Counter = Counter()
-    n = 0
-    for s in range(0, len(usable), batch_size):
-        batch = collate_talker([data[i] for i in usable[s:s + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        _, logs = duration_loss(model, batch, loss_cfg)
-        k = batch["text"].shape[0]
-        for key, v in logs.items():
-            sums[key] += v * k
-        n += k
-    data.report()  # evaluation reads are not training skips
-    out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    items = held_out_items(data, n_items)
+    out = mean_over_batches(data, items, batch_size, next(model.parameters()).device,
+                            lambda batch, _: duration_loss(model, batch, loss_cfg)[1])
     out["val_loss"] = out["val_ce"]
     return out

@@ -28,8 +28,8 @@ from omni.talker.data import (
     evaluate_talker,
     unigram_code_ce,
 )
-from omni.talker.loss import TalkerLossConfig, talker_loss
 from omni.talker.duration_loss import duration_loss, evaluate_duration_talker
+from omni.talker.loss import TalkerLossConfig, talker_loss
 from omni.talker.model import TalkerConfig, build_talker
 from omni.talker.text import TextVocab
 

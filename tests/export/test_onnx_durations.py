@@ -3,32 +3,18 @@ depth graphs match PyTorch part by part, the aligner's weights are accounted for
 the runtime speaks the codes PyTorch speaks."""
 import numpy as np
 import pytest
-import torch
 
-from omni.export import exporter as E
 from omni.export import runtime as R
 from omni.speech.synthesis import Synthesizer
-from omni.thinker.tokenizer import train_bpe
-from tests.conftest import SONNETS
-from tests.export.test_onnx_export import SMALL
-from tests.export.tiny_checkpoints import TEXTS, build_data, build_sft, build_talker
+from tests.export.tiny_checkpoints import TEXTS, build_all, export_small
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dur_ckpts")
-    lines = [ln for ln in SONNETS.read_text().splitlines() if ln.strip()]
-    build_sft(root / "sft", train_bpe(iter(lines), 400))
-    build_talker(root / "tts", alignment="durations")
-    data = build_data(root / "data")
+    tiny = build_all(tmp_path_factory.mktemp("dur_ckpts"), alignment="durations", vocoder=False)
     out = tmp_path_factory.mktemp("onnx") / "export"
-    src = E.load_sources(root / "sft", root / "tts")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        report = E.export(src, out, E.ExportOptions(**SMALL, data=data))
-    finally:
-        torch.set_num_threads(threads)
+    _, report = export_small(tiny, out)
+    root = tiny["root"]
     return out, report, root
 
 

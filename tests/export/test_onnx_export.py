@@ -15,9 +15,7 @@ from omni.export import exporter as E
 from omni.export import graphs as G
 from omni.export.cli import main as export_main
 from tests.conftest import ROOT
-from tests.export.tiny_checkpoints import build_all
-
-SMALL = {"prompts": 4, "new_tokens": 24, "asr_clips": 2, "vqa_questions": 2, "tts_texts": 2, "sphinx": False}
+from tests.export.tiny_checkpoints import build_all, export_small
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +26,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "export"
-    src = E.load_sources(tiny["sft"], tiny["talker"], tiny["vocoder"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)          # tiny models: one thread is faster, and immune to a busy machine
-    try:
-        report = E.export(src, out, E.ExportOptions(**SMALL, data=tiny["data"]))
-    finally:
-        torch.set_num_threads(threads)
+    src, report = export_small(tiny, out)
     return out, report, src
 
 

@@ -63,7 +63,7 @@ def build_talker(root, alignment: str = "attention") -> Talker:
     for vq in codec.rvq.layers:
         vq.codebook.copy_(torch.randn_like(vq.codebook))
         vq.initialised.fill_(True)
-    durations = dict(alignment="durations", encoder_layers=1, latent_dim=8, text_aux_layer=-1)
+    durations = {"alignment": "durations", "encoder_layers": 1, "latent_dim": 8, "text_aux_layer": -1}
     tcfg = TalkerConfig(d_model=24, n_layers=2, n_heads=3, n_kv_heads=1, d_ff=48, ctx_len=256, dropout=0.0,
                         frames_per_step=2, n_codebooks=2, codebook_size=16, text_vocab_size=len(vocab),
                         max_frames_per_char=1.0, depth_layers=1,
@@ -119,13 +119,30 @@ def build_data(folder) -> dict[str, str]:
             "tts_csv": str(folder / "audio/tts_val.csv"), "text_file": None}
 
 
-def build_all(root) -> dict:
-    """-> dict of folders: sft, talker, vocoder, data (paths) and the models themselves."""
+def build_all(root, alignment: str = "attention", vocoder: bool = True) -> dict:
+    """-> dict of folders: sft, talker, vocoder (None without one), data (paths) and the models themselves."""
     lines = [ln for ln in SONNETS.read_text().splitlines() if ln.strip()]
     tok = train_bpe(iter(lines), 400)
     sft = build_sft(root / "sft", tok)
-    talker = build_talker(root / "tts")
-    build_vocoder(root / "vocoder")
+    talker = build_talker(root / "tts", alignment=alignment)
+    if vocoder:
+        build_vocoder(root / "vocoder")
     data = build_data(root / "data")
-    return {"root": root, "sft": root / "sft", "talker": root / "tts", "vocoder": root / "vocoder", "data": data,
-            "model": sft, "talker_model": talker}
+    return {"root": root, "sft": root / "sft", "talker": root / "tts", "vocoder": root / "vocoder" if vocoder else None,
+            "data": data, "model": sft, "talker_model": talker}
+
+
+# a parity report small enough for a test: few prompts, short generations, no recogniser
+SMALL = {"prompts": 4, "new_tokens": 24, "asr_clips": 2, "vqa_questions": 2, "tts_texts": 2, "sphinx": False}
+
+
+def export_small(tiny: dict, out):
+    """Export build_all's folders to out with the SMALL parity report -> (sources, report)."""
+    from omni.export import exporter as E
+    src = E.load_sources(tiny["sft"], tiny["talker"], tiny["vocoder"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # tiny models: one thread is faster, and immune to a busy machine
+    try:
+        return src, E.export(src, out, E.ExportOptions(**SMALL, data=tiny["data"]))
+    finally:
+        torch.set_num_threads(threads)
