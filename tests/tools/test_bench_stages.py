@@ -38,7 +38,8 @@ def _check(results: list[dict], stages) -> None:
 
 def test_every_stage_steps_quick(tmp_path):
     got = _run(tmp_path, "--quick", "--warmup", "1", "--steps", "2", "--precision", "fp32")
-    assert got["quick"] and set(got["matmul_peak_flops"]) == {"fp32", "bf16"}
+    # only the precision that ran has its peak measured
+    assert got["quick"] and set(got["matmul_peak_flops"]) == {"fp32"}
     _check(got["results"], bench.STAGES + (bench.REFERENCE,))
     # the SFT batch really carries both media: the frozen encoders are part of the model
     sft = next(r for r in got["results"] if r["stage"] == "sft")
