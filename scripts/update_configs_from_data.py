@@ -25,7 +25,7 @@ from pathlib import Path
 from omni.cli.common import Parser
 from omni.config import ConfigError, TrainConfig, config_from_dict
 from omni.data import DataError
-from omni.files import write_text_atomic
+from omni.files import write_json_atomic, write_text_atomic
 from omni.thinker.stage import TOKENIZER_FILES, TextStageConfig, prepare_tokenizer
 from omni.thinker.tokenizer import TokenizerError
 from omni.tools.autotune import GIB, DataSize, Plan, plan_training
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="check the memory estimate: measured peak of 3 real steps on CUDA; on CPU, the saved "
                         "activations of one forward")
     p.add_argument("--root", type=Path, default=Path("."), help="project root the config paths are relative to")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write every planned value, changed or not, as {config: {dotted key: value}} "
+                        "(scripts/train_all.py reads its step budgets from it)")
     return p.parse_args(argv)
 
 
@@ -159,7 +162,7 @@ def is_packed_text(raw: dict, slot: TrainSlot) -> bool:
 
 
 def plan_slot(raw: dict, slot: TrainSlot, args: argparse.Namespace, toks: Tokenizers) -> tuple[dict, list]:
-    """Count, size and plan one train section: (updates by JSON path, measurement to run)."""
+    """Count, size and plan one train section: (every planned value by JSON path, measurement to run)."""
     name = ".".join(slot.path)
     packed = is_packed_text(raw, slot)
     tok = toks.for_text_config(raw) if packed else toks.project(args.thinker_config)
@@ -178,13 +181,14 @@ def plan_slot(raw: dict, slot: TrainSlot, args: argparse.Namespace, toks: Tokeni
     plan = plan_training(train, data_size(slot.data, counts, packed), seq, info.n_params if info else None,
                          info.memory if info else None, args.vram_gb)
     describe(name, info, ".".join(slot.model_path) if slot.model_path else None, plan, args.vram_gb)
-    updates = {slot.path + (k,): v for k, v in plan.updates.items() if train[k] != v}
     runs = [(name, raw, slot, info, plan)] if info and info.memory else []
-    return updates, runs
+    return {slot.path + (k,): v for k, v in plan.updates.items()}, runs
 
 
-def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers) -> tuple[str, list]:
-    """Plan one config, print its diff, write it unless --dry-run: ('changed'|'unchanged'|'skipped', runs)."""
+def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers,
+                planned: dict[str, dict[str, int]]) -> tuple[str, list]:
+    """Plan one config, print its diff, write it unless --dry-run: ('changed'|'unchanged'|'skipped', runs);
+    every planned value goes into planned[str(path)] by dotted key."""
     text = path.read_text(encoding="utf-8")
     raw = json.loads(text)
     print(f"\n{path}")
@@ -194,8 +198,9 @@ def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers) -> tuple
         return "skipped", []
     updates, runs = {}, []
     for slot in slots:
-        slot_updates, slot_runs = plan_slot(raw, slot, args, toks)
-        updates.update(slot_updates)
+        slot_values, slot_runs = plan_slot(raw, slot, args, toks)
+        planned.setdefault(str(path), {}).update({".".join(k): v for k, v in slot_values.items()})
+        updates.update({k: v for k, v in slot_values.items() if get_path(raw, k[:-1])[k[-1]] != v})
         runs += [(path, *r) for r in slot_runs]
     new = replace_values(text, updates) if updates else text
     if new == text:
@@ -279,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths = [Path(p) for p in args.config] if args.config else sorted((args.root / "configs").glob("*.json"))
     toks = Tokenizers(args.root, args.dry_run)
-    results, runs = {}, []
+    results, runs, planned = {}, [], {}
     for path in paths:
         try:
-            status, config_runs = tune_config(path, args, toks)
+            status, config_runs = tune_config(path, args, toks, planned)
         except (ConfigError, DataError, TokenizerError, json.JSONDecodeError) as e:
             print(f"  error: {e}")
             status, config_runs = "error", []
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsummary: " + ", ".join(f"{s} {sum(v == s for v in results.values())}"
                                     for s in ("changed", "unchanged", "skipped", "error")
                                     if s in results.values()) + (" (dry run: nothing written)" if args.dry_run else ""))
+    if args.json:
+        write_json_atomic(args.json, planned)
     if args.measure:
         return measure_all(runs)
     return 1 if "error" in results.values() else 0

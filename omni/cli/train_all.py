@@ -8,7 +8,8 @@
 
 Builds any missing dataset, then trains A the Thinker, B the audio encoder, C the vision encoder,
 D the codec and Talker, E the omni SFT (and, with --with vocoder ocr, the optional stages), each by
-its own script on its profile config. Running it again skips every stage whose config and input
+its own script on its profile config; the default profile's step budgets come from the auto-tuner's
+rules on the data there is (scripts/update_configs_from_data.py). Running it again skips every stage whose config and input
 checkpoints are unchanged, resumes a stage that was stopped, and retrains what an upstream change
 invalidates, saying why (omni/pipeline/runner.py). When every selected stage is done, the report
 card goes to the profile's folder: REPORT.md, report.json, curves.png (omni/pipeline/report.py).
@@ -28,6 +29,7 @@ from omni.cli.common import EXIT_DEADLINE, Parser, setup_logging
 from omni.pipeline.profiles import PROFILES, Profile, StageRun
 from omni.pipeline.runner import (
     ROOT,
+    TUNER,
     PipelineError,
     decide,
     load_record,
@@ -38,6 +40,8 @@ from omni.pipeline.runner import (
     select,
     steps_done,
     train_stage,
+    tuned_budgets,
+    with_budget,
 )
 
 
@@ -92,14 +96,27 @@ def logged_step_seconds(folder) -> float | None:
     return sorted(gaps)[len(gaps) // 2] if len(gaps) >= 2 else None
 
 
+def budgets_of(profile: Profile, stages: list[StageRun]) -> dict[str, dict[str, int]]:
+    """Each stage's step budget from the auto-tuner (tuned profiles; {} for the others), printed."""
+    if not profile.tune:
+        return {}
+    print(f"step budgets: the auto-tuner's rules on the data here ({TUNER} --dry-run)", flush=True)
+    budgets = tuned_budgets(stages)
+    for stage in stages:
+        print(f"  {stage.title:<18} " + " ".join(f"{k}={v}" for k, v in budgets[stage.key].items()), flush=True)
+    return budgets
+
+
 def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
+    budgets = budgets_of(profile, stages)
     total = 0.0
     print(f"plan for profile {profile.name} ({len(stages)} stages). A stage that has logged steps here is timed "
           "from its own log; otherwise from 2 steps measured now on the worst-case batch its config admits (an "
           "upper bound, validation not included)")
     for stage in stages:
-        d = decide(stage, record["stages"].get(stage.key, {}))
-        raw = read_raw(stage)
+        budget = budgets.get(stage.key, {})
+        d = decide(stage, record["stages"].get(stage.key, {}), budget=budget)
+        raw = with_budget(read_raw(stage), budget)
         if d.action == "skip":
             print(f"  {stage.title:<18} skip: {d.reason}")
             continue
@@ -124,11 +141,12 @@ def run(args: argparse.Namespace, profile: Profile, stages: list[StageRun]) -> i
         print(f"== data: {' '.join(cmd)}", flush=True)
         if run_command(list(cmd)) != 0:
             raise PipelineError(f"building data failed: {' '.join(cmd)}")
+    budgets = budgets_of(profile, stages)
     record = load_record(run_dir)
     record["profile"] = profile.name
     t0, trained = time.time(), 0
     for stage in stages:
-        d = decide(stage, record["stages"].get(stage.key, {}))
+        d = decide(stage, record["stages"].get(stage.key, {}), budget=budgets.get(stage.key))
         print(f"== {stage.title}: {d.action} ({d.reason})", flush=True)
         if d.action == "skip":
             continue

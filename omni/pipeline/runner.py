@@ -11,6 +11,11 @@ checkpoint that config reads (an upstream stage's output). Then:
 - anything else trains from the start, and the log says why (new, config changed, which input
   checkpoint changed). A retrained upstream stage changes its weights, so everything that reads
   them retrains after it.
+
+A profile with ``tune`` (the default profile) takes each stage's step budget (max_steps, epochs,
+warmup, validation and checkpoint intervals) from the auto-tuner's rules on the data there is
+(scripts/update_configs_from_data.py, docs/architecture.md), passed to the stage script as
+overrides, so a larger dataset gets a larger budget; the budget is part of the fingerprint.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +38,10 @@ from omni.pipeline.profiles import Profile, StageRun
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = "pipeline.json"
+TUNER = "scripts/update_configs_from_data.py"
+# the train-section keys of the auto-tuner's plan that make a stage's step budget (the batch shape
+# stays the config's: a stage's memory and speed do not change with the data)
+BUDGET_KEYS = ("max_steps", "max_epochs", "warmup_steps", "val_freq", "checkpoint_freq")
 DATA_SUFFIXES = (".csv", ".json", ".txt")
 
 
@@ -90,17 +100,59 @@ class Fingerprint:
     config: str                      # sha256 of the config file
     inputs: dict[str, str | None]    # input checkpoint folder -> sha256 of its weights
     data: dict[str, str | None]      # data file the config names -> sha256 (a rebuilt manifest differs)
+    budget: dict[str, int] = field(default_factory=dict)  # the auto-tuner's overrides (tuned profiles)
 
     @property
     def digest(self) -> str:
-        text = json.dumps({"config": self.config, "inputs": self.inputs, "data": self.data}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        fields = {"config": self.config, "inputs": self.inputs, "data": self.data}
+        if self.budget:  # digests of untuned stages stay what they were
+            fields["budget"] = self.budget
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint(stage: StageRun, root: Path = ROOT) -> Fingerprint:
+def fingerprint(stage: StageRun, root: Path = ROOT, budget: dict[str, int] | None = None) -> Fingerprint:
     raw = read_raw(stage, root)
     return Fingerprint(file_sha256(root / stage.config), {d: weights_digest(root / d) for d in input_dirs(raw)},
-                       {f: file_sha256(root / f) if (root / f).is_file() else None for f in data_files(raw)})
+                       {f: file_sha256(root / f) if (root / f).is_file() else None for f in data_files(raw)},
+                       dict(budget or {}))
+
+
+# ---------------------------------------------------------------- step budgets from the data
+def tuned_budgets(stages: list[StageRun], root: Path = ROOT) -> dict[str, dict[str, int]]:
+    """stage key -> its step budget by dotted config key, from one dry run of the auto-tuner over the
+    stages' configs (nothing written; token counts are cached beside the data)."""
+    if not stages:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="omni_tune_") as tmp:
+        out = Path(tmp) / "plan.json"
+        cmd = [sys.executable, TUNER, "--dry-run", "--json", str(out)]
+        for stage in stages:
+            cmd += ["--config", stage.config]
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not out.is_file():
+            raise PipelineError(f"the auto-tuner failed (exit {done.returncode}): {' '.join(cmd[1:])}\n"
+                                + (done.stdout + done.stderr)[-3000:])
+        planned = json.loads(out.read_text(encoding="utf-8"))
+    budgets = {}
+    for stage in stages:
+        values = planned.get(stage.config)
+        if not values:
+            raise PipelineError(f"the auto-tuner planned nothing for {stage.config} (its data missing?): "
+                                f"run python {TUNER} --dry-run --config {stage.config} to see why")
+        budgets[stage.key] = {k: v for k, v in values.items() if k.rsplit(".", 1)[-1] in BUDGET_KEYS}
+    return budgets
+
+
+def with_budget(raw: dict[str, Any], budget: dict[str, int]) -> dict[str, Any]:
+    """A copy of a config with the budget's dotted keys set."""
+    out = json.loads(json.dumps(raw))
+    for key, value in budget.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return out
 
 
 @dataclass
@@ -110,9 +162,11 @@ class Decision:
     fp: Fingerprint = field(repr=False, default=None)
 
 
-def decide(stage: StageRun, record: dict[str, Any], root: Path = ROOT) -> Decision:
-    """What to do with ``stage`` given the pipeline's record of it (empty: never run by the pipeline)."""
-    fp = fingerprint(stage, root)
+def decide(stage: StageRun, record: dict[str, Any], root: Path = ROOT,
+           budget: dict[str, int] | None = None) -> Decision:
+    """What to do with ``stage`` given the pipeline's record of it (empty: never run by the pipeline)
+    and the step budget it would train under (tuned profiles)."""
+    fp = fingerprint(stage, root, budget)
     raw = read_raw(stage, root)
     missing = [d for d, digest in fp.inputs.items() if digest is None]
     if missing:
@@ -136,6 +190,8 @@ def decide(stage: StageRun, record: dict[str, Any], root: Path = ROOT) -> Decisi
     data = [f for f, digest in fp.data.items() if record.get("data", {}).get(f) != digest]
     if data:
         return Decision("train", f"data {', '.join(data)} changed", fp)
+    if record.get("budget", {}) != fp.budget:
+        return Decision("train", f"step budget changed ({record.get('budget', {})} -> {fp.budget})", fp)
     return Decision("train", "its last run did not finish and left no state to resume", fp)
 
 
@@ -213,13 +269,14 @@ def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run
                 rec: dict[str, Any], root: Path = ROOT) -> str:
     """Run one stage's script; record and return its status: done, stopped (time budget), interrupted."""
     cmd = [stage.script, "--config", stage.config, "--resume" if decision.action == "resume" else "--overwrite"]
+    cmd += [f"{k}={v}" for k, v in decision.fp.budget.items()]
     if deadline is not None:
         cmd += ["--deadline", f"{deadline:.0f}"]
     entry = rec["stages"].setdefault(stage.key, {})
     if decision.action == "train":
         entry["wall_s"] = 0.0
     entry.update(fingerprint=decision.fp.digest, config=decision.fp.config, inputs=decision.fp.inputs,
-                 data=decision.fp.data, status="running")
+                 data=decision.fp.data, budget=decision.fp.budget, status="running")
     save_record(run_dir, rec)
     t0 = time.time()
     code = run_command(cmd, root)

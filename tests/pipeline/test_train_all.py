@@ -149,3 +149,33 @@ def test_report_vision_rows_per_source_with_their_own_sample_sizes():
     # one source: one row, which carries the target
     [only] = vision_metrics({"i2t_r1": 0.5, "chance_r1": 0.01, "queries": 50.0, "hist_i2t_r1": 0.2}, 0.80)
     assert only.target == ">= 0.80" and only.met is False and only.interval == wilson(25, 50)
+
+
+def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkeypatch, capsys):
+    """The default profile's kind: each stage's step budget comes from the auto-tuner on the data
+    there is, is passed to the stage script and kept in the fingerprint."""
+    from tests.conftest import SONNETS
+    lines = [ln for ln in SONNETS.read_text().splitlines() if ln.strip()]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines[:30]) + "\n")
+    thinker = write_config(tmp_path, "thinker.json", train={"max_steps": 4, "save_dir": str(tmp_path / "A"),
+                                                            "batch_size": 8, "gradient_accumulation_steps": 4})
+    profile = Profile("tuned", str(tmp_path / "run"),
+                      (StageRun("thinker", "A Thinker", "train_text.py", str(thinker), "thinker"),), (), tune=True)
+    monkeypatch.setitem(PROFILES, "tuned", profile)
+    assert train_all.main(["--profile", "tuned", "--n", "5"]) == 0
+    budget = _record(profile)["stages"]["thinker"]["budget"]
+    assert set(budget) == {f"train.{k}" for k in ("max_steps", "max_epochs", "warmup_steps", "val_freq",
+                                                  "checkpoint_freq")}
+    steps = budget["train.max_steps"]
+    assert 4 < steps < 100  # the corpus's epochs, not the config's 4 steps
+    assert f"train.max_steps={steps}" in capsys.readouterr().out
+    assert ckpt.load_train_state(tmp_path / "A")["progress"]["step"] == steps
+    capsys.readouterr()
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "skip: unchanged" in out and f"train.max_steps={steps}" in out
+
+    # a new budget (what more data gives: tests/tools/test_autotune.py) trains the stage again
+    monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.max_steps": steps + 3}})
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    assert "train: step budget changed" in capsys.readouterr().out
