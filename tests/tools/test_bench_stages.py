@@ -102,3 +102,25 @@ def test_a_train_section_finds_its_stage():
     assert kind_of({"model": {}, "train": {}}) is None
     for name, file in (("thinker", "thinker_tiny.json"), ("sft", "omni_sft_tiny.json"), ("ocr", "ocr_tiny.json")):
         assert kind_of(_json.loads((ROOT / "configs" / file).read_text()))[0] == name
+
+
+def test_matmul_peak_of_a_slow_dtype_stops_at_its_time_budget(monkeypatch):
+    """An emulated dtype (bf16 on a CPU without bf16 units) can take minutes per large product: the
+    peak stops repeating once a size has spent its budget, and a size slower than the budget ends
+    the sweep, so a benchmark (and CI) never waits on it."""
+    import torch
+
+    from omni.tools import bench as tools_bench
+    calls, clock = [], [0.0]
+
+    def slow_mm(a, b, out):  # a fake clock: the sweep's decisions do not depend on the machine's load
+        calls.append(a.shape[0])
+        clock[0] += 0.05 * a.shape[0] / 64
+
+    monkeypatch.setattr(tools_bench.torch, "mm", slow_mm)
+    monkeypatch.setattr(tools_bench.time, "perf_counter", lambda: clock[0])
+    peak = tools_bench.matmul_peak(torch.device("cpu"), torch.float32, sizes=(64, 128, 256), repeats=5,
+                                   budget_s=0.08)
+    # 64: warmup and repeats until 0.08 s are spent; 128: its warmup alone passes the budget, one
+    # timed product, and the sweep ends before 256
+    assert calls == [64, 64, 128, 128] and peak == pytest.approx(2 * 128 ** 3 / 0.1)
