@@ -96,19 +96,28 @@ def logged_step_seconds(folder) -> float | None:
     return sorted(gaps)[len(gaps) // 2] if len(gaps) >= 2 else None
 
 
-def budgets_of(profile: Profile, stages: list[StageRun]) -> dict[str, dict[str, int]]:
-    """Each stage's step budget from the auto-tuner (tuned profiles; {} for the others), printed."""
+def budgets_of(profile: Profile, stages: list[StageRun], planning: bool = False) -> dict[str, dict[str, int]]:
+    """Each stage's step budget from the auto-tuner (tuned profiles; {} for the others), printed. A
+    stage it cannot plan is an error, except in --plan before its data is built (then the plan
+    counts the config's own budget and says so)."""
     if not profile.tune:
         return {}
     print(f"step budgets: the auto-tuner's rules on the data here ({TUNER} --dry-run)", flush=True)
     budgets = tuned_budgets(stages)
     for stage in stages:
-        print(f"  {stage.title:<18} " + " ".join(f"{k}={v}" for k, v in budgets[stage.key].items()), flush=True)
+        if stage.key in budgets:
+            print(f"  {stage.title:<18} " + " ".join(f"{k}={v}" for k, v in budgets[stage.key].items()), flush=True)
+        elif planning:
+            print(f"  {stage.title:<18} not planned (is its data built?): the plan counts its config's own budget",
+                  flush=True)
+        else:
+            raise PipelineError(f"the auto-tuner could not plan {stage.config}: run python {TUNER} --dry-run "
+                                f"--config {stage.config} to see why")
     return budgets
 
 
 def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
-    budgets = budgets_of(profile, stages)
+    budgets = budgets_of(profile, stages, planning=True)
     total = 0.0
     print(f"plan for profile {profile.name} ({len(stages)} stages). A stage that has logged steps here is timed "
           "from its own log; otherwise from 2 steps measured now on the worst-case batch its config admits (an "

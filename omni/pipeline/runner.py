@@ -120,7 +120,8 @@ def fingerprint(stage: StageRun, root: Path = ROOT, budget: dict[str, int] | Non
 # ---------------------------------------------------------------- step budgets from the data
 def tuned_budgets(stages: list[StageRun], root: Path = ROOT) -> dict[str, dict[str, int]]:
     """stage key -> its step budget by dotted config key, from one dry run of the auto-tuner over the
-    stages' configs (nothing written; token counts are cached beside the data)."""
+    stages' configs (nothing written; token counts are cached beside the data). A stage it could not
+    plan (a data file not built yet) has no entry."""
     if not stages:
         return {}
     with tempfile.TemporaryDirectory(prefix="omni_tune_") as tmp:
@@ -133,14 +134,9 @@ def tuned_budgets(stages: list[StageRun], root: Path = ROOT) -> dict[str, dict[s
             raise PipelineError(f"the auto-tuner failed (exit {done.returncode}): {' '.join(cmd[1:])}\n"
                                 + (done.stdout + done.stderr)[-3000:])
         planned = json.loads(out.read_text(encoding="utf-8"))
-    budgets = {}
-    for stage in stages:
-        values = planned.get(stage.config)
-        if not values:
-            raise PipelineError(f"the auto-tuner planned nothing for {stage.config} (its data missing?): "
-                                f"run python {TUNER} --dry-run --config {stage.config} to see why")
-        budgets[stage.key] = {k: v for k, v in values.items() if k.rsplit(".", 1)[-1] in BUDGET_KEYS}
-    return budgets
+    # a config it could not plan (its data not built yet) is missing from the answer
+    return {stage.key: {k: v for k, v in planned[stage.config].items() if k.rsplit(".", 1)[-1] in BUDGET_KEYS}
+            for stage in stages if planned.get(stage.config)}
 
 
 def with_budget(raw: dict[str, Any], budget: dict[str, int]) -> dict[str, Any]:

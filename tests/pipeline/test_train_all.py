@@ -179,3 +179,11 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
     monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.max_steps": steps + 3}})
     assert train_all.main(["--profile", "tuned", "--plan"]) == 0
     assert "train: step budget changed" in capsys.readouterr().out
+
+    # data not built yet: --plan still plans, with the config's own budget, and says so
+    monkeypatch.undo()
+    monkeypatch.setitem(PROFILES, "tuned", profile)
+    (tmp_path / "corpus.txt").unlink()
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "not planned (is its data built?)" in out and "A 4 steps x" in out
