@@ -167,6 +167,9 @@ def plan_slot(raw: dict, slot: TrainSlot, args: argparse.Namespace, toks: Tokeni
     packed = is_packed_text(raw, slot)
     tok = toks.for_text_config(raw) if packed else toks.project(args.thinker_config)
     counts, problems = count_sources(slot, tok, args.root, use_state=not args.recount)
+    if not problems and not any(c.items for c in counts.values()):
+        problems = [f"no training items in {', '.join(counts)} (an empty dataset has no step budget: build it "
+                    "first)"]
     if problems:
         print(f"  [{name}] skipped: " + "; ".join(problems))
         return {}, []
@@ -199,7 +202,8 @@ def tune_config(path: Path, args: argparse.Namespace, toks: Tokenizers,
     updates, runs = {}, []
     for slot in slots:
         slot_values, slot_runs = plan_slot(raw, slot, args, toks)
-        planned.setdefault(str(path), {}).update({".".join(k): v for k, v in slot_values.items()})
+        if slot_values:
+            planned.setdefault(str(path), {}).update({".".join(k): v for k, v in slot_values.items()})
         updates.update({k: v for k, v in slot_values.items() if get_path(raw, k[:-1])[k[-1]] != v})
         runs += [(path, *r) for r in slot_runs]
     new = replace_values(text, updates) if updates else text

@@ -108,7 +108,7 @@ def budgets_of(profile: Profile, stages: list[StageRun], planning: bool = False)
         if stage.key in budgets:
             print(f"  {stage.title:<18} " + " ".join(f"{k}={v}" for k, v in budgets[stage.key].items()), flush=True)
         elif planning:
-            print(f"  {stage.title:<18} not planned (is its data built?): the plan counts its config's own budget",
+            print(f"  {stage.title:<18} not planned (its data is missing or empty): the plan counts its config's own budget",
                   flush=True)
         else:
             raise PipelineError(f"the auto-tuner could not plan {stage.config}: run python {TUNER} --dry-run "

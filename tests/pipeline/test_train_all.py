@@ -186,4 +186,4 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
     (tmp_path / "corpus.txt").unlink()
     assert train_all.main(["--profile", "tuned", "--plan"]) == 0
     out = capsys.readouterr().out
-    assert "not planned (is its data built?)" in out and "A 4 steps x" in out
+    assert "not planned (its data is missing or empty)" in out and "A 4 steps x" in out

@@ -310,3 +310,23 @@ def test_unknown_stage_kind_is_skipped(tmp_path, capsys):
     argv = ["--config", str(other), "--root", str(tmp_path), "--thinker-config", str(path)]
     assert update_configs.main(argv) == 0
     assert "unknown data kind" in capsys.readouterr().out and other.read_bytes() == before
+
+
+def test_an_empty_dataset_gets_no_budget_and_json_holds_every_planned_value(tmp_path, capsys):
+    """A header-only CSV is not a dataset of 0 steps: its section is skipped with the reason; --json
+    holds every planned value of the configs it could plan, changed or not."""
+    path, cfg = _project(tmp_path)
+    (tmp_path / "empty.csv").write_text("wav,text\n")
+    other = tmp_path / "asr.json"
+    other.write_text(json.dumps({"model": {"d_model": 8}, "data": {"train_csv": str(tmp_path / "empty.csv")},
+                                 "train": cfg["train"]}, indent=2))
+    out = tmp_path / "plan.json"
+    argv = ["--config", str(path), "--config", str(other), "--dry-run", "--root", str(tmp_path),
+            "--thinker-config", str(path), "--json", str(out)]
+    assert update_configs.main(argv) == 0
+    assert "skipped: no training items in data.train_csv" in capsys.readouterr().out
+    planned = json.loads(out.read_text())
+    assert list(planned) == [str(path)]
+    assert set(planned[str(path)]) == {f"train.{k}" for k in ("batch_size", "gradient_accumulation_steps",
+                                                              "max_steps", "max_epochs", "warmup_steps",
+                                                              "val_freq", "checkpoint_freq")}
