@@ -26,14 +26,17 @@ from omni.export import runtime as R
 
 log = logging.getLogger(__name__)
 
-QUANTISED = ("thinker_prefill", "thinker_decode", "audio_encoder", "vision_encoder", "talker_prefill",
-             "talker_decode", "talker_depth")
+# the Talker's graphs: an attention Talker's prefill/decode, or a duration Talker's plan (text
+# encoder and durations), cond, start and step; the depth chain in both
+TALKER_GRAPHS = ("talker_prefill", "talker_decode", "talker_plan", "talker_cond", "talker_start", "talker_step",
+                 "talker_depth")
+QUANTISED = ("thinker_prefill", "thinker_decode", "audio_encoder", "vision_encoder", *TALKER_GRAPHS)
 ASSETS = ("config.json", "tokenizer.json", "frontend.npz", "text_vocab.json")
 MAX_LOSS = 0.02
 # kept or restored to fp32 together: (graphs, the quality losses that judge them, their shared weights file)
 GROUPS = {"thinker": (("thinker_prefill", "thinker_decode", "audio_encoder", "vision_encoder"), ("asr_cer", "vqa_acc"),
                       "thinker.weights"),
-          "talker": (("talker_prefill", "talker_decode", "talker_depth"), ("speech_cer",), "talker.weights")}
+          "talker": (TALKER_GRAPHS, ("speech_cer",), "talker.weights")}
 
 
 def model_bytes(folder: Path) -> int:

@@ -39,3 +39,19 @@ def test_runtime_speaks_the_codes_pytorch_speaks(exported):
             want = synth.talker.generate(ids).numpy()
             got = rt.voice.talker_codes(ids, 0.0, 0, np.random.default_rng(0))
             assert np.array_equal(got, want), text
+
+
+def test_int8_copy_of_a_duration_talker_quantises_its_graphs_and_speaks(exported, tmp_path):
+    """Every duration Talker graph reads the shared talker.weights: the INT8 copy quantises them all
+    (none is left pointing at a weights file the folder does not have) and still speaks."""
+    import onnx
+
+    from omni.export.quantize import TALKER_GRAPHS, quantize_folder
+    out, _, _ = exported
+    quantize_folder(out, tmp_path / "int8")
+    for name in ("talker_plan", "talker_cond", "talker_start", "talker_step", "talker_depth"):
+        assert name in TALKER_GRAPHS
+        graph = onnx.load(str(tmp_path / "int8" / f"{name}.onnx"), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer), name
+    rt = R.OnnxOmni(tmp_path / "int8")
+    assert len(rt.voice.synthesize("Red ball.")) > 0
