@@ -38,7 +38,7 @@ from omni.data import LineFile, PackedTokens, build_line_offsets
 from omni.engine.optim import make_optimizer
 from omni.thinker.model import ThinkerConfig, ThinkerLM
 from omni.thinker.stage import TextStageConfig, lm_loss
-from omni.tools.bench import cpu_model, matmul_peak
+from omni.tools.machine import cpu_model, matmul_peak
 
 # Per trained token: each matmul weight costs 2 FLOPs forward + 4 backward (6 * N_matmul, lm_head
 # included, embedding lookup excluded); attention adds QK^T and AV, 2 * ctx_len * d_model FLOPs each

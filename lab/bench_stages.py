@@ -27,17 +27,8 @@ import torch
 from omni.cli.common import Parser
 from omni.engine.runtime import pick_precision
 from omni.engine.training import Stage
-from omni.tools.bench import (
-    STAGES,
-    Built,
-    Shape,
-    build,
-    count_micro_flops,
-    cpu_model,
-    default_config,
-    matmul_peak,
-    step_stats,
-)
+from omni.tools.bench import STAGES, Built, Shape, build, count_micro_flops, default_config, step_stats
+from omni.tools.machine import cpu_model, matmul_peak
 
 REFERENCE = "thinker_ref"  # lab/reference_thinker.py: the design the Thinker's step is compared with
 

@@ -20,7 +20,7 @@ from omni.audio.features import SPEECH_OUT_MEL, LogMel
 from omni.cli.parser import Parser
 from omni.speech.griffinlim import block_mel_to_wav, inverter, mel_to_wav, spectral_convergence
 from omni.speech.intelligibility import original_path, read_rows, report_paths
-from omni.tools.bench import cpu_model
+from omni.tools.machine import cpu_model
 
 
 def main() -> int:

@@ -18,8 +18,8 @@ import torch
 
 from omni.cli.common import add_vocoder_args, vocoder_kwargs
 from omni.cli.parser import Parser
-from omni.tools.bench import cpu_model
 from omni.tools.latency import build_untrained_default, codec_chunk_error_db, run
+from omni.tools.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

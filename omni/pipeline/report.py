@@ -264,7 +264,7 @@ def sft_metrics(raw: dict, n: int, device: torch.device, targets: dict[str, floa
 
 # ---------------------------------------------------------------- the card
 def machine() -> dict[str, str]:
-    from omni.tools.bench import cpu_model
+    from omni.tools.machine import cpu_model
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return {"cpu": cpu_model(), "cpu_precision": pick_precision(torch.device("cpu"))[1], "gpu": gpu or "none",
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit()}

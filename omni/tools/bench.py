@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from omni.config import ConfigError, TrainConfig, config_from_dict, load_config,
 from omni.engine.training import Stage, Trainer
 from omni.thinker.stage import TextStageConfig
 from omni.tools.autotune import GIB, estimate_bytes
+from omni.tools.machine import sync_device
 from omni.tools.survey import model_info
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: configs/
@@ -306,52 +306,6 @@ def count_micro_flops(built: Built, device: str) -> int:
         return counter.get_total_flops()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096),
-                repeats: int = 5, budget_s: float = 3.0) -> float:
-    """The best FLOP/s of square n x n matmuls on ``device`` in ``dtype`` (2 n^3 per product): the
-    machine's reachable peak, the denominator of MFU.
-
-    Each size stops repeating once it has spent ``budget_s``, and a size whose single product takes
-    longer than that ends the sweep: a dtype the hardware only emulates (bf16 on a CPU without bf16
-    matrix units) takes minutes per 4096 product, and a larger matrix would not change its peak."""
-    best = 0.0
-    for n in sizes:
-        g = torch.Generator().manual_seed(n)
-        a = torch.randn(n, n, generator=g).to(device, dtype)
-        b = torch.randn(n, n, generator=g).to(device, dtype)
-        out = torch.empty(n, n, dtype=dtype, device=device)
-        t_start = time.perf_counter()
-        torch.mm(a, b, out=out)  # warmup: thread pool, packing buffers, kernels
-        _sync(device)
-        slow = time.perf_counter() - t_start > budget_s
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            _sync(device)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
-            if time.perf_counter() - t_start > budget_s:
-                break
-        if slow:
-            break
-    return best
-
-
-def cpu_model() -> str:
-    """The 'model name' line of /proc/cpuinfo (or the platform's processor string)."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step_stats(built: Built, device: str, precision: str | None, compiled: bool, warmup: int, steps: int,
                shape: Shape, save_dir: Path | None = None) -> dict[str, Any]:
     """Time ``steps`` optimizer steps of the engine after ``warmup``, on ``built``'s batch every time;
@@ -376,13 +330,13 @@ def step_stats(built: Built, device: str, precision: str | None, compiled: bool,
         t0 = time.perf_counter()
         for _ in range(warmup):
             trainer._step(it)
-        _sync(dev)
+        sync_device(dev)
         warm_s = time.perf_counter() - t0
         times, losses, items = [], [], 0.0
         for _ in range(steps):
             t0 = time.perf_counter()
             loss, _, n = trainer._step(it)
-            _sync(dev)
+            sync_device(dev)
             times.append(time.perf_counter() - t0)
             losses.append(loss)
             items += n

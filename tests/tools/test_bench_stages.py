@@ -110,7 +110,7 @@ def test_matmul_peak_of_a_slow_dtype_stops_at_its_time_budget(monkeypatch):
     the sweep, so a benchmark (and CI) never waits on it."""
     import torch
 
-    from omni.tools import bench as tools_bench
+    from omni.tools import machine as tools_bench
     calls, clock = [], [0.0]
 
     def slow_mm(a, b, out):  # a fake clock: the sweep's decisions do not depend on the machine's load
