@@ -26,11 +26,13 @@ import sys
 import time
 
 from omni.cli.common import EXIT_DEADLINE, Parser, setup_logging
+from omni.config import apply_overrides
 from omni.pipeline.profiles import PROFILES, Profile, StageRun
 from omni.pipeline.runner import (
     ROOT,
     TUNER,
     PipelineError,
+    budget_args,
     decide,
     load_record,
     missing_data,
@@ -41,7 +43,6 @@ from omni.pipeline.runner import (
     steps_done,
     train_stage,
     tuned_budgets,
-    with_budget,
 )
 
 
@@ -125,7 +126,7 @@ def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
     for stage in stages:
         budget = budgets.get(stage.key, {})
         d = decide(stage, record["stages"].get(stage.key, {}), budget=budget)
-        raw = with_budget(read_raw(stage), budget)
+        raw = apply_overrides(read_raw(stage), budget_args(budget))  # read_raw gives a fresh dict
         if d.action == "skip":
             print(f"  {stage.title:<18} skip: {d.reason}")
             continue

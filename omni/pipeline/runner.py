@@ -139,16 +139,9 @@ def tuned_budgets(stages: list[StageRun], root: Path = ROOT) -> dict[str, dict[s
             for stage in stages if planned.get(stage.config)}
 
 
-def with_budget(raw: dict[str, Any], budget: dict[str, int]) -> dict[str, Any]:
-    """A copy of a config with the budget's dotted keys set."""
-    out = json.loads(json.dumps(raw))
-    for key, value in budget.items():
-        *parents, last = key.split(".")
-        node = out
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return out
+def budget_args(budget: dict[str, int]) -> list[str]:
+    """The budget as the stage scripts' ``section.key=value`` overrides (omni/config.py applies them)."""
+    return [f"{k}={v}" for k, v in budget.items()]
 
 
 @dataclass
@@ -265,7 +258,7 @@ def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run
                 rec: dict[str, Any], root: Path = ROOT) -> str:
     """Run one stage's script; record and return its status: done, stopped (time budget), interrupted."""
     cmd = [stage.script, "--config", stage.config, "--resume" if decision.action == "resume" else "--overwrite"]
-    cmd += [f"{k}={v}" for k, v in decision.fp.budget.items()]
+    cmd += budget_args(decision.fp.budget)
     if deadline is not None:
         cmd += ["--deadline", f"{deadline:.0f}"]
     entry = rec["stages"].setdefault(stage.key, {})
