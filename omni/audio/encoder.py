@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omni.audio.augment import WaveAugment
 from omni.layers import Block, RMSNorm, RotaryEmbedding, init_weights
 
 
@@ -87,3 +88,5 @@ class AudioEncConfig:
     freq_mask: int = 15
     time_mask: int = 40
     n_masks: int = 2
+    # waveform effects on the training audio, probability per row each (omni/audio/augment.py)
+    augment: WaveAugment = dataclasses.field(default_factory=WaveAugment)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omni.audio.augment import augment_waveform
 from omni.audio.ctc import BLANK, CharVocab, error_rates, greedy_decode, normalize_text
 from omni.audio.encoder import AudioEncConfig, AudioEncoderTiny
 from omni.audio.features import ENCODER_MEL, LogMel, num_frames
@@ -106,6 +107,8 @@ class AsrModel(nn.Module):
 
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, N), lengths (B,) samples -> log-mel (B, T, n_mels), frame lengths (B,)."""
+        if self.training:
+            audio = augment_waveform(audio, lengths, self.cfg.augment)
         mel = self.mel(audio)
         frames = lengths // ENCODER_MEL.hop_length + 1
         if self.training and self.cfg.spec_augment:

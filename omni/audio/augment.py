@@ -1,0 +1,108 @@
+"""Acoustic augmentation of Stage B's training audio: what separates a speech engine's clean clip from
+a person recorded in a room, on a phone line, with a microphone of its own.
+
+Engines speak full-band 16 kHz audio with no room and no noise; most real recordings have all three
+(the real-speech set, omni/builders/real_speech.py, is mostly 8 kHz telephone prompts). Each effect is
+applied to a row with its own probability, on the padded batch, in torch, from the global RNG (as
+SpecAugment is), so a resumed run draws the same augmentations as an uninterrupted one:
+
+- telephone band: an FFT band-pass keeping 300-3,400 Hz (the G.711 channel);
+- room: convolution with a synthetic impulse response, a direct path plus exponentially decaying
+  noise with an RT60 drawn from 0.15-0.7 s (Lehmann & Johansson style, no geometry);
+- noise: coloured Gaussian noise (spectral slope from white to brown) at an SNR of 5-30 dB;
+- gain: -12 to +6 dB on every row whenever augmentation is on.
+
+Padding past each row's length stays zero; the output keeps each row's RMS before the gain.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from omni.config import limits
+
+SAMPLE_RATE = 16000
+PHONE_BAND = (300.0, 3400.0)
+RT60 = (0.15, 0.7)
+SNR_DB = (5.0, 30.0)
+GAIN_DB = (-12.0, 6.0)
+
+
+@dataclasses.dataclass
+class WaveAugment:
+    """Probability per row of each effect (0 turns it off)."""
+    telephone: float = limits(0.0, min=0, max=1)
+    reverb: float = limits(0.0, min=0, max=1)
+    noise: float = limits(0.0, min=0, max=1)
+
+    @property
+    def active(self) -> bool:
+        return max(self.telephone, self.reverb, self.noise) > 0
+
+
+def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n).to(device)
+
+
+def _rms(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((x * x * mask).sum(1) / mask.sum(1).clamp(min=1)).sqrt().clamp(min=1e-8)
+
+
+def telephone_band(audio: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> the same with everything outside PHONE_BAND removed (FFT mask)."""
+    spec = torch.fft.rfft(audio, dim=1)
+    freqs = torch.fft.rfftfreq(audio.shape[1], 1.0 / SAMPLE_RATE).to(audio.device)
+    keep = (freqs >= PHONE_BAND[0]) & (freqs <= PHONE_BAND[1])
+    return torch.fft.irfft(spec * keep, n=audio.shape[1], dim=1)
+
+
+def room_impulse(rt60: torch.Tensor) -> torch.Tensor:
+    """rt60 (B,) seconds -> impulse responses (B, L): 1 at t=0, then noise decaying by 60 dB in rt60."""
+    L = max(1, round(float(rt60.max()) * SAMPLE_RATE))
+    t = torch.arange(L, device=rt60.device) / SAMPLE_RATE
+    decay = torch.exp(-6.9078 * t[None] / rt60[:, None])   # amplitude 1e-3 (energy -60 dB) at rt60
+    h = torch.randn(len(rt60), L).to(rt60.device) * decay * 0.3
+    h[:, 0] = 1.0
+    return h
+
+
+def convolve(audio: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Row-wise linear convolution (B, N) * (B, L) -> (B, N) (the tail past N is cut)."""
+    n = audio.shape[1] + h.shape[1] - 1
+    size = 1 << (n - 1).bit_length()
+    out = torch.fft.irfft(torch.fft.rfft(audio, size, dim=1) * torch.fft.rfft(h, size, dim=1), size, dim=1)
+    return out[:, :audio.shape[1]]
+
+
+def coloured_noise(shape: tuple[int, int], slope: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise whose power falls as f^-slope (0 white, 1 pink, 2 brown), unit RMS per row."""
+    spec = torch.fft.rfft(torch.randn(shape).to(slope.device), dim=1)
+    f = torch.arange(spec.shape[1], device=slope.device).clamp(min=1).float()
+    noise = torch.fft.irfft(spec * f[None] ** (-slope[:, None] / 2), n=shape[1], dim=1)
+    return noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-8)
+
+
+def augment_waveform(audio: torch.Tensor, lengths: torch.Tensor, cfg: WaveAugment) -> torch.Tensor:
+    """audio (B, N) at 16 kHz with real lengths (B,) -> the augmented batch (module docstring)."""
+    if not cfg.active or audio.shape[1] == 0:
+        return audio
+    B, N = audio.shape
+    device = audio.device
+    mask = (torch.arange(N, device=device)[None] < lengths[:, None]).to(audio.dtype)
+    rms = _rms(audio, mask)
+    out = audio
+    picks = {name: torch.rand(B).to(device) < getattr(cfg, name) for name in ("telephone", "reverb", "noise")}
+    if bool(picks["reverb"].any()):
+        wet = convolve(out, room_impulse(_uniform(B, *RT60, device)))
+        out = torch.where(picks["reverb"][:, None], wet, out)
+    if bool(picks["telephone"].any()):
+        out = torch.where(picks["telephone"][:, None], telephone_band(out), out)
+    out = out * mask
+    out = out * (rms / _rms(out, mask))[:, None]   # each row back to its own level before noise and gain
+    if bool(picks["noise"].any()):
+        snr = _uniform(B, *SNR_DB, device)
+        noise = coloured_noise((B, N), _uniform(B, 0.0, 2.0, device)) * (rms / 10 ** (snr / 20))[:, None]
+        out = out + noise * picks["noise"][:, None] * mask
+    gain = 10 ** (_uniform(B, *GAIN_DB, device) / 20)
+    return out * gain[:, None]

@@ -1,0 +1,89 @@
+"""Stage B's waveform augmentation (omni/audio/augment.py): each effect does what it says, padding
+stays silent, off means untouched, and the draws come from the seeded global RNG."""
+import pytest
+import torch
+
+from omni.audio.augment import (PHONE_BAND, SAMPLE_RATE, WaveAugment, augment_waveform, room_impulse,
+                                telephone_band)
+from omni.audio.encoder import AudioEncConfig
+from omni.audio.stage import AsrModel
+from omni.config import ConfigError, config_from_dict
+
+
+def _tone_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+    audio = torch.stack([0.1 * torch.sin(2 * torch.pi * f * t) for f in (150.0, 1000.0, 6000.0)])
+    audio[2, SAMPLE_RATE // 2:] = 0  # the last row is half as long
+    return audio, torch.tensor([SAMPLE_RATE, SAMPLE_RATE, SAMPLE_RATE // 2])
+
+
+def test_off_returns_the_batch_untouched():
+    audio, lengths = _tone_batch()
+    assert augment_waveform(audio, lengths, WaveAugment()) is audio
+
+
+def test_telephone_band_keeps_the_voice_band_and_removes_the_rest():
+    audio, _ = _tone_batch()
+    out = telephone_band(audio)
+    kept = out.pow(2).mean(1) / audio.pow(2).mean(1)
+    assert PHONE_BAND[0] < 1000.0 < PHONE_BAND[1]
+    assert kept[1] > 0.99          # 1 kHz passes
+    assert kept[0] < 1e-3 and kept[2] < 1e-3   # 150 Hz and 6 kHz do not
+
+
+def test_room_impulse_decays_by_60_db_at_its_rt60():
+    torch.manual_seed(0)
+    rt60 = torch.tensor([0.3, 0.6])
+    h = room_impulse(rt60)
+    assert h.shape[1] == int(0.6 * SAMPLE_RATE)
+    assert torch.all(h[:, 0] == 1)
+    early = h[0, 1:400].pow(2).mean()
+    late = h[0, int(0.29 * SAMPLE_RATE):int(0.3 * SAMPLE_RATE)].pow(2).mean()
+    assert 50 < 10 * torch.log10(early / late) < 70
+
+
+def test_every_effect_leaves_padding_silent_and_noise_lands_at_its_snr():
+    audio, lengths = _tone_batch()
+    torch.manual_seed(0)
+    out = augment_waveform(audio, lengths, WaveAugment(telephone=1.0, reverb=1.0, noise=1.0))
+    assert out.shape == audio.shape
+    assert torch.all(out[2, SAMPLE_RATE // 2:] == 0)
+    assert not torch.allclose(out, audio)
+    torch.manual_seed(0)
+    noisy = augment_waveform(audio, lengths, WaveAugment(noise=1.0))[:2]
+    x = audio[:2]
+    gain = (noisy * x).sum(1, keepdim=True) / (x * x).sum(1, keepdim=True)   # the noise is uncorrelated with x
+    snr = 10 * torch.log10(x.pow(2).sum(1) / (noisy / gain - x).pow(2).sum(1))
+    assert torch.all(snr > 4.5) and torch.all(snr < 30.5), snr
+    assert torch.all(20 * torch.log10(gain) > -12.5) and torch.all(20 * torch.log10(gain) < 6.5)
+
+
+def test_draws_follow_the_seed():
+    audio, lengths = _tone_batch()
+    cfg = WaveAugment(telephone=0.5, reverb=0.5, noise=0.5)
+    torch.manual_seed(3)
+    a = augment_waveform(audio, lengths, cfg)
+    torch.manual_seed(3)
+    b = augment_waveform(audio, lengths, cfg)
+    torch.manual_seed(4)
+    c = augment_waveform(audio, lengths, cfg)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_only_training_is_augmented():
+    cfg = config_from_dict({"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
+                                     "spec_augment": False, "augment": {"noise": 1.0}}, AudioEncConfig)
+    model = AsrModel(cfg, 30).eval()
+    audio, lengths = _tone_batch()
+    with torch.no_grad():
+        a, _ = model.features(audio, lengths)
+        b, _ = model.features(audio, lengths)
+        model.train()
+        c, _ = model.features(audio, lengths)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_a_probability_outside_0_1_names_the_key():
+    with pytest.raises(ConfigError, match=r"augment\.reverb: must be <= 1"):
+        config_from_dict({"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
+                                   "augment": {"reverb": 1.5}}, AudioEncConfig)
