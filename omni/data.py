@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omni.errors import DataError  # noqa: F401  (re-exported: most callers import it from here)
 from omni.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 _MAGIC = 0x6D4F6D6E69  # "mOmni"
 _STAMP_BYTES = 32
 _CHUNK = 1 << 24
-
-
-class DataError(ValueError):
-    """A data file is missing, empty or unusable; the message names the file."""
 
 
 class BadRow(DataError):

@@ -6,7 +6,6 @@ numpy, soundfile and Pillow."""
 from __future__ import annotations
 
 import json
-import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,34 +110,6 @@ def build_sequence(encode: Callable[[str], list[int]], sp: dict[str, int], turns
     return ids, kinds
 
 
-class TextVocab:
-    """omni.talker.text.TextVocab for character input: normalise, then ids (3 + index)."""
-
-    def __init__(self, path: Path) -> None:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        self.kind = data.get("kind", "chars")
-        self.chars = data["chars"]
-        self.index = {c: i + 3 for i, c in enumerate(self.chars)}
-
-    def normalize(self, text: str) -> tuple[str, int]:
-        for a, b in _REPLACE.items():
-            text = text.replace(a, b)
-        text = unicodedata.normalize("NFKD", text).lower()
-        kept, dropped = [], 0
-        for c in text:
-            if c in self.index:
-                kept.append(c)
-            elif c.isspace():
-                kept.append(" ")
-            elif not unicodedata.combining(c):
-                dropped += 1
-                kept.append(" ")
-        return " ".join("".join(kept).split()), dropped
-
-    def ids(self, clean: str) -> list[int]:
-        return [self.index[c] for c in clean if c in self.index]
-
-
 # ---------------------------------------------------------------- media loading
 def load_audio(path: str | Path) -> np.ndarray:
     """Any file soundfile reads -> (samples,) float32 mono at 16 kHz (omni.audio.features.load_audio)."""
@@ -201,5 +172,3 @@ def load_image(path: str | Path, img_size: int, mean: list[float], std: list[flo
     return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
 
 
-_REPLACE = {"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-", "\u2013": "-",
-            "(": ",", ")": ",", "&": " and ", "%": " percent "}

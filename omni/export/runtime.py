@@ -39,7 +39,6 @@ from omni.export.ports import (
     TEXT,
     RunError,
     Sampling,
-    TextVocab,
     Turn,
     build_sequence,
     load_audio,
@@ -47,6 +46,7 @@ from omni.export.ports import (
     sample_next,
 )
 from omni.export.voice import OnnxVoice, live_turn
+from omni.talker.text import TextVocab
 
 
 # ---------------------------------------------------------------- the model
@@ -78,7 +78,7 @@ class OnnxOmni:
         self.frontend = {k: fe[k] for k in fe.files}
         self.th = self.cfg["thinker"]
         speech = self.cfg.get("speech")
-        self.vocab = TextVocab(self.dir / speech["text_vocab"]) if speech else None
+        self.vocab = TextVocab.load(self.dir / speech["text_vocab"]) if speech else None
         self._voice: OnnxVoice | None = None
 
     @property

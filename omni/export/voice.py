@@ -145,11 +145,8 @@ class OnnxVoice:
         sp = self.model.cfg.get("speech")
         if not sp:
             raise RunError(f"{self.model.dir}: exported without a Talker (--talker): no speech out")
-        if self.model.vocab.kind != "chars":
-            raise RunError("this Talker reads phonemes (espeak-ng); the torch-free runtime speaks only "
-                                "with character Talkers")
         clean, _ = self.model.vocab.normalize(text)
-        pieces = [self.model.vocab.ids(p) for p in split_text(clean, sp["chunk_chars"])]
+        pieces = [self.model.vocab.ids(p)[0] for p in split_text(clean, sp["chunk_chars"])]
         return [p for p in pieces if p]
 
     def start(self, seed: int | None = None, temperature: float | None = None, top_k: int | None = None,

@@ -14,7 +14,7 @@ import ctypes.util
 import re
 import threading
 
-from omni.data import DataError
+from omni.errors import DataError
 
 VOICE = "en-us"
 _CLAUSE_PUNCT = re.compile(r"([.,?!:;]+)")

@@ -10,9 +10,7 @@ from omni.export import runtime as R
 from omni.export.ports import sample_codes
 from omni.images import MEAN, STD, load_image_tensor
 from omni.multimodal.template import AUDIO, IMAGE, Turn, build_sequence
-from omni.speech.chunks import split_text
 from omni.speech.griffinlim import GriffinLim, block_mel_to_wav
-from omni.talker.text import TextVocab
 from omni.thinker.model import sample_next
 from omni.thinker.tokenizer import train_bpe
 from tests.conftest import SONNETS
@@ -73,26 +71,13 @@ def test_sampling_follows_torch_semantics():
     assert codes.tolist() == [0, 5]
 
 
-def test_chat_template_and_talker_text_are_ported_token_for_token():
+def test_chat_template_is_ported_token_for_token():
     tok = train_bpe(iter([ln for ln in SONNETS.read_text().splitlines() if ln.strip()]), 300)
     turns = [Turn("user", "What is it?", [(IMAGE, 5), (AUDIO, 3)]), Turn("assistant", "a cat"), Turn("user", "<|eos|> hi")]
     seq = build_sequence(tok, turns, generation_prompt=True)
     ids, kinds = R.build_sequence(tok.encode, tok.special, [R.Turn(t.role, t.text, t.media) for t in turns],
                                   "You are μOmni, a small assistant that sees, hears and speaks.")
     assert ids == seq.ids and kinds == seq.kinds
-    vocab = TextVocab.default()
-    import json
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as d:
-        vocab.save(Path(d) / "v.json")
-        ours = R.TextVocab(Path(d) / "v.json")
-    text = "Café “quotes” & 50% (done) — ok?  \u2603 Über-long sentence, with clauses; and more words here."
-    clean, _ = vocab.normalize(text)
-    assert ours.normalize(text)[0] == clean and ours.ids(clean) == vocab.ids(clean)[0]
-    for n in (12, 30, 200):
-        assert split_text(clean, n) == split_text(clean, n)
-    assert json.dumps(split_text("", 10)) == "[]"
 
 
 @pytest.mark.parametrize("size, mode", [((50, 30), "RGB"), ((300, 120), "RGBA"), ((64, 64), "L"), ((40, 90), "P")])
@@ -103,3 +88,18 @@ def test_image_preprocessing_is_identical(tmp_path, size, mode):
     img.save(path)
     ours = R.load_image(path, 32, MEAN.flatten().tolist(), STD.flatten().tolist())
     assert np.array_equal(ours, load_image_tensor(path, 32).numpy())
+
+
+def test_the_runtime_reads_a_phoneme_talker_as_pytorch_synthesis_does():
+    from types import SimpleNamespace
+
+    from omni.export.voice import OnnxVoice
+    from omni.speech.synthesis import Synthesizer
+    from omni.talker.phonemes import phonemize
+    from omni.talker.text import TextVocab
+    vocab = TextVocab.default("phonemes")
+    text = "The night was cold, and dark. Mr Smith read 42 books in the garden of his house, far from town!"
+    torch_pieces = Synthesizer.pieces(SimpleNamespace(vocab=vocab, chunk_chars=60, last_stats={}), text)
+    ours = OnnxVoice(SimpleNamespace(cfg={"speech": {"chunk_chars": 60}}, vocab=vocab)).speech_chunks(text)
+    assert ours == torch_pieces and len(ours) > 1
+    assert "".join(vocab.chars[i - 3] for i in ours[0]) == phonemize(vocab.normalize(text)[0][:len("the night was cold, and dark.")])
