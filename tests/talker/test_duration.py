@@ -167,6 +167,6 @@ def test_default_config_is_a_duration_talker_of_about_3m_params():
     cfg = json.loads((ROOT / "configs" / "talker_tiny.json").read_text())
     codec = cfg["codec"]["model"]
     t = {**cfg["talker"], "n_codebooks": codec["n_codebooks"], "codebook_size": codec["codebook_size"],
-         "text_vocab_size": len(TextVocab.default()), "latent_dim": codec["codebook_dim"]}
+         "text_vocab_size": len(TextVocab.default(cfg["talker"]["text_input"])), "latent_dim": codec["codebook_dim"]}
     model = build_talker(TalkerConfig(**t))
     assert isinstance(model, DurationTalker) and 2.9e6 < model.num_params() < 3.1e6
