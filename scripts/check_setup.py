@@ -47,7 +47,7 @@ PACKAGES = (("torch", "torch", None, True), ("numpy", "numpy", None, True), ("to
             ("soundfile", "soundfile", None, True), ("Pillow", "PIL", None, True),
             ("safetensors", "safetensors", None, True), ("tqdm", "tqdm", None, True),
             ("pocketsphinx", "pocketsphinx", None, False))
-TOOLS = (("espeak-ng", "apt-get install espeak-ng", "speech data (scripts/download_production_audio.py, tests)"),
+TOOLS = (("espeak-ng", "apt-get install espeak-ng", "speech data (scripts/download_production_audio.py, tests); the default Talker's phoneme input"),
          ("flite", "apt-get install flite", "speech data (production TTS voice)"),
          ("tesseract", "apt-get install tesseract-ocr tesseract-ocr-eng", "OCR baseline (optional stage)"))
 MIN_FREE_GB = 5.0
