@@ -14,6 +14,9 @@
   real         real_speech.csv (wav,text,speaker,source): real people from Debian packages (Asterisk's
                prompts, pocketsphinx's test clips, KDE KLettres' words), a held-out evaluation set that
                no stage trains on (omni/builders/real_speech.py).
+  festival     festival_asr_val.csv (wav,text,engine,voice): an engine no stage trains on, Festival
+               (ked diphone and slt HTS, alternately), speaking the held-out sentences of
+               production_asr_val.csv (same --corpus, --seed, --asr-val); evaluation only.
 
 ASR text is the normalised transcript (lowercase letters, apostrophes, spaces); TTS text keeps
 case and punctuation. Wav paths are relative to the CSV.
@@ -90,17 +93,7 @@ def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, li
     --asr-train extends the ASR training set and leaves the ASR validation set and both TTS sets as
     they were.
     """
-    n = sizes(args)
-    order = list(range(len(sentences)))
-    random.Random(args.seed).shuffle(order)
-    need = sum(n.values())
-    if len(order) < need:
-        raise SourceError(f"{args.corpus} gives {len(order)} usable sentences, {need} needed; "
-                          f"lower --asr-train/--tts-train or use a larger --corpus")
-    front = [sentences[i] for i in order[: n["asr_val"] + n["asr"]]]
-    back = [sentences[i] for i in order[::-1][: n["tts_val"] + n["tts"]]]
-    texts = {"production_asr_val.csv": front[: n["asr_val"]], "production_asr.csv": front[n["asr_val"]:],
-             "production_tts_val.csv": back[: n["tts_val"]], "production_tts.csv": back[n["tts_val"]:]}
+    texts = split_texts(sentences, args)
     asr_dir, tts_dir = args.out / "production_asr", args.out / "production_tts"
     plan = {}
     for name in ("production_asr.csv", "production_asr_val.csv"):
@@ -110,6 +103,21 @@ def plan_offline(sentences: list[str], args: argparse.Namespace) -> dict[str, li
         plan[name] = [sd.SynthJob(TTS_VOICE, t, 1.0, None,
                                   tts_dir / sd.clip_name(TTS_VOICE, t, 1.0, None)) for t in texts[name]]
     return plan
+
+
+def split_texts(sentences: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """{manifest: its sentences} for the four offline manifests (plan_offline)."""
+    n = sizes(args)
+    order = list(range(len(sentences)))
+    random.Random(args.seed).shuffle(order)
+    need = sum(n.values())
+    if len(order) < need:
+        raise SourceError(f"{args.corpus} gives {len(order)} usable sentences, {need} needed; "
+                          f"lower --asr-train/--tts-train or use a larger --corpus")
+    front = [sentences[i] for i in order[: n["asr_val"] + n["asr"]]]
+    back = [sentences[i] for i in order[::-1][: n["tts_val"] + n["tts"]]]
+    return {"production_asr_val.csv": front[: n["asr_val"]], "production_asr.csv": front[n["asr_val"]:],
+            "production_tts_val.csv": back[: n["tts_val"]], "production_tts.csv": back[n["tts_val"]:]}
 
 
 def offline_engines(args: argparse.Namespace) -> list[str]:
@@ -146,6 +154,23 @@ def build_offline(args: argparse.Namespace) -> dict[str, ManifestPlan]:
                 if asr else (job.text, wav)
             m.add(row, f"{job.voice.engine} {job.voice.name.split('+')[0]}", r)
     return manifests
+
+
+def build_festival(args: argparse.Namespace) -> dict[str, ManifestPlan]:
+    """festival_asr_val.csv: the held-out ASR sentences, spoken by the Festival voices in turn."""
+    dl.ensure_apt_packages(sd.APT_PACKAGES[sd.FESTIVAL])
+    sd.require_engines([sd.FESTIVAL])
+    texts = split_texts(sd.corpus_sentences(args.corpus), args)["production_asr_val.csv"]
+    jobs = []
+    for i, text in enumerate(texts):
+        voice = sd.Voice(sd.FESTIVAL, sd.FESTIVAL_VOICES[i % len(sd.FESTIVAL_VOICES)])
+        jobs.append(sd.SynthJob(voice, text, 1.0, None, args.out / "festival_asr" / voice.name /
+                                sd.clip_name(voice, text, 1.0, None)))
+    m = ManifestPlan(ASR_HEADER)
+    for job, r in zip(jobs, sd.run_parallel(sd.synthesize, jobs, args.workers, "synthesising (Festival)")):
+        m.add((sd.relpath(job.out, args.out), sd.normalize_transcript(job.text), sd.FESTIVAL, job.voice.name),
+              f"festival {job.voice.name}", r)
+    return {"festival_asr_val.csv": m}
 
 
 # ----------------------------------------------------------------------------- internet
@@ -290,6 +315,12 @@ def describe_plan(args: argparse.Namespace) -> None:
         print(f"  apt {REAL_PACKAGES} ({f'would install {missing}' if missing else 'installed'}); "
               f"write {args.out}/real_speech/*.wav")
         names = ["real_speech.csv"]
+    elif args.source == "festival":
+        missing = dl.missing_apt_packages(sd.APT_PACKAGES[sd.FESTIVAL])
+        print(f"  apt {sd.APT_PACKAGES[sd.FESTIVAL]} ({f'would install {missing}' if missing else 'installed'}); "
+              f"the {sizes(args)['asr_val']} held-out sentences of {args.corpus} (seed {args.seed}) into "
+              f"{args.out}/festival_asr/")
+        names = ["festival_asr_val.csv"]
     else:
         print(f"  download {args.url or DEFAULT_URLS[args.source]} "
               f"sha256={args.sha256 or 'not checked'}"
@@ -303,16 +334,16 @@ def describe_plan(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__)
-    p.add_argument("--source", choices=["offline", "librispeech", "ljspeech", "fixtures", "real"],
+    p.add_argument("--source", choices=["offline", "librispeech", "ljspeech", "fixtures", "real", "festival"],
                    default="offline", help="where the speech comes from (see above)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default data/audio; assets/audio for --source fixtures)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="downloads, kept for re-runs")
     p.add_argument("--corpus", type=Path, default=Path("data/text/production_corpus.txt"),
-                   help="offline: the text whose sentences are spoken")
+                   help="offline, festival: the text whose sentences are spoken")
     p.add_argument("--n", type=int, default=None, help="cap on rows per manifest")
     p.add_argument("--asr-train", type=int, default=24000, help="offline: ASR training clips")
-    p.add_argument("--asr-val", type=int, default=200, help="offline: ASR held-out clips (held-out voices)")
+    p.add_argument("--asr-val", type=int, default=200, help="offline, festival: ASR held-out clips (held-out voices)")
     p.add_argument("--tts-train", type=int, default=10000, help="offline: TTS training clips")
     p.add_argument("--tts-val", type=int, default=100, help="offline: TTS held-out clips")
     p.add_argument("--val-fraction", type=float, default=0.02, help="ljspeech: held-out share")
@@ -325,7 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path("assets/audio") if args.source == "fixtures" else Path("data/audio")
-    if args.source in ("offline", "fixtures", "real") and (args.url or args.sha256):
+    if args.source in ("offline", "fixtures", "real", "festival") and (args.url or args.sha256):
         p.error("--url/--sha256 apply to --source librispeech|ljspeech only")
     if args.n is not None and args.n < 1:
         p.error("--n must be >= 1")
@@ -337,7 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 BUILDERS = {"offline": build_offline, "librispeech": build_librispeech,
-            "ljspeech": build_ljspeech, "fixtures": build_fixtures, "real": lambda args: build_real_speech(args.out)}
+            "ljspeech": build_ljspeech, "fixtures": build_fixtures, "real": lambda args: build_real_speech(args.out),
+            "festival": build_festival}
 ERRORS = (SourceError, dl.DownloadError, dl.MissingPackageError, FileNotFoundError, ValueError)
 
 

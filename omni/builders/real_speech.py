@@ -14,6 +14,12 @@ Sources (licences in DATA_LICENSES.md):
   clip is left out (an LDC corpus).
 - klettres: KDE's letter game, isolated words spoken by a US and a UK English voice (the file name is
   the word; the letters and the sound-only items aw, ch, th are left out).
+- tuxpaint: Tux Paint's spoken stamp descriptions ("A frog."), short phrases recorded for the paint
+  program, with line 1 of the stamp's ``NAME.txt`` (its English description) as transcript; a stamp
+  whose English line is empty is left out.
+- saytime: the talking clock's words (one speaker, 8 kHz): the numbers it says ("thirteen"),
+  "the time is", "o'clock", "exactly", ... The letter names "am"/"pm" and the 0.15 s "oh" (shorter
+  than two of Stage B's 80 ms frames) are left out.
 """
 from __future__ import annotations
 
@@ -28,15 +34,24 @@ from omni.builders import download as dl
 from omni.builders import speech as sd
 from omni.builders.speech_manifests import ManifestPlan, SourceError
 
-APT_PACKAGES = ["asterisk-core-sounds-en-wav", "asterisk-core-sounds-en", "pocketsphinx-testdata", "klettres-data"]
+APT_PACKAGES = ["asterisk-core-sounds-en-wav", "asterisk-core-sounds-en", "pocketsphinx-testdata", "klettres-data",
+                "tuxpaint-stamps-default", "saytime"]
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_SCRIPT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 SPHINX_DIR = Path("/usr/share/pocketsphinx/test/data")
 KLETTRES_DIR = Path("/usr/share/klettres")
+TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+SAYTIME_DIR = Path("/usr/share/saytime")
 HEADER = ("wav", "text", "speaker", "source")
 REAL_CSV = "data/audio/real_speech.csv"   # where the report card looks for it (the builder's default --out)
 MAX_SECONDS = 12.0
 SOUND_ONLY = {"aw", "ch", "th"}   # klettres items that are a sound, not a word
+SAYTIME_WORDS = {"the_time_is": "the time is", "oclock": "o'clock", "0": "zero", "1": "one", "2": "two",
+                 "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight", "9": "nine",
+                 "10": "ten", "11": "eleven", "12": "twelve", "13": "thirteen", "14": "fourteen",
+                 "15": "fifteen", "16": "sixteen", "17": "seventeen", "18": "eighteen", "19": "nineteen",
+                 "20": "twenty", "30": "thirty", "40": "forty", "50": "fifty"}
+SAYTIME_LEFT_OUT = {"am", "pm", "oh"}   # letter names; a clip shorter than two encoder frames
 
 
 def spoken_text(script: str) -> str | None:
@@ -97,6 +112,32 @@ def klettres_rows() -> list[tuple[Path, str, str]]:
     return rows
 
 
+def tuxpaint_rows() -> list[tuple[Path, str, str]]:
+    rows = []
+    for path in sorted(TUXPAINT_DIR.rglob("*_desc.ogg")):
+        desc = path.with_name(path.name[: -len("_desc.ogg")] + ".txt")
+        text = stamp_description(desc) if desc.is_file() else ""
+        if text:
+            rows.append((path, text, "tuxpaint"))
+    return rows
+
+
+def stamp_description(path: Path) -> str:
+    """A Tux Paint ``NAME.txt`` -> its English line (line 1, before the ``lang.utf8=`` lines), normalised."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    first = lines[0] if lines else ""
+    return "" if "=" in first else sd.normalize_transcript(first)
+
+
+def saytime_rows() -> list[tuple[Path, str, str]]:
+    rows = []
+    for path in sorted(SAYTIME_DIR.glob("*.au")):
+        if path.stem in SAYTIME_LEFT_OUT:
+            continue
+        rows.append((path, SAYTIME_WORDS.get(path.stem, path.stem.replace("_", " ")), "saytime"))
+    return rows
+
+
 def read_clip(path: Path) -> np.ndarray:
     """16 kHz mono float32; a ``.raw`` file is headerless 16-bit little-endian PCM at 16 kHz (Sphinx's)."""
     if path.suffix == ".raw":
@@ -109,7 +150,8 @@ def build_real_speech(out: Path) -> dict[str, ManifestPlan]:
     {"real_speech.csv": plan}. A clip that cannot be read is a failed row (counted, not written)."""
     dl.ensure_apt_packages(APT_PACKAGES)
     sources = {"asterisk": (ASTERISK_DIR, asterisk_rows()), "pocketsphinx": (SPHINX_DIR, sphinx_rows()),
-               "klettres": (KLETTRES_DIR, klettres_rows())}
+               "klettres": (KLETTRES_DIR, klettres_rows()), "tuxpaint": (TUXPAINT_DIR, tuxpaint_rows()),
+               "saytime": (SAYTIME_DIR, saytime_rows())}
     empty = [name for name, (_, rows) in sources.items() if not rows]
     if empty:
         raise SourceError(f"no clips found for {', '.join(empty)}: is the package installed ({', '.join(APT_PACKAGES)})?")

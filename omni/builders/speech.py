@@ -1,4 +1,5 @@
-"""Speech data: sentences from the text corpus, espeak-ng / flite synthesis, parallel jobs, manifests.
+"""Speech data: sentences from the text corpus, espeak-ng / flite / Festival synthesis, parallel jobs,
+manifests.
 
 Every synthesised or converted clip goes through `omni.audio.features` (16 kHz mono, 16-bit PCM WAV,
 atomic write). A clip's file name is a hash of everything that determines its audio (engine,
@@ -33,9 +34,14 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: assets/
 CLIPS_CSV = ROOT / "assets" / "audio" / "clips.csv"
-ESPEAK, FLITE = "espeak-ng", "flite"
-APT_PACKAGES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"]}  # what each engine needs from apt
-BINARIES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"]}
+ESPEAK, FLITE, FESTIVAL = "espeak-ng", "flite", "festival"
+# what each engine needs from apt (binaries first, paired with BINARIES)
+APT_PACKAGES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"],
+                FESTIVAL: ["festival", "festvox-kdlpc16k", "festvox-us-slt-hts"]}
+BINARIES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"], FESTIVAL: ["text2wave"]}
+# Festival is only ever an evaluation engine (no stage trains on it): a diphone voice no training
+# engine has (ked) and an HTS voice (flite's slt is a different synthesis method)
+FESTIVAL_VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp",
                   "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
@@ -143,8 +149,9 @@ def flite_voices(held_out: bool) -> list[Voice]:
 
 @dataclass(frozen=True)
 class SynthJob:
-    """One utterance to synthesise; speed is wpm (espeak-ng) or a duration stretch (flite);
-    pitch is espeak-ng's 0-99 (None for flite, which speaks at its voice's own pitch)."""
+    """One utterance to synthesise; speed is wpm (espeak-ng) or a duration stretch (flite; Festival
+    speaks at its voice's own rate, 1.0); pitch is espeak-ng's 0-99 (None for flite and Festival,
+    which speak at their voice's own pitch)."""
 
     voice: Voice
     text: str
@@ -153,7 +160,9 @@ class SynthJob:
     out: Path
 
     def command(self, wav: Path) -> list[str]:
-        """The engine's command line writing this utterance to wav."""
+        """The engine's command line writing this utterance to wav (Festival reads it from stdin)."""
+        if self.voice.engine == FESTIVAL:
+            return ["text2wave", "-eval", f"(voice_{self.voice.name})", "-o", str(wav)]
         if self.voice.engine == ESPEAK:
             return [ESPEAK, "-v", self.voice.name, "-s", str(int(self.speed)),
                     "-p", str(self.pitch), "-w", str(wav), self.text]
@@ -205,8 +214,9 @@ def synthesize(job: SynthJob) -> JobResult:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        proc = subprocess.run(job.command(tmp), capture_output=True, text=True)
-        if proc.returncode != 0:
+        stdin = job.text if job.voice.engine == FESTIVAL else None
+        proc = subprocess.run(job.command(tmp), input=stdin, capture_output=True, text=True)
+        if proc.returncode != 0 or "SIOD ERROR" in proc.stderr:   # Festival exits 0 on a missing voice
             return JobResult(job.out, None, "engine_error", f"`{' '.join(job.command(tmp))}` "
                              f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}")
         save_wav(job.out, load_audio(tmp))
