@@ -42,6 +42,7 @@ BINARIES = {ESPEAK: ["espeak-ng"], FLITE: ["flite"], FESTIVAL: ["text2wave"]}
 # Festival is only ever an evaluation engine (no stage trains on it): a diphone voice no training
 # engine has (ked) and an HTS voice (flite's slt is a different synthesis method)
 FESTIVAL_VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts")
+FESTIVAL_CSV = "data/audio/festival_asr_val.csv"   # where the report card looks for it (the builder's default --out)
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp",
                   "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",

@@ -107,19 +107,23 @@ def thinker_metrics(stage: StageRun, raw: dict, val: dict, device: torch.device)
                    note=f"{note}; interval: bootstrap over its {len(per_window)} windows" if interval else note)]
 
 
-def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device, real_csv: Path | None = None
-                ) -> list[Metric]:
+def asr_metrics(stage: StageRun, raw: dict, n: int, device: torch.device, real_csv: Path | None = None,
+                unseen_csv: Path | None = None) -> list[Metric]:
     """The held-out CER (what `scripts/evaluate.py asr --ckpt CKPT --csv VAL --n N` decodes, the same
-    way) and, when it has been built, the CER on real people (``real_csv``, default
-    data/audio/real_speech.csv; ``n`` rows spread evenly over its sources), each beside pocketsphinx on
-    the same clips."""
+    way) and, for each that has been built, the CER on real people (``real_csv``, default
+    data/audio/real_speech.csv) and on an engine no stage trains on (``unseen_csv``, default
+    data/audio/festival_asr_val.csv), ``n`` rows spread evenly over each; every row beside pocketsphinx
+    on the same clips."""
     from omni.builders.real_speech import REAL_CSV
-    real_csv = ROOT / REAL_CSV if real_csv is None else real_csv
+    from omni.builders.speech import FESTIVAL_CSV
     folder = ROOT / raw["train"]["save_dir"]
     ckpt = folder / "best" if (folder / "best").is_dir() else folder
     out = [_asr_row(ckpt, raw["data"]["val_csv"], n, device, "held-out CER, greedy", spread=False)]
-    if real_csv.is_file():
-        out.append(_asr_row(ckpt, str(real_csv), n, device, "real people's CER, greedy", spread=True))
+    for csv, default, what in ((real_csv, REAL_CSV, "real people's CER, greedy"),
+                               (unseen_csv, FESTIVAL_CSV, "unseen engine's (Festival) CER, greedy")):
+        csv = ROOT / default if csv is None else csv
+        if csv.is_file():
+            out.append(_asr_row(ckpt, str(csv), n, device, what, spread=True))
     return out
 
 
@@ -130,7 +134,7 @@ def _asr_row(ckpt: Path, csv: str, n: int, device: torch.device, what: str, spre
     from omni.cli.eval_asr import greedy_pass, load_rows
     model, vocab, _, manifest, ds, rows = load_rows(argparse.Namespace(
         ckpt=str(ckpt), device=str(device), csv=csv, skip=0, n=None if spread else n))
-    if spread and n < len(rows):  # the manifest is grouped by source: take every k-th row, not the first n
+    if spread and n < len(rows):  # grouped by source or voice: take every k-th row, not the first n
         rows = [rows[round(i * (len(rows) - 1) / max(n - 1, 1))] for i in range(n)]
     m, results, _ = greedy_pass(model, ds, vocab, 16, rows)
     refs, hyps = [r for r, _, _ in results], [h for _, h, _ in results]

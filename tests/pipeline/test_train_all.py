@@ -118,7 +118,8 @@ def test_report_asr_row_matches_the_evaluator_and_survives_no_pocketsphinx(tmp_p
     def no_pocketsphinx(*a, **k):
         raise ImportError("No module named 'pocketsphinx'")
     monkeypatch.setattr(eval_asr, "pocketsphinx_results", no_pocketsphinx)
-    (row,) = report.asr_metrics(stage, read_raw(stage), 9, torch.device("cpu"), real_csv=tmp_path / "not_built.csv")
+    (row,) = report.asr_metrics(stage, read_raw(stage), 9, torch.device("cpu"), real_csv=tmp_path / "not_built.csv",
+                                unseen_csv=tmp_path / "not_built.csv")
     assert row.baseline_value is None and row.met is None and "pocketsphinx baseline not measured" in row.note
     card = {"profile": "t", "built": "now", "n": 9, "machine": report.machine(),
             "stages": [{"title": "B", "status": "done", "wall_s": 1.0, "metrics": [report.asdict(row)]}]}
@@ -129,10 +130,13 @@ def test_report_asr_row_matches_the_evaluator_and_survives_no_pocketsphinx(tmp_p
     assert f"CER {row.value:.4f}" in out
     lo, hi = row.interval
     assert f"{lo:.3f}-{hi:.3f}" in out
-    # once the real-speech set is built, a second row: n clips spread over it (here the 9 real fixtures)
-    held, real = report.asr_metrics(stage, read_raw(stage), 4, torch.device("cpu"), real_csv=CLIPS)
+    # once the real-speech and unseen-engine sets are built, a row each: n clips spread over it (here
+    # the 9 real fixtures stand in for both)
+    held, real, unseen = report.asr_metrics(stage, read_raw(stage), 4, torch.device("cpu"), real_csv=CLIPS,
+                                            unseen_csv=CLIPS)
     assert held.name == "held-out CER, greedy (4 clips)" and real.name == "real people's CER, greedy (4 clips)"
     assert real.target == "below pocketsphinx" and real.interval is not None
+    assert unseen.name == "unseen engine's (Festival) CER, greedy (4 clips)" and unseen.value == real.value
 
 
 def test_report_vision_rows_per_source_with_their_own_sample_sizes():
