@@ -63,13 +63,15 @@ class CharVocab:
 
 
 def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab) -> list[str]:
-    """log_probs (B, T, V), lengths (B,) -> best-path strings (argmax, merge repeats, drop blanks)."""
+    """log_probs (B, T, V), lengths (B,) -> best-path strings (argmax, merge repeats, drop blanks), with
+    single spaces between words: a space before the first word, after the last or doubled separates
+    nothing (the model says it over silence) and is not part of the transcript."""
     best = log_probs.argmax(-1).cpu()
     out = []
     for row, n in zip(best, lengths.cpu().tolist()):
         ids = row[:n].tolist()
         merged = [c for i, c in enumerate(ids) if c != BLANK and (i == 0 or c != ids[i - 1])]
-        out.append(vocab.decode(merged))
+        out.append(" ".join(vocab.decode(merged).split()))
     return out
 
 

@@ -10,6 +10,11 @@ collapses to the same transcript, and scores each one as
 (shallow fusion; the bonus offsets the LM's preference for short outputs). At the end each
 transcript also pays the LM's end-of-sentence probability.
 
+A space that separates nothing (before the first word, or after another space) does not extend a
+prefix: it counts like a blank. The model says such spaces over silence, and the LM, which never saw
+a transcript open with a space, would otherwise turn them into a made-up word ("a dog" for "dog").
+Likewise the end of sentence is scored after the last word, not after a trailing space.
+
 The language model is a character n-gram with Witten-Bell interpolation, small enough to build in
 seconds from the Stage B training transcripts, which the audio builder keeps apart from the held-out
 sentences (omni/cli/eval_asr.py also drops any evaluated reference from the LM's text).
@@ -136,7 +141,9 @@ def prefix_beam_search(log_probs: np.ndarray, vocab: CharVocab, lm: CharNgramLM 
             last = prefix[-1] if prefix else None
             for i in tried:
                 c, lp = chars[i - 1], float(frame[i])
-                if c == last:   # a repeat collapses unless a blank came between
+                if c == " " and last in (None, " "):   # separates nothing: like a blank (module docstring)
+                    same[0] = _lse(same[0], total + lp)
+                elif c == last:   # a repeat collapses unless a blank came between
                     same[1] = _lse(same[1], pnb + lp)
                     ext = nxt[extend(prefix, c)]
                     ext[1] = _lse(ext[1], pb + lp)
@@ -148,9 +155,9 @@ def prefix_beam_search(log_probs: np.ndarray, vocab: CharVocab, lm: CharNgramLM 
 
     def final(kv: tuple[str, tuple[float, float]]) -> float:
         prefix, (pb, pnb) = kv
-        end = 0.0 if lm is None else lm_weight * float(lm.log_probs(lm.context(prefix))[lm.index[EOS]])
+        end = 0.0 if lm is None else lm_weight * float(lm.log_probs(lm.context(prefix.rstrip(" ")))[lm.index[EOS]])
         return fused(prefix, pb, pnb) + end
-    return max(beams.items(), key=final)[0]
+    return max(beams.items(), key=final)[0].rstrip(" ")
 
 
 def beam_decode(log_probs: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab, lm: CharNgramLM | None,

@@ -84,3 +84,22 @@ def test_length_bonus_and_end_of_sentence_decide_between_hypotheses():
     assert prefix_beam_search(lp, VOCAB, lm, lm_weight=1.0, length_bonus=0.0) == "then"
     no_eos = CharNgramLM.train(["the", "the end"], 3, VOCAB.chars)
     assert prefix_beam_search(lp, VOCAB, no_eos, lm_weight=1.0, length_bonus=0.0) == "the"
+
+
+def test_spaces_that_separate_nothing_are_not_transcribed():
+    # the model says a space over the silence before and after a word and between two words twice
+    lp = _frames([{" ": 0.9}, {"_": 0.9}, {"d": 0.9}, {"o": 0.9}, {"g": 0.9}, {" ": 0.9}, {"_": 0.9}, {" ": 0.9},
+                  {"r": 0.9}, {"a": 0.9}, {"n": 0.9}, {" ": 0.9}])
+    lengths = torch.tensor([12])
+    assert greedy_decode(torch.from_numpy(lp)[None], lengths, VOCAB) == ["dog ran"]
+    assert prefix_beam_search(lp, VOCAB, None) == "dog ran"
+    lm = CharNgramLM.train(SENTENCES + ["a dog ran to the cat", "a dog sat"], 4, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.8, length_bonus=1.0) == "dog ran"
+
+
+def test_a_leading_space_does_not_become_a_word_the_lm_likes():
+    # " cat", the space unsure against "a": the LM never saw a sentence open with a space and often
+    # with "a ", yet the space over the silence is neither kept nor read as the word "a"
+    lp = _frames([{" ": 0.6, "a": 0.3}, {"_": 0.9}, {"c": 0.9}, {"a": 0.9}, {"t": 0.9}])
+    lm = CharNgramLM.train(SENTENCES, 4, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.8, length_bonus=1.0) == "cat"
