@@ -95,7 +95,7 @@ def augment_waveform(audio: torch.Tensor, lengths: torch.Tensor, cfg: WaveAugmen
     out = audio
     picks = {name: torch.rand(B).to(device) < getattr(cfg, name) for name in ("telephone", "reverb", "noise")}
     # every row's random numbers are drawn (the stream does not depend on which rows are picked), but
-    # only the picked rows pay for the FFTs: the effects cost about a third of a 16-clip step otherwise
+    # only the picked rows pay for the FFTs (docs/results.md, the augmentation A/B)
     if bool(picks["reverb"].any()):
         h = room_impulse(_uniform(B, *RT60, device))
         rows = picks["reverb"].nonzero().squeeze(1)
