@@ -11,7 +11,6 @@ import functools
 import importlib
 import json
 import logging
-import pickle
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -236,13 +235,21 @@ def load_train_state(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"--resume: no {STATE_FILE} in {ckpt_dir}; run without --resume to start")
+    def corrupt(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is truncated or corrupt ({why}): it cannot be resumed; start over "
+                               "with --overwrite (the weights in model.safetensors are a separate file)")
+
+    # torch.save writes a zip; anything else sends torch.load to its legacy pickle reader, which
+    # answers random bytes with whatever error the garbage happens to trigger (IndexError, KeyError...)
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise corrupt("not a zip archive")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    # torch reports a cut zip as RuntimeError, a cut pickle as EOFError or UnpicklingError
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({str(e).splitlines()[0]}): it cannot be "
-                              "resumed; start over with --overwrite (the weights in model.safetensors are "
-                              "a separate file)") from e
+    # a damaged zip or pickle surfaces as whatever its bytes trigger (RuntimeError, EOFError,
+    # UnpicklingError, BadZipFile, UnicodeDecodeError, ValueError...): the file exists, so each is damage
+    except Exception as e:
+        raise corrupt(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if not missing and not isinstance(state["model"], dict):
         missing = ["model tensors"]
