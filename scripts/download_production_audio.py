@@ -129,6 +129,11 @@ def offline_engines(args: argparse.Namespace) -> list[str]:
     return engines
 
 
+def asr_row(job: sd.SynthJob, out: Path) -> tuple[str, str, str, str]:
+    """An ASR manifest row (ASR_HEADER) for a synthesised clip."""
+    return sd.relpath(job.out, out), sd.normalize_transcript(job.text), job.voice.engine, job.voice.name
+
+
 def build_offline(args: argparse.Namespace) -> dict[str, ManifestPlan]:
     """Synthesise every planned clip (reusing finished ones) and lay out the four manifests."""
     engines = offline_engines(args)
@@ -149,10 +154,8 @@ def build_offline(args: argparse.Namespace) -> dict[str, ManifestPlan]:
         asr = name.startswith("production_asr")
         manifests[name] = m = ManifestPlan(ASR_HEADER if asr else TTS_HEADER)
         for job in plan_jobs:
-            r, wav = next(results), sd.relpath(job.out, args.out)
-            row = (wav, sd.normalize_transcript(job.text), job.voice.engine, job.voice.name) \
-                if asr else (job.text, wav)
-            m.add(row, f"{job.voice.engine} {job.voice.name.split('+')[0]}", r)
+            row = asr_row(job, args.out) if asr else (job.text, sd.relpath(job.out, args.out))
+            m.add(row, f"{job.voice.engine} {job.voice.name.split('+')[0]}", next(results))
     return manifests
 
 
@@ -168,8 +171,7 @@ def build_festival(args: argparse.Namespace) -> dict[str, ManifestPlan]:
                                 sd.clip_name(voice, text, 1.0, None)))
     m = ManifestPlan(ASR_HEADER)
     for job, r in zip(jobs, sd.run_parallel(sd.synthesize, jobs, args.workers, "synthesising (Festival)")):
-        m.add((sd.relpath(job.out, args.out), sd.normalize_transcript(job.text), sd.FESTIVAL, job.voice.name),
-              f"festival {job.voice.name}", r)
+        m.add(asr_row(job, args.out), f"festival {job.voice.name}", r)
     return {"festival_asr_val.csv": m}
 
 
