@@ -10,6 +10,8 @@ SpecAugment is), so a resumed run draws the same augmentations as an uninterrupt
 - room: convolution with a synthetic impulse response, a direct path plus exponentially decaying
   noise with an RT60 drawn from 0.15-0.7 s (Lehmann & Johansson style, no geometry);
 - noise: coloured Gaussian noise (spectral slope from white to brown) at an SNR of 5-30 dB;
+- speed: the clip resampled by a factor of 0.9-1.1 (tempo, pitch and formants together, as a
+  shorter or longer vocal tract speaking faster or slower would), which changes its length;
 - gain: -12 to +6 dB on every row whenever augmentation is on.
 
 Padding past each row's length stays zero; the output keeps each row's RMS before the gain.
@@ -27,6 +29,7 @@ PHONE_BAND = (300.0, 3400.0)
 RT60 = (0.15, 0.7)
 SNR_DB = (5.0, 30.0)
 GAIN_DB = (-12.0, 6.0)
+SPEED = (0.9, 1.1)
 
 
 @dataclasses.dataclass
@@ -35,10 +38,11 @@ class WaveAugment:
     telephone: float = limits(0.0, min=0, max=1)
     reverb: float = limits(0.0, min=0, max=1)
     noise: float = limits(0.0, min=0, max=1)
+    speed: float = limits(0.0, min=0, max=1)
 
     @property
     def active(self) -> bool:
-        return max(self.telephone, self.reverb, self.noise) > 0
+        return max(self.telephone, self.reverb, self.noise, self.speed) > 0
 
 
 def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
@@ -84,10 +88,65 @@ def coloured_noise(white: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-8)
 
 
-def augment_waveform(audio: torch.Tensor, lengths: torch.Tensor, cfg: WaveAugment) -> torch.Tensor:
-    """audio (B, N) at 16 kHz with real lengths (B,) -> the augmented batch (module docstring)."""
+def resample(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A 1-D signal -> n samples of the same band-limited signal (FFT truncation or zero-padding:
+    no aliasing when it shrinks), at the same amplitude."""
+    spec = torch.fft.rfft(x)
+    keep = min(spec.shape[0], n // 2 + 1)
+    return torch.fft.irfft(spec[:keep], n=n) * (n / x.shape[0])
+
+
+def fast_size(n: int) -> int:
+    """The smallest 7-smooth number >= n (an FFT length pocketfft handles fast)."""
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def _speed_row(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """One clip played ``factor`` times faster: zero-padded to an FFT-friendly length P, resampled
+    to an FFT-friendly M near P / factor, and cut to its own new length (the factor moves by < 1%:
+    it is a random draw anyway)."""
+    P = fast_size(len(x))
+    M = fast_size(max(1, round(P / factor)))
+    y = resample(torch.nn.functional.pad(x, (0, P - len(x))), M)
+    return y[:max(1, round(len(x) * M / P))]
+
+
+def change_speed(audio: torch.Tensor, lengths: torch.Tensor, factor: torch.Tensor,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each picked row played about ``factor`` times faster (resampled to length / factor); -> the
+    batch, padded with zeros to its new longest row, and the new lengths."""
+    lengths = lengths.clone()
+    new = {int(r): _speed_row(audio[r, :int(lengths[r])], float(factor[r]))
+           for r in rows.tolist() if int(lengths[r]) > 0}
+    for r, y in new.items():
+        lengths[r] = y.shape[0]
+    out = audio.new_zeros(audio.shape[0], int(lengths.max()))
+    keep = min(audio.shape[1], out.shape[1])
+    out[:, :keep] = audio[:, :keep]
+    for r, y in new.items():
+        out[r] = 0
+        out[r, :y.shape[0]] = y
+    return out, lengths
+
+
+def augment_waveform(audio: torch.Tensor, lengths: torch.Tensor,
+                     cfg: WaveAugment) -> tuple[torch.Tensor, torch.Tensor]:
+    """audio (B, N) at 16 kHz with real lengths (B,) -> the augmented batch and its lengths, which
+    only the speed effect changes (module docstring)."""
     if not cfg.active or audio.shape[1] == 0:
-        return audio
+        return audio, lengths
+    if cfg.speed > 0:   # drawn only when on, so configs without it keep their random stream
+        factor = _uniform(audio.shape[0], *SPEED, audio.device)
+        rows = (torch.rand(audio.shape[0]).to(audio.device) < cfg.speed).nonzero().squeeze(1)
+        if len(rows):
+            audio, lengths = change_speed(audio, lengths, factor, rows)
     B, N = audio.shape
     device = audio.device
     mask = (torch.arange(N, device=device)[None] < lengths[:, None]).to(audio.dtype)
@@ -113,4 +172,4 @@ def augment_waveform(audio: torch.Tensor, lengths: torch.Tensor, cfg: WaveAugmen
         noise = coloured_noise(white[rows], slope[rows]) * (rms[rows] / 10 ** (snr[rows] / 20))[:, None]
         out = out.index_add(0, rows, noise * mask[rows])
     gain = 10 ** (_uniform(B, *GAIN_DB, device) / 20)
-    return out * gain[:, None]
+    return out * gain[:, None], lengths

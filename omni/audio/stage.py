@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +108,7 @@ class AsrModel(nn.Module):
     def features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, N), lengths (B,) samples -> log-mel (B, T, n_mels), frame lengths (B,)."""
         if self.training:
-            audio = augment_waveform(audio, lengths, self.cfg.augment)
+            audio, lengths = augment_waveform(audio, lengths, self.cfg.augment)
         mel = self.mel(audio)
         frames = lengths // ENCODER_MEL.hop_length + 1
         if self.training and self.cfg.spec_augment:
@@ -153,7 +153,7 @@ def ctc_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 @torch.no_grad()
 def evaluate_asr(model: AsrModel, dataset: AsrDataset, vocab: CharVocab, batch_size: int,
-                 max_items: int | None = None, decode: Decoder | None = None, rows: range | None = None
+                 max_items: int | None = None, decode: Decoder | None = None, rows: Sequence[int] | None = None
                  ) -> tuple[dict[str, float], list[tuple[str, str, int]]]:
     """CTC loss, CER and WER over ``rows`` (default: the first ``max_items``) with ``decode``
     (greedy by default); also (reference, hypothesis, row) per item."""

@@ -3,13 +3,15 @@ choice of the LM decoder's weights.
 
     python scripts/evaluate.py asr --ckpt checkpoints/audio_enc_tiny/best \
         --csv data/audio/production_asr_val.csv [--pocketsphinx] [--lm]
+    python scripts/evaluate.py asr --ckpt RUN_B/best --against RUN_A/best --csv data/audio/real_speech.csv
     python scripts/evaluate.py asr-tune --ckpt checkpoints/audio_enc_tiny/best \
         --csv data/audio/production_asr_val.csv --n 100 --lm-weight 0.5 0.8 --length-bonus 1 1.5
 
 Greedy CTC always; with ``--lm`` also prefix beam search fused with a character n-gram LM built in
 the same run from the checkpoint's training transcripts (or the sentences of ``--lm-text``), less any
 sentence being scored, both columns side by side; with ``--pocketsphinx`` also pocketsphinx on the
-same clips. ``--skip``/``--n`` select a slice of rows, so the LM weights can be chosen on one part of
+same clips; with ``--against`` also a second checkpoint, greedy, with the paired interval of the
+difference (both scored on each bootstrap resample of the same clips). ``--skip``/``--n`` select a slice of rows, so the LM weights can be chosen on one part of
 a set (``asr-tune``: one model pass, then every pair of weights, greedy first) and scored on another
 (``asr --lm --skip N``). ``add_parser`` registers both subcommands in scripts/evaluate.py.
 """
@@ -142,6 +144,14 @@ def eval_asr(args: argparse.Namespace) -> int:
         r = error_rates(refs, hyps)
         print(f"beam+LM      CER {r['cer']:.4f}  WER {r['wer']:.4f}  {interval(refs, hyps)}  (beam {args.beam}, "
               f"lm weight {args.lm_weight}, length bonus {args.length_bonus}; {time.perf_counter() - t0:.1f} s)")
+    if args.against:
+        columns["against"] = against_results(args, results)
+        other = [h for _, h, _ in columns["against"]]
+        r = error_rates(refs, other)
+        lo, hi = cer_interval(refs, [h for _, h, _ in results], other)
+        print(f"against      CER {r['cer']:.4f}  WER {r['wer']:.4f}  {interval(refs, other)}  ({args.against}, greedy)")
+        print(f"difference   CER {metrics['val_cer'] - r['cer']:+.4f} (this checkpoint minus the other), "
+              f"paired 95% {lo:+.4f} to {hi:+.4f}")
     if args.pocketsphinx:
         columns["pocketsphinx"] = pocketsphinx_results(manifest, results)
         r = error_rates([x[0] for x in columns["pocketsphinx"]], [x[1] for x in columns["pocketsphinx"]])
@@ -160,6 +170,21 @@ def eval_asr(args: argparse.Namespace) -> int:
         for name, h in hyps.items():
             print(f"  {name}: {h[row]}")
     return 0
+
+
+def against_results(args: argparse.Namespace, results: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Greedy transcripts of the same clips by the ``--against`` checkpoint: (reference, hyp, row).
+    Both checkpoints read the clips with their own data config, so a clip one of them skips (too long,
+    unreadable) is an error here, not a silently smaller comparison."""
+    model, vocab, cfg = load_asr(args.against, pick_device(args.device))
+    manifest = Manifest(resolve_manifest(args.csv, "val"))
+    dataset = AsrDataset(manifest, vocab, cfg.data.max_seconds, cfg.model.symbols_per_frame)
+    rows = [row for _, _, row in results]
+    _, other = evaluate_asr(model, dataset, vocab, args.batch_size, rows=rows)
+    if [row for _, _, row in other] != rows:
+        raise DataError(f"{manifest.path}: {args.against} decoded {len(other)} of the {len(rows)} clips "
+                        f"{args.ckpt} decoded (its data.max_seconds or vocabulary differs)")
+    return [(ref, hyp, row) for (ref, _, row), (_, hyp, _) in zip(results, other)]
 
 
 def interval(refs: list[str], hyps: list[str]) -> str:
@@ -209,6 +234,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_common(a)
     a.add_argument("--examples", type=int, default=5, help="reference/hypothesis pairs to print")
     a.add_argument("--pocketsphinx", action="store_true", help="also transcribe the same clips with pocketsphinx")
+    a.add_argument("--against", default="", metavar="CKPT", help="a second Stage B checkpoint: its greedy CER on "
+                   "the same clips and the paired 95%% interval of the difference (an A/B on one set)")
     a.add_argument("--lm", action="store_true", help="also decode with prefix beam search + a character n-gram LM")
     a.add_argument("--lm-weight", type=float, default=0.8, help="weight of the LM's log-probability in the beam")
     a.add_argument("--length-bonus", type=float, default=1.0, help="score added per emitted character (offsets "

@@ -122,6 +122,13 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     # the LM is built from the training transcripts (here the same clips) less every scored reference
     assert "3 sentences from" in r.stdout, r.stdout
     assert "6 of them dropped as evaluated references" in r.stdout, r.stdout
+    # an A/B of a checkpoint against itself: the same transcripts, so a difference of exactly zero
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr", "--ckpt", str(tmp_path / "ck"),
+                        "--against", str(tmp_path / "ck"), "--csv", str(CLIPS), "--n", "5", "--examples", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "against      CER" in r.stdout and "paired 95% +0.0000 to +0.0000" in r.stdout, r.stdout
+    assert "difference   CER +0.0000" in r.stdout and "  against: " in r.stdout, r.stdout
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Front left. And you always want to see it in the superlative degree. "
                       "Front right, said the man. A new sentence here.\n")

@@ -3,8 +3,9 @@ stays silent, off means untouched, and the draws come from the seeded global RNG
 import pytest
 import torch
 
-from omni.audio.augment import (PHONE_BAND, SAMPLE_RATE, WaveAugment, augment_waveform, room_impulse,
-                                telephone_band)
+from omni.audio.augment import (PHONE_BAND, SAMPLE_RATE, WaveAugment, augment_waveform, change_speed,
+                                room_impulse, telephone_band)
+from omni.audio.features import ENCODER_MEL
 from omni.audio.encoder import AudioEncConfig
 from omni.audio.stage import AsrModel
 from omni.config import ConfigError, config_from_dict
@@ -19,7 +20,8 @@ def _tone_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_off_returns_the_batch_untouched():
     audio, lengths = _tone_batch()
-    assert augment_waveform(audio, lengths, WaveAugment()) is audio
+    out, out_lengths = augment_waveform(audio, lengths, WaveAugment())
+    assert out is audio and out_lengths is lengths
 
 
 def test_telephone_band_keeps_the_voice_band_and_removes_the_rest():
@@ -45,12 +47,12 @@ def test_room_impulse_decays_by_60_db_at_its_rt60():
 def test_every_effect_leaves_padding_silent_and_noise_lands_at_its_snr():
     audio, lengths = _tone_batch()
     torch.manual_seed(0)
-    out = augment_waveform(audio, lengths, WaveAugment(telephone=1.0, reverb=1.0, noise=1.0))
-    assert out.shape == audio.shape
+    out, out_lengths = augment_waveform(audio, lengths, WaveAugment(telephone=1.0, reverb=1.0, noise=1.0))
+    assert out.shape == audio.shape and torch.equal(out_lengths, lengths)
     assert torch.all(out[2, SAMPLE_RATE // 2:] == 0)
     assert not torch.allclose(out, audio)
     torch.manual_seed(0)
-    noisy = augment_waveform(audio, lengths, WaveAugment(noise=1.0))[:2]
+    noisy = augment_waveform(audio, lengths, WaveAugment(noise=1.0))[0][:2]
     x = audio[:2]
     gain = (noisy * x).sum(1, keepdim=True) / (x * x).sum(1, keepdim=True)   # the noise is uncorrelated with x
     snr = 10 * torch.log10(x.pow(2).sum(1) / (noisy / gain - x).pow(2).sum(1))
@@ -60,14 +62,45 @@ def test_every_effect_leaves_padding_silent_and_noise_lands_at_its_snr():
 
 def test_draws_follow_the_seed():
     audio, lengths = _tone_batch()
-    cfg = WaveAugment(telephone=0.5, reverb=0.5, noise=0.5)
+    cfg = WaveAugment(telephone=0.5, reverb=0.5, noise=0.5, speed=0.5)
     torch.manual_seed(3)
-    a = augment_waveform(audio, lengths, cfg)
+    a, la = augment_waveform(audio, lengths, cfg)
     torch.manual_seed(3)
-    b = augment_waveform(audio, lengths, cfg)
+    b, lb = augment_waveform(audio, lengths, cfg)
     torch.manual_seed(4)
-    c = augment_waveform(audio, lengths, cfg)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    c, _ = augment_waveform(audio, lengths, cfg)
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+
+
+def test_speed_resamples_each_picked_row_to_its_new_length_and_pitch():
+    audio, lengths = _tone_batch()
+    factor = torch.tensor([1.1, 0.9, 0.9])
+    out, new = change_speed(audio, lengths, factor, torch.tensor([0, 2]))
+    want = [SAMPLE_RATE / 1.1, SAMPLE_RATE, SAMPLE_RATE / 2 / 0.9]
+    assert new.tolist() == pytest.approx(want, rel=0.01) and new[1] == SAMPLE_RATE
+    assert out.shape == (3, SAMPLE_RATE)                 # the longest row sets the padded length
+    assert torch.all(out[0, :100] != 0) and torch.all(out[2, :100] != 0)
+    assert torch.equal(out[1], audio[1])                 # an unpicked row is untouched
+    assert torch.all(out[0, new[0]:] == 0) and torch.all(out[2, new[2]:] == 0)
+
+    def peak_hz(x: torch.Tensor) -> float:
+        return float(torch.fft.rfft(x).abs().argmax()) * SAMPLE_RATE / len(x)
+    for r, f0 in ((0, 150.0), (2, 6000.0)):   # a tone moves by the factor its length moved by
+        assert peak_hz(out[r, :new[r]]) == pytest.approx(f0 * float(lengths[r] / new[r]), rel=0.01)
+    assert float(out[0, :new[0]].pow(2).mean()) == pytest.approx(float(audio[0].pow(2).mean()), rel=0.02)
+    slow, slow_lengths = change_speed(audio[:1], lengths[:1], torch.tensor([0.9]), torch.tensor([0]))
+    assert slow.shape[1] == int(slow_lengths[0]) == pytest.approx(SAMPLE_RATE / 0.9, rel=0.01)  # a longer batch
+
+
+def test_speed_feeds_the_encoder_its_new_frame_counts():
+    cfg = config_from_dict({"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "dropout": 0.0,
+                            "spec_augment": False, "augment": {"speed": 1.0}}, AudioEncConfig)
+    model = AsrModel(cfg, 30).train()
+    audio, lengths = _tone_batch()
+    torch.manual_seed(0)
+    mel, frames = model.features(audio, lengths)
+    assert not torch.equal(frames, lengths // ENCODER_MEL.hop_length + 1)
+    assert mel.shape[1] >= int(frames.max())
 
 
 def test_only_training_is_augmented():
