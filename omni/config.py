@@ -65,6 +65,10 @@ class TrainConfig:
     num_workers: int = limits(0, min=0)
     # stop after this many evaluations in a row without a better held-out metric (0: never)
     patience: int = limits(0, min=0)
+    # also checkpoint when this many minutes have passed since the last save (0: only every
+    # checkpoint_freq steps): on a CPU a step can take half a minute, and a run killed outright
+    # (no signal to catch) would otherwise lose everything since its last checkpoint_freq step
+    checkpoint_minutes: float = limits(30.0, min=0)
     # auto: bf16 autocast where the device multiplies bf16 natively (AMX-BF16 / AVX512-BF16 CPUs,
     # Ampere+ GPUs), fp16 + GradScaler on older GPUs, fp32 elsewhere (omni/engine/runtime.py)
     precision: str = "auto"

@@ -109,6 +109,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.needs_scaler())
         self.p = Progress()
         self.stop = StopOnSignal()
+        self._saved_at = time.monotonic()
         torch.manual_seed(cfg.seed + 1_000_003 * self.rt.rank)  # dropout differs per rank
         self._prepare_dir(resume, overwrite)
         model: nn.Module = torch.compile(self.raw) if cfg.compile else self.raw
@@ -169,8 +170,14 @@ class Trainer:
         self.p.best, self.p.best_key = None, self.stage.best_metric
 
     # ---------------------------------------------------------------- checkpoints
+    def _save_due(self) -> bool:
+        """train.checkpoint_minutes have passed since the last save (or the start)."""
+        minutes = self.cfg.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self._saved_at >= minutes * 60
+
     def save(self) -> None:
         """All ranks call this (RNG states are gathered); rank 0 writes."""
+        self._saved_at = time.monotonic()
         rng = _rng_state()
         rngs = [None] * self.rt.world_size
         if self.rt.distributed:
@@ -336,7 +343,7 @@ class Trainer:
                     t0, window_items = time.perf_counter(), 0
                 if self.p.step % cfg.val_freq == 0:
                     metrics, evaluated_at = self.evaluate(), self.p.step
-                if self.p.step % cfg.checkpoint_freq == 0:
+                if self.p.step % cfg.checkpoint_freq == 0 or any_rank(rt, self._save_due()):
                     self.save()
                 if any_rank(rt, self.stop.requested):
                     status = "interrupted"

@@ -207,3 +207,32 @@ def test_patience_stops_when_the_held_out_metric_stalls(tmp_path):
     assert _train(cfg) == 0
     state = ckpt.load_train_state(tmp_path / "ckpt")["progress"]
     assert state["step"] < 12 and state["since_best"] >= 2
+
+
+class _Killed(Exception):
+    """Stands for a kill no handler sees (SIGKILL, a lost machine): nothing runs after it."""
+
+
+def test_checkpoint_minutes_bound_what_a_killed_run_loses(tmp_path):
+    """train.checkpoint_minutes saves between checkpoint_freq steps once that much time has passed;
+    the run resumed from it ends where an uninterrupted one ends."""
+    def dies_at(step):
+        calls = {"n": 0}
+
+        def loss(model, batch):
+            calls["n"] += 1
+            if calls["n"] == step:
+                raise _Killed
+            return _mse(model, batch)
+        return loss
+
+    for minutes, kept in ((0.0, None), (1e-9, 4)):   # 1e-9 minutes: a save is due after every step
+        d = tmp_path / f"m{minutes}"
+        with pytest.raises(_Killed):
+            fit(_toy_stage(tmp_path, dies_at(5)), _toy_cfg(tmp_path, max_steps=8, save_dir=str(d),
+                                                           checkpoint_minutes=minutes))
+        assert (ckpt.load_train_state(d)["progress"]["step"] if ckpt.has_train_state(d) else None) == kept
+    fit(_toy_stage(tmp_path, _mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "m1e-09")), resume=True)
+    fit(_toy_stage(tmp_path, _mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "whole")))
+    a, b = (load_file(str(tmp_path / n / ckpt.MODEL_FILE)) for n in ("whole", "m1e-09"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
