@@ -3,10 +3,17 @@ stays silent, off means untouched, and the draws come from the seeded global RNG
 import pytest
 import torch
 
-from omni.audio.augment import (PHONE_BAND, SAMPLE_RATE, WaveAugment, augment_waveform, change_speed,
-                                room_impulse, telephone_band)
-from omni.audio.features import ENCODER_MEL
+from omni.audio.augment import (
+    PHONE_BAND,
+    SAMPLE_RATE,
+    WaveAugment,
+    augment_waveform,
+    change_speed,
+    room_impulse,
+    telephone_band,
+)
 from omni.audio.encoder import AudioEncConfig
+from omni.audio.features import ENCODER_MEL
 from omni.audio.stage import AsrModel
 from omni.config import ConfigError, config_from_dict
 
