@@ -25,6 +25,8 @@ import torch
 
 from omni.cli.common import Parser
 from omni.config import ConfigError, config_from_dict
+from omni.engine.checkpoint import read_metrics
+from omni.engine.lock import live_holder
 from omni.engine.runtime import pick_precision
 from omni.tools.survey import FALLBACKS, builder_for, checkpoint_refs, data_files, get_path, omni_modules, train_slots
 
@@ -150,6 +152,28 @@ def load_strict(raw: dict, expected: str | None = None) -> tuple[str | None, str
     return None, best
 
 
+FINISHED = ("done", "epochs", "converged")   # the statuses of a run that ended by itself
+
+
+def run_state(folder: Path) -> tuple[str, str | None]:
+    """(what a stage folder holds, the arguments that go on from it, or None when nothing is left to
+    do): being trained now, not trained, trained (how it ended), or stopped part-way (a checkpoint to
+    resume)."""
+    holder = live_holder(folder)
+    if holder is not None:
+        return f"being trained now (PID {holder.pid}, since {holder.since})", None
+    if not (folder / "model.safetensors").is_file():
+        return "not trained yet", ""
+    ends = [r for r in read_metrics(folder) if r.get("event") == "end"] \
+        if (folder / "metrics.jsonl").is_file() else []
+    if not ends:   # a run from before the end record: its weights are there, its fate is not
+        return "has weights (the log does not say whether the run finished)", None
+    end = ends[-1]
+    if end.get("status") in FINISHED:
+        return f"trained ({end['status']} at step {end['step']})", None
+    return f"stopped part-way at step {end['step']} ({end.get('status')}): continue it", " --resume"
+
+
 def check_stage(stage: str, root: Path) -> list[Row]:
     what, config, script = STAGES[stage]
     path = root / config
@@ -171,10 +195,9 @@ def check_stage(stage: str, root: Path) -> list[Row]:
                 seen.add(f.key)
                 rows.append(data_row(f, stage))
         save_dir = get_path(raw, slot.path)["save_dir"]
-        done = (root / save_dir / "model.safetensors").is_file()
-        rows.append(Row("INFO", f"{'.'.join(slot.path)}.save_dir",
-                        f"{save_dir}: {'trained' if done else 'not trained yet'}",
-                        "" if done else f"python {script} --config {config}", stage))
+        state, fix = run_state(root / save_dir)
+        rows.append(Row("INFO", f"{'.'.join(slot.path)}.save_dir", f"{save_dir}: {state}",
+                        "" if fix is None else f"python {script} --config {config}{fix}", stage))
     for key, ckpt in checkpoint_refs(raw):
         ok = (root / ckpt / "model.safetensors").is_file()
         rows.append(Row("OK" if ok else "FAIL", key, f"{ckpt}{'' if ok else ' has no model.safetensors'}",

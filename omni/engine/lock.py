@@ -69,6 +69,15 @@ def _parse_holder(text: str) -> _Holder | None:
     return _Holder(raw["pid"], str(raw.get("host", socket.gethostname())), raw.get("since"), raw.get("start"))
 
 
+def live_holder(folder: Path) -> _Holder | None:
+    """The run training in ``folder`` now: the live process its lock file names, or None."""
+    try:
+        holder = _parse_holder((folder / LOCK_FILE).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return holder if holder is not None and holder.alive(flock_works=True) else None
+
+
 def _in_use(path: Path, holder: _Holder | None) -> CheckpointError:
     who = f"PID {holder.pid} on {holder.host}" if holder else "PID unknown"
     if holder and holder.since:

@@ -362,6 +362,9 @@ class Trainer:
         if status != "interrupted" and evaluated_at != self.p.step:
             metrics = self.evaluate()
         self.save()
+        if rt.is_main:  # how the run ended, for whoever reads the folder later (check_setup.py)
+            ckpt.append_metrics(self.save_dir, {"event": "end", "step": self.p.step, "status": status,
+                                                "time": time.time()})
         if status == "interrupted":
             log.warning("interrupted: checkpoint at step %d in %s; continue with --resume", self.p.step, self.save_dir)
         return {"status": status, "step": self.p.step, "skipped_steps": self.p.skipped_total, **metrics}

@@ -91,3 +91,33 @@ def test_missing_optional_tools_only_warn(project, monkeypatch):
     assert rows["espeak-ng"].status == "WARN" and rows["espeak-ng"].fix == "sudo apt-get install espeak-ng"
     assert "tesseract-ocr" in rows["tesseract"].fix
     assert check_setup.main(["--stage", "A", "--root", str(project)]) == 0
+
+
+def test_a_stage_folder_says_whether_its_run_finished(tmp_path):
+    """run_state reads how the run ended (metrics.jsonl's end record) and whether one trains there now
+    (its lock names a live process)."""
+    import os
+    import subprocess
+
+    import train_text
+    from omni.engine import checkpoint as ckpt
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path, train={"max_steps": 3})
+    d = tmp_path / "ckpt"
+    assert check_setup.run_state(d) == ("not trained yet", "")
+    assert train_text.main(["--config", str(cfg), "--stop-at", "2"]) == 0
+    state, fix = check_setup.run_state(d)
+    assert state == "stopped part-way at step 2 (stopped): continue it" and fix == " --resume"
+    assert train_text.main(["--config", str(cfg), "--resume"]) == 0
+    assert check_setup.run_state(d) == ("trained (done at step 3)", None)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (d / ckpt.LOCK_FILE).write_text(json.dumps({"pid": child.pid, "since": "now"}))
+        assert check_setup.run_state(d) == (f"being trained now (PID {child.pid}, since now)", None)
+    finally:
+        child.kill()
+        child.wait()
+    assert check_setup.run_state(d)[0] == "trained (done at step 3)"   # a dead holder is no run
+    (d / ckpt.METRICS_FILE).write_text("")   # a log from before the end record
+    assert check_setup.run_state(d)[0].startswith("has weights") and os.path.exists(d / ckpt.MODEL_FILE)
