@@ -59,7 +59,8 @@ def test_checkpoint_layout(tmp_path):
         assert (d / name).is_file(), name
     assert (d / "best" / "model.safetensors").is_file()
     records = ckpt.read_metrics(d)
-    assert {r["event"] for r in records} == {"start", "train", "val"}
+    assert {r["event"] for r in records} == {"start", "train", "val", "end"}
+    assert records[-1]["event"] == "end" and records[-1]["status"] == "done"   # how the run ended
     start = records[0]  # the run says what it computed in, and why
     assert start["event"] == "start" and start["precision"] == "fp32" and start["precision_reason"]
     assert all(r["rss_peak_gib"] > 0 for r in records if r["event"] == "train")
