@@ -26,7 +26,7 @@ import torch
 
 from omni.cli.common import Parser
 from omni.engine.runtime import pick_precision
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.tools.bench import STAGES, Built, Shape, build, count_micro_flops, default_config, step_stats
 from omni.tools.machine import cpu_model, matmul_peak
 

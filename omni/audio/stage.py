@@ -30,7 +30,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import BadRow, DataError
 from omni.engine.checkpoint import load_with_vocab
 from omni.engine.runtime import Runtime
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError, has_train_state
 from omni.engine.lock import hold_folder
 from omni.engine.runtime import Runtime, setup_runtime, teardown
-from omni.engine.training import Stage, TrainingError, fit
+from omni.engine.stage import Stage
+from omni.engine.training import TrainingError, fit
 
 
 def stage_parser(description: str, default_config: str) -> Parser:

@@ -26,7 +26,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime, unwrap
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from omni.config import TrainConfig
@@ -29,34 +28,9 @@ from omni.engine import checkpoint as ckpt
 from omni.engine.lock import hold_folder
 from omni.engine.optim import lr_at, make_optimizer
 from omni.engine.runtime import Runtime, StopOnSignal, all_mean, any_rank, peak_rss_bytes, setup_runtime, to_device
+from omni.engine.stage import Stage
 
 log = logging.getLogger(__name__)
-
-LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
-
-
-@dataclass
-class Stage:
-    """What a stage hands to ``fit``. ``config`` is the resolved config saved as config.json."""
-    name: str
-    model: nn.Module
-    train_set: Dataset
-    loss_fn: LossFn
-    config: dict[str, Any]
-    collate: Callable[[list], Any] = default_collate
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
-    count_items: Callable[[Any], float] = lambda batch: 0  # tokens/frames per micro-batch, for speed
-    items_unit: str = "items"
-    best_metric: str | None = None  # a key of evaluate()'s result; lower is better unless best_max
-    best_max: bool = False
-    lengths: np.ndarray | None = None  # per-sample lengths: batches are bucketed by length
-    # samples a dataset skipped this epoch ({"seen": n, "skipped": k, reason: count}); reset on read
-    skip_report: Callable[[], dict[str, int]] | None = None
-    save_extra: Callable[[Path], None] = lambda ckpt_dir: None  # e.g. the tokenizer
-    # DDP: set when some trainable parameters sit out some batches (SFT: a batch without audio)
-    find_unused_parameters: bool = False
-    # parameter-name prefix -> lr multiplier (the vocoder: generator and discriminator rates)
-    lr_scales: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 class TrainingError(RuntimeError):
@@ -87,15 +61,6 @@ class Progress:
     best_key: str | None = None  # the metric ``best`` holds (a resume may change the stage's metric)
     since_best: int = 0  # evaluations since ``best`` last improved (train.patience)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Phase:
-    """A stage trained before another in one command (the Talker's codec): its name, how to build
-    it on a runtime, and its training config."""
-    name: str
-    build: Callable[[Runtime], Stage]
-    train: TrainConfig
 
 
 class Trainer:

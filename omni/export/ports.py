@@ -5,7 +5,6 @@ loading (omni/audio/features.py). omni/export/parity.py checks each against PyTo
 numpy, soundfile and Pillow."""
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -23,7 +23,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import PackedTokens, tokenize_corpus
 from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.multimodal.chat import ChatSession, Sampling
 from omni.multimodal.data import TASKS, Example, SftDataConfig, SftDataset, Sources, collate_sft, draw_plan, qa_pairs
 from omni.multimodal.model import Components, OmniConfig, OmniModel, components_from_dict, from_stages

@@ -23,7 +23,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import BadRow
 from omni.engine.checkpoint import load_with_vocab
 from omni.engine.runtime import Runtime, unwrap
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.images import BadImage, load_image
 from omni.manifest import Manifest, ManifestRows
 from omni.ocr.model import BOS, EOS, PAD, OcrModel, OcrModelConfig, OcrVocab, beam_decode, ctc_decode, greedy_decode

@@ -14,7 +14,7 @@ from omni.codec.stage import CodecStageConfig, load_codec
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.engine import checkpoint as ckpt
 from omni.engine.runtime import Runtime
-from omni.engine.training import Phase, Stage
+from omni.engine.stage import Phase, Stage
 from omni.files import file_sha1, write_json_atomic
 from omni.manifest import Manifest, resolve_manifest
 from omni.talker.data import (

@@ -18,7 +18,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import DataError, LineFile, PackedTokens, is_val_line, tokenize_corpus
 from omni.engine.checkpoint import MODEL_FILE, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
-from omni.engine.training import Phase, Stage
+from omni.engine.stage import Phase, Stage
 from omni.files import atomic_write
 from omni.thinker.model import ThinkerConfig, ThinkerLM
 from omni.thinker.tokenizer import Tokenizer, load_tokenizer, train_bpe

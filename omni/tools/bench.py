@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from omni.audio.stage import AsrStageConfig
 from omni.config import ConfigError, TrainConfig, config_from_dict, load_config, to_dict
-from omni.engine.training import Stage, Trainer
+from omni.engine.stage import Stage
+from omni.engine.training import Trainer
 from omni.thinker.stage import TextStageConfig
 from omni.tools.autotune import GIB, estimate_bytes
 from omni.tools.machine import sync_device

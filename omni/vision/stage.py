@@ -23,7 +23,7 @@ from omni.config import TrainConfig, to_dict
 from omni.data import DataError
 from omni.engine.checkpoint import MODEL_FILE, CheckpointError, copy_weights, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.files import file_sha256, write_text_atomic
 from omni.images import BadImage, load_image_tensor
 from omni.thinker.stage import load_thinker, save_tokenizer

@@ -15,7 +15,7 @@ from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data import DataError
 from omni.engine.checkpoint import CheckpointError, load_weights, read_stage_config
 from omni.engine.runtime import Runtime
-from omni.engine.training import Stage
+from omni.engine.stage import Stage
 from omni.manifest import AudioRows, Manifest, resolve_manifest
 from omni.speech.griffinlim import block_mel_to_wav
 from omni.vocoder.model import GanConfig, Generator, HifiGan, VocoderConfig, vocode

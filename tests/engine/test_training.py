@@ -12,7 +12,8 @@ from omni.config import TrainConfig
 from omni.engine import checkpoint as ckpt
 from omni.engine.optim import lr_at
 from omni.engine.runtime import unwrap
-from omni.engine.training import Stage, TrainingError, fit
+from omni.engine.stage import Stage
+from omni.engine.training import TrainingError, fit
 from tests.conftest import SONNETS, write_config
 
 
