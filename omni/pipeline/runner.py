@@ -254,9 +254,9 @@ def run_command(cmd: list[str], root: Path = ROOT) -> int:
             signal.signal(signal.SIGINT, old)
 
 
-def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run_dir: Path,
-                rec: dict[str, Any], root: Path = ROOT) -> str:
-    """Run one stage's script; record and return its status: done, stopped (time budget), interrupted."""
+def begin_stage(stage: StageRun, decision: Decision, deadline: float | None, run_dir: Path,
+                rec: dict[str, Any]) -> list[str]:
+    """Record ``stage`` as running and return the command that trains it."""
     cmd = [stage.script, "--config", stage.config, "--resume" if decision.action == "resume" else "--overwrite"]
     cmd += budget_args(decision.fp.budget)
     if deadline is not None:
@@ -265,11 +265,17 @@ def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run
     if decision.action == "train":
         entry["wall_s"] = 0.0
     entry.update(fingerprint=decision.fp.digest, config=decision.fp.config, inputs=decision.fp.inputs,
-                 data=decision.fp.data, budget=decision.fp.budget, status="running")
+                 data=decision.fp.data, budget=decision.fp.budget, status="running", started=time.time())
     save_record(run_dir, rec)
-    t0 = time.time()
-    code = run_command(cmd, root)
-    entry["wall_s"] = entry.get("wall_s", 0.0) + time.time() - t0
+    return cmd
+
+
+def end_stage(stage: StageRun, code: int, seconds: float, run_dir: Path, rec: dict[str, Any]) -> str:
+    """Record how the stage's script ended and return it: done, stopped (time budget), interrupted or
+    failed."""
+    entry = rec["stages"][stage.key]
+    entry["wall_s"] = entry.get("wall_s", 0.0) + seconds
+    entry["ended"] = time.time()
     if code == 0:
         entry.update(status="done", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     elif code == EXIT_DEADLINE:
@@ -279,7 +285,17 @@ def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run
     else:
         entry["status"] = "failed"
     save_record(run_dir, rec)
-    if entry["status"] == "failed":
+    return entry["status"]
+
+
+def train_stage(stage: StageRun, decision: Decision, deadline: float | None, run_dir: Path,
+                rec: dict[str, Any], root: Path = ROOT) -> str:
+    """Run one stage's script; record and return its status: done, stopped (time budget), interrupted."""
+    cmd = begin_stage(stage, decision, deadline, run_dir, rec)
+    t0 = time.time()
+    code = run_command(cmd, root)
+    status = end_stage(stage, code, time.time() - t0, run_dir, rec)
+    if status == "failed":
         raise PipelineError(f"{stage.title} failed (exit {code}): {' '.join(cmd)}; fix the cause above and run "
                             "the same train_all command again (finished stages are kept)")
-    return entry["status"]
+    return status
