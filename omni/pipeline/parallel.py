@@ -3,8 +3,8 @@
 Stages that do not read each other's checkpoints (A the Thinker, B the audio encoder, D the codec
 and Talker) can train at the same time. On a CPU that is worth doing: a small model's step does not
 keep many cores busy, so two stages on one core each get more done than one stage on both (the
-Thinker's step on the 2-core EPYC of docs/results.md: 30 s on one core, 19 s on two, so two
-one-core runs make 1.3x the progress of one two-core run). On one GPU it is not: keep ``--jobs 1``.
+Thinker's step on the 2-core EPYC of docs/results.md: about 33 s on one core beside a Stage B run,
+19.2 s alone on two, so about 1.15x the progress). On one GPU it is not: keep ``--jobs 1``.
 
 A stage starts once every selected stage whose folder it reads has finished (the same reading of
 its config that the fingerprint uses, omni/pipeline/runner.py); it is decided (skip, resume, train)
