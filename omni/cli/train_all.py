@@ -121,7 +121,7 @@ def budgets_of(profile: Profile, stages: list[StageRun], planning: bool = False)
     return budgets
 
 
-def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
+def plan(profile: Profile, stages: list[StageRun], record: dict, jobs: int = 1) -> None:
     budgets = budgets_of(profile, stages, planning=True)
     total = 0.0
     print(f"plan for profile {profile.name} ({len(stages)} stages). A stage that has logged steps here is timed "
@@ -145,7 +145,9 @@ def plan(profile: Profile, stages: list[StageRun], record: dict) -> None:
             total += t
             parts.append(f"{phase} {left:,} steps x {secs[phase]:.2f} s = {t / 60:.1f} min")
         print(f"  {stage.title:<18} {d.action}: {d.reason}; " + "; ".join(parts) + f" ({how})")
-    print(f"  total: {total / 3600:.2f} h")
+    print(f"  total: {total / 3600:.2f} h, one stage at a time" + (
+        f" (with --jobs {jobs} independent stages run side by side on a share of the threads each, so the wall "
+        "time is shorter than this sum, though each of them is slower)" if jobs > 1 else ""))
 
 
 def run(args: argparse.Namespace, profile: Profile, stages: list[StageRun]) -> int:
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages = select(profile, args.only, args.start, args.until, args.optional)
         if args.plan:
-            plan(profile, stages, load_record(ROOT / profile.run_dir))
+            plan(profile, stages, load_record(ROOT / profile.run_dir), args.jobs)
             return 0
         return report(args, profile, stages) if args.action == "report" else run(args, profile, stages)
     except PipelineError as e:

@@ -67,6 +67,8 @@ def test_jobs_run_independent_stages_together_and_wait_for_inputs(three, capsys)
     assert out.count(": skip (unchanged since") == 2 and "B second Thinker: train" in out
     assert {v["status"] for v in _stages(profile).values()} == {"done"}
     assert (tmp / "run" / "REPORT.md").is_file()
+    assert train_all.main(["--profile", "three", "--plan", "--jobs", "2"]) == 0
+    assert "one stage at a time (with --jobs 2" in capsys.readouterr().out
 
 
 def test_jobs_must_be_positive(three, capsys):
