@@ -154,8 +154,9 @@ class Scheduler:
                 print("\n".join(f"   | {line}" for line in lines[-TAIL_LINES:]), flush=True)
 
     def _regrow(self) -> None:
-        """Nothing left to start: give a running stage the threads a finished one freed."""
-        if not self.running or any(self._ready(s) for s in self._pending()):
+        """Nothing left to start: give a running stage the threads a finished one freed. Not after a
+        Ctrl-C: the running stages got that signal too, and a second one would abort them."""
+        if not self.running or "interrupted" in self.status.values() or any(self._ready(s) for s in self._pending()):
             return
         share = self.share(len(self.running))
         for job in self.running.values():

@@ -3,12 +3,13 @@ reads, a failed stage stops only what depends on it, and freed threads go to a r
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
 from omni.cli import train_all
 from omni.engine import checkpoint as ckpt
-from omni.pipeline.parallel import dependencies
+from omni.pipeline.parallel import Job, Scheduler, dependencies
 from omni.pipeline.profiles import PROFILES, Profile, StageRun
 from omni.pipeline.runner import RECORD
 from tests.conftest import write_config
@@ -74,3 +75,27 @@ def test_jobs_run_independent_stages_together_and_wait_for_inputs(three, capsys)
 def test_jobs_must_be_positive(three, capsys):
     assert train_all.main(["--profile", "three", "--jobs", "0"]) == 2
     assert "--jobs 0" in capsys.readouterr().err
+
+
+class _Child:
+    def __init__(self):
+        self.signals = []
+
+    def send_signal(self, sig):
+        self.signals.append(sig)
+
+
+def test_no_thread_handover_after_a_ctrl_c(three, monkeypatch):
+    """A stage ended by Ctrl-C (interrupted) frees its threads, but the stages still running got the
+    same Ctrl-C: one more SIGINT to hand them the threads would abort them without a checkpoint."""
+    profile, tmp = three
+    sched = Scheduler(list(profile.stages[:2]), 2, None, None, tmp / "run", {"stages": {}})
+    monkeypatch.setattr(sched, "_training", lambda job: True)
+    child = _Child()
+    sched.running["thinker"] = Job(profile.stages[0], child, [], None, threads=1, t0=0.0)
+    sched.status["second"] = "interrupted"
+    sched._regrow()
+    assert child.signals == []
+    sched.status["second"] = "done"  # a stage that finished: its threads go to the running one
+    sched._regrow()
+    assert child.signals == [signal.SIGINT]
