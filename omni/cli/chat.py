@@ -113,6 +113,13 @@ class Chat:
         self.spoken: Path | None = None    # the WAV say() wrote for the current reply
         self.transcript: list[dict] = []   # every exchange since the start, for /save
 
+    def say(self, text: str = "", end: str = "\n") -> None:
+        """The chat's own output: the conversation and its bracketed status lines, for the person at
+        the terminal, written at once (diagnostics go to logging). sys.stdout is looked up on each
+        call, so whatever stands in for it then (a pipe, a test's capture) gets the text."""
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+
     def voice(self) -> Synthesizer:
         if self._voice is None:
             self._voice = Synthesizer.load(self.args.talker, self.device, **vocoder_kwargs(self.args.vocoder),
@@ -124,39 +131,39 @@ class Chat:
         try:
             (self.session.attach_image if kind == "image" else self.session.attach_audio)(path)
         except (BadImage, AudioError, DataError, OSError) as e:
-            print(f"[could not use {kind} {path}: {e}]", flush=True)
+            self.say(f"[could not use {kind} {path}: {e}]")
             return False
-        print(f"[{kind} attached: {path}]", flush=True)
+        self.say(f"[{kind} attached: {path}]")
         return True
 
     def turn(self, text: str) -> bool:
         """Answer one message: streamed reply, spoken while it is written when speech is on, then a
         latency line. False when there is no complete answer: the message was refused, or Ctrl-C
         cancelled the reply or its speech."""
-        print("μOmni: ", end="", flush=True)
+        self.say("μOmni: ", end="")
         self.spoken = None
         voice = self.loaded_voice() if self.speak else None
         sink = self.playback.sink() if voice is not None else None
         try:
-            t = live_turn(self.session, text, voice, on_text=lambda s: print(s, end="", flush=True),
+            t = live_turn(self.session, text, voice, on_text=lambda s: self.say(s, end=""),
                           on_audio=sink.write if sink is not None else None, seed=self.args.seed)
         except ValueError as e:
-            print(f"\n[{e}]", flush=True)
+            self.say(f"\n[{e}]")
             self.still_attached()
             return False
         except ReplyInterrupted as e:
-            print(f"\n[reply cancelled after {e.stats.new_tokens} tokens; the conversation keeps it as far "
-                  "as it got (/reset forgets it)]", flush=True)
+            self.say(f"\n[reply cancelled after {e.stats.new_tokens} tokens; the conversation keeps it as far "
+                  "as it got (/reset forgets it)]")
             self.notices(e.stats)
             self.record(text, e.reply, cancelled=True)
             return False
         except SpeechInterrupted as e:
-            print(f"\n[ttft {e.stats.ttft_s * 1000:.0f} ms | {e.stats.new_tokens} tokens | speech cancelled]", flush=True)
+            self.say(f"\n[ttft {e.stats.ttft_s * 1000:.0f} ms | {e.stats.new_tokens} tokens | speech cancelled]")
             self.notices(e.stats)
             self.record(text, e.reply)
             return False
         except PlaybackError as e:
-            print(f"\n[{e}; --play is off for this session]", flush=True)
+            self.say(f"\n[{e}; --play is off for this session]")
             self.playback.off()
             return False
         finally:
@@ -164,7 +171,7 @@ class Chat:
                 sink.close(wait=False)   # the reply was cancelled: so is what is left to play
         if sink is not None:
             self.playback.finish(sink)
-        print(flush=True)
+        self.say()
         self.turns += 1
         self.notices(t.stats)
         said = self.record(text, t.reply)
@@ -172,7 +179,7 @@ class Chat:
         line = f"[ttft {t.stats.ttft_s * 1000:.0f} ms | {t.stats.new_tokens} tokens, {rate}"
         if voice is not None and t.reply:
             line += self.said(t)
-        print(line + "]", flush=True)
+        self.say(line + "]")
         if self.spoken is not None:
             said["speech"] = os.path.abspath(self.spoken)
             if sink is None and self.playback.player:
@@ -185,7 +192,7 @@ class Chat:
         try:
             return self.voice()
         except (CheckpointError, DataError, OSError) as e:
-            print(f"[no speech: {e}]\nμOmni: ", end="", flush=True)
+            self.say(f"[no speech: {e}]\nμOmni: ", end="")
             return None
 
     def notices(self, stats: TurnStats) -> None:
@@ -193,13 +200,12 @@ class Chat:
         if stats.trimmed:
             what = "oldest exchange no longer fits" if stats.trimmed == 1 else \
                 f"{stats.trimmed} oldest exchanges no longer fit"
-            print(f"[history trimmed: the {what} the context]", flush=True)
+            self.say(f"[history trimmed: the {what} the context]")
         if stats.hit_limit and stats.max_tokens == self.session.sampling.max_new_tokens:
-            print(f"[reply cut at the {stats.max_tokens}-token limit; /set max_new_tokens N for longer replies]",
-                  flush=True)
+            self.say(f"[reply cut at the {stats.max_tokens}-token limit; /set max_new_tokens N for longer replies]")
         elif stats.hit_limit:
-            print(f"[reply cut at {stats.max_tokens} tokens: the model's {self.session.model.thinker.cfg.ctx_len}"
-                  "-position context is full]", flush=True)
+            self.say(f"[reply cut at {stats.max_tokens} tokens: the model's {self.session.model.thinker.cfg.ctx_len}"
+                  "-position context is full]")
 
     def still_attached(self) -> None:
         """After a refused message: say which attachments wait for the next one."""
@@ -209,8 +215,8 @@ class Chat:
         names = {"image": ("image", "images"), "audio": ("audio clip", "audio clips")}
         what = " and the ".join(names[k][0] if n == 1 else f"{n} {names[k][1]}" for k, n in counts.items())
         one = sum(counts.values()) == 1
-        print(f"[the {what} {'stays' if one else 'stay'} attached for your next message "
-              f"(/reset drops {'it' if one else 'them'})]", flush=True)
+        self.say(f"[the {what} {'stays' if one else 'stay'} attached for your next message "
+              f"(/reset drops {'it' if one else 'them'})]")
 
     def record(self, text: str, reply: str, cancelled: bool = False) -> dict:
         """Add the exchange ask just made to the transcript (/save); returns the reply's entry."""
@@ -237,39 +243,40 @@ class Chat:
         try:
             if self._ocr is None:
                 self._ocr = load_ocr(self.args.ocr_ckpt, self.device)[:2]
-            print(f"[ocr {path}: {read_image(*self._ocr, path)!r}]", flush=True)
+            self.say(f"[ocr {path}: {read_image(*self._ocr, path)!r}]")
         except (BadImage, CheckpointError, DataError, OSError) as e:
-            print(f"[could not read text from {path}: {e}]", flush=True)
+            self.say(f"[could not read text from {path}: {e}]")
 
     def set_sampling(self, arg: str) -> None:
         """/set: show the sampling settings, or change one (validated by Sampling)."""
         s = self.session.sampling
         if not arg:
-            print("[" + " | ".join(f"{name} {getattr(s, name)}" for name in SETTINGS) + "; /set NAME VALUE changes one]")
+            now = " | ".join(f"{name} {getattr(s, name)}" for name in SETTINGS)
+            self.say(f"[{now}; /set NAME VALUE changes one]")
             return
         name, _, value = arg.partition(" ")
         value = value.strip()
         if name not in SETTINGS:
             near = difflib.get_close_matches(name, SETTINGS, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            print(f"[/set: no setting {name!r}{hint}; one of {', '.join(SETTINGS)}]", flush=True)
+            self.say(f"[/set: no setting {name!r}{hint}; one of {', '.join(SETTINGS)}]")
             return
         try:
             parsed = SETTINGS[name](value)
         except ValueError:
             kind = "number" if SETTINGS[name] is float else "whole number"
-            print(f"[/set {name} wants a {kind}, not {value!r}; it stays {getattr(s, name)}]", flush=True)
+            self.say(f"[/set {name} wants a {kind}, not {value!r}; it stays {getattr(s, name)}]")
             return
         try:
             new = dataclasses.replace(s, **{name: parsed})  # Sampling checks the range
         except ValueError as e:
-            print(f"[/set {name}: {e}; it stays {getattr(s, name)}]", flush=True)
+            self.say(f"[/set {name}: {e}; it stays {getattr(s, name)}]")
             return
         self.session.sampling = new
         ctx = self.session.model.thinker.cfg.ctx_len
         room = f" (replies are also capped by the room left in the {ctx}-position context)" \
             if name == "max_new_tokens" and new.max_new_tokens > ctx else ""
-        print(f"[{name} = {getattr(new, name)}{room}]", flush=True)
+        self.say(f"[{name} = {getattr(new, name)}{room}]")
 
     def save(self, path: str) -> None:
         """/save: the transcript as JSON; a path that cannot be written is a message, not the end."""
@@ -278,9 +285,9 @@ class Chat:
         try:
             out.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         except OSError as e:
-            print(f"[could not save the conversation to {out}: {e}]", flush=True)
+            self.say(f"[could not save the conversation to {out}: {e}]")
             return
-        print(f"[saved {sum(t['role'] != 'reset' for t in self.transcript)} turns to {out}]", flush=True)
+        self.say(f"[saved {sum(t['role'] != 'reset' for t in self.transcript)} turns to {out}]")
 
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""
@@ -294,7 +301,7 @@ class Chat:
             self.read_text(arg)
         elif cmd == "/speak" and arg in ("on", "off"):
             self.speak = arg == "on"
-            print(f"[speech {'on: replies go to ' + str(self.audio_out) if self.speak else 'off'}]")
+            self.say(f"[speech {'on: replies go to ' + str(self.audio_out) if self.speak else 'off'}]")
         elif cmd == "/set":
             self.set_sampling(arg)
         elif cmd == "/save" and arg:
@@ -302,9 +309,9 @@ class Chat:
         elif cmd == "/reset":
             self.session.reset()
             self.transcript.append({"role": "reset"})
-            print("[conversation cleared]")
+            self.say("[conversation cleared]")
         else:
-            print(HELP)
+            self.say(HELP)
         return True
 
     def read_line(self) -> str | None:
@@ -314,15 +321,15 @@ class Chat:
             try:
                 return input("you> ").strip()
             except EOFError:
-                print(flush=True)
+                self.say()
                 return None
             except KeyboardInterrupt:
                 # one stray Ctrl-C must not silently end a conversation; a second one means it
-                print(flush=True)
+                self.say()
                 if interrupted:
                     return None
                 interrupted = True
-                print(PROMPT_INTERRUPT_HINT, flush=True)
+                self.say(PROMPT_INTERRUPT_HINT)
 
     def handle(self, line: str) -> bool:
         """Run one input line (a message or a /command); False means quit."""
@@ -341,7 +348,7 @@ class Chat:
     def repl(self) -> None:
         history = LineHistory(self.history_path(), line_editing())
         try:
-            print(f"μOmni chat ({self.args.ckpt}, {self.device}). /help for commands.", flush=True)
+            self.say(f"μOmni chat ({self.args.ckpt}, {self.device}). /help for commands.")
             while (line := self.read_line()) is not None:
                 if not line:
                     continue
@@ -352,7 +359,7 @@ class Chat:
                 except KeyboardInterrupt:
                     # Ctrl-C outside a reply's own handling (/ocr loading a model, a second Ctrl-C while the
                     # first was being reported): stop that line, keep the session
-                    print("\n[cancelled]", flush=True)
+                    self.say("\n[cancelled]")
         finally:
             history.save()
 

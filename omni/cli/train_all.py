@@ -198,8 +198,11 @@ def run_parallel(args: argparse.Namespace, stages: list[StageRun], budgets: dict
                  run_dir: Path, record: dict) -> int:
     """Up to --jobs stages at once (omni/pipeline/parallel.py); 0 when all are trained."""
     from omni.pipeline.parallel import Scheduler
-    status = Scheduler(stages, args.jobs, lambda s: decide(s, record["stages"].get(s.key, {}), budget=budgets.get(s.key)),
-                       deadline, run_dir, record).run()
+    def decide_now(stage: StageRun):
+        return decide(stage, record["stages"].get(stage.key, {}), budget=budgets.get(stage.key))
+
+    status = Scheduler(stages, args.jobs, decide_now, deadline, run_dir, record,
+                       lambda line: print(line, flush=True)).run()
     failed = [s for s in stages if status.get(s.key) == "failed"]
     if failed:
         raise PipelineError(", ".join(s.title for s in failed) + " failed (the end of its log is above; all of it in "

@@ -3,8 +3,8 @@
 Stages that do not read each other's checkpoints (A the Thinker, B the audio encoder, D the codec
 and Talker) can train at the same time. On a CPU that is worth doing: a small model's step does not
 keep many cores busy, so two stages on one core each get more done than one stage on both (the
-Thinker's step on the 2-core EPYC of docs/results.md: about 33 s on one core beside a Stage B run,
-19.2 s alone on two, so about 1.15x the progress). On one GPU it is not: keep ``--jobs 1``.
+Thinker's step on the 2-core EPYC of docs/results.md: about 32 s on one core beside a Stage B run,
+19.2 s alone on two, so about 1.2x the progress). On one GPU it is not: keep ``--jobs 1``.
 
 A stage starts once every selected stage whose folder it reads has finished (the same reading of
 its config that the fingerprint uses, omni/pipeline/runner.py); it is decided (skip, resume, train)
@@ -74,8 +74,10 @@ class Scheduler:
     budget was spent)."""
 
     def __init__(self, stages: list[StageRun], jobs: int, decide: Callable[[StageRun], Decision],
-                 deadline: float | None, run_dir: Path, rec: dict[str, Any], root: Path = ROOT) -> None:
+                 deadline: float | None, run_dir: Path, rec: dict[str, Any], say: Callable[[str], None],
+                 root: Path = ROOT) -> None:
         self.stages, self.jobs, self.decide, self.deadline = stages, jobs, decide, deadline
+        self.say = say  # a progress line for the person running the pipeline (train_all prints it)
         self.run_dir, self.rec, self.root = run_dir, rec, root
         self.deps = dependencies(stages, root)
         self.threads = available_threads()
@@ -104,7 +106,7 @@ class Scheduler:
             ready = self._ready(stage)
             if ready is None:
                 blocker = ", ".join(k for k in sorted(self.deps[stage.key]) if self.status[k] not in ("done", "skip"))
-                print(f"== {stage.title}: not started ({blocker} did not finish)", flush=True)
+                self.say(f"== {stage.title}: not started ({blocker} did not finish)")
                 self.status[stage.key] = "waiting"
                 continue
             if not ready or len(self.running) + len(launch) >= self.jobs:
@@ -113,7 +115,7 @@ class Scheduler:
                 self.status[stage.key] = "waiting"  # every run makes progress: the first start is free
                 continue
             d = self.decide(stage)
-            print(f"== {stage.title}: {d.action} ({d.reason})", flush=True)
+            self.say(f"== {stage.title}: {d.action} ({d.reason})")
             if d.action == "skip":
                 self.status[stage.key] = "skip"
             else:
@@ -132,7 +134,7 @@ class Scheduler:
                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         self.running[stage.key] = Job(stage, child, cmd, log, threads, time.time())
         self.started += 1
-        print(f"== {stage.title}: running on {threads} thread(s); its output: {path}", flush=True)
+        self.say(f"== {stage.title}: running on {threads} thread(s); its output: {path}")
 
     # ---------------------------------------------------------------- finishing
     def _reap(self) -> None:
@@ -145,13 +147,13 @@ class Scheduler:
             status = end_stage(job.stage, code, time.time() - job.t0, self.run_dir, self.rec)
             minutes = (time.time() - job.t0) / 60
             if job.regrow and status == "interrupted":
-                print(f"== {job.stage.title}: stopped with a checkpoint to resume on more threads", flush=True)
+                self.say(f"== {job.stage.title}: stopped with a checkpoint to resume on more threads")
                 continue  # pending again: decided (resume) and relaunched by _start_ready
             self.status[key] = status
-            print(f"== {job.stage.title}: {status} after {minutes:.1f} min (exit {code})", flush=True)
+            self.say(f"== {job.stage.title}: {status} after {minutes:.1f} min (exit {code})")
             if status == "failed":
                 lines = Path(job.log.name).read_text(encoding="utf-8", errors="replace").splitlines()
-                print("\n".join(f"   | {line}" for line in lines[-TAIL_LINES:]), flush=True)
+                self.say("\n".join(f"   | {line}" for line in lines[-TAIL_LINES:]))
 
     def _regrow(self) -> None:
         """Nothing left to start: give a running stage the threads a finished one freed. Not after a

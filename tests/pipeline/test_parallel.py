@@ -89,7 +89,7 @@ def test_no_thread_handover_after_a_ctrl_c(three, monkeypatch):
     """A stage ended by Ctrl-C (interrupted) frees its threads, but the stages still running got the
     same Ctrl-C: one more SIGINT to hand them the threads would abort them without a checkpoint."""
     profile, tmp = three
-    sched = Scheduler(list(profile.stages[:2]), 2, None, None, tmp / "run", {"stages": {}})
+    sched = Scheduler(list(profile.stages[:2]), 2, None, None, tmp / "run", {"stages": {}}, print)
     monkeypatch.setattr(sched, "_training", lambda job: True)
     child = _Child()
     sched.running["thinker"] = Job(profile.stages[0], child, [], None, threads=1, t0=0.0)
