@@ -92,10 +92,9 @@ def test_the_lock_is_released_on_error_and_on_sigterm(tmp_path):
         fit(toy_stage(loss_fn=boom), toy_cfg(d))
     assert not (d / ckpt.LOCK_FILE).exists()
     rt = Runtime(torch.device("cpu"), None)
-    with pytest.raises(SystemExit) as stopped:
-        with hold_folder(rt, d):
-            assert (d / ckpt.LOCK_FILE).is_file()
-            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, hold_folder(rt, d):
+        assert (d / ckpt.LOCK_FILE).is_file()
+        os.kill(os.getpid(), signal.SIGTERM)
     assert stopped.value.code == 128 + signal.SIGTERM and not (d / ckpt.LOCK_FILE).exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 

@@ -5,16 +5,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import train_text
 from omni.config import TrainConfig
 from omni.engine import checkpoint as ckpt
 from omni.engine.optim import lr_at
 from omni.engine.runtime import unwrap
-from omni.engine.stage import Stage
 from omni.engine.training import TrainingError, fit
 from tests.conftest import SONNETS, write_config
+from tests.engine.toy_run import mse, toy_cfg, toy_stage
 
 
 def _train(cfg_path, *extra):
@@ -99,24 +98,12 @@ def test_lr_schedule():
 
 
 def _toy_stage(tmp_path, loss_fn, n=64):
-    torch.manual_seed(0)
-    x = torch.randn(n, 4)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    model = nn.Linear(4, 1)
-    return Stage(name="toy", model=model, train_set=TensorDataset(x, y), loss_fn=loss_fn, config={})
+    return toy_stage(loss_fn=loss_fn, n=n)
 
 
 def _toy_cfg(tmp_path, **kw):
-    base = dict(batch_size=4, gradient_accumulation_steps=1, lr=0.05, weight_decay=0.0, warmup_steps=1,
-                max_steps=20, max_epochs=100, max_grad_norm=10.0, val_freq=1000, checkpoint_freq=1000,
-                precision="fp32", save_dir=str(tmp_path / "toy"), seed=0, device="cpu", max_bad_steps=3)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _mse(model, batch):
-    x, y = batch
-    return ((model(x)[:, 0] - y) ** 2).mean(), {}
+    kw = {"save_dir": tmp_path / "toy", "max_steps": 20, "max_bad_steps": 3, **kw}
+    return toy_cfg(kw.pop("save_dir"), **kw)
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path):
@@ -124,7 +111,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path):
 
     def sometimes_nan(model, batch):
         calls["n"] += 1
-        loss, logs = _mse(model, batch)
+        loss, logs = mse(model, batch)
         return (loss * math.nan if calls["n"] in (3, 4) else loss), logs
 
     result = fit(_toy_stage(tmp_path, sometimes_nan), _toy_cfg(tmp_path))
@@ -132,15 +119,15 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path):
     skips = [r for r in ckpt.read_metrics(tmp_path / "toy") if r["event"] == "skip"]
     assert len(skips) == 2
 
-    always_nan = lambda m, b: (_mse(m, b)[0] * math.nan, {})  # noqa: E731
+    always_nan = lambda m, b: (mse(m, b)[0] * math.nan, {})  # noqa: E731
     with pytest.raises(TrainingError, match="3 steps in a row"):
         fit(_toy_stage(tmp_path, always_nan), _toy_cfg(tmp_path, save_dir=str(tmp_path / "nan")))
 
 
 def test_accumulation_matches_bigger_batch(tmp_path):
-    a = _toy_stage(tmp_path, _mse)
+    a = _toy_stage(tmp_path, mse)
     fit(a, _toy_cfg(tmp_path, batch_size=8, max_steps=5, save_dir=str(tmp_path / "a")))
-    b = _toy_stage(tmp_path, _mse)
+    b = _toy_stage(tmp_path, mse)
     fit(b, _toy_cfg(tmp_path, batch_size=4, gradient_accumulation_steps=2, max_steps=5,
                     save_dir=str(tmp_path / "b")))
     assert torch.allclose(a.model.weight, b.model.weight, atol=1e-6)
@@ -148,7 +135,7 @@ def test_accumulation_matches_bigger_batch(tmp_path):
 
 def test_too_few_samples_for_a_batch(tmp_path):
     with pytest.raises(TrainingError, match="fewer than one global batch"):
-        fit(_toy_stage(tmp_path, _mse, n=3), _toy_cfg(tmp_path))
+        fit(_toy_stage(tmp_path, mse, n=3), _toy_cfg(tmp_path))
 
 
 @pytest.mark.slow
@@ -164,7 +151,7 @@ def test_compiled_run_saves_plain_weights(tmp_path):
 
 def test_resume_with_another_best_metric_keeps_the_old_best(tmp_path):
     def stage(metric):
-        s = _toy_stage(tmp_path, _mse)
+        s = _toy_stage(tmp_path, mse)
         s.evaluate, s.best_metric = (lambda m: {"a": 1.0, "b": 5.0}), metric
         return s
 
@@ -225,7 +212,7 @@ def test_checkpoint_minutes_bound_what_a_killed_run_loses(tmp_path):
             calls["n"] += 1
             if calls["n"] == step:
                 raise _Killed
-            return _mse(model, batch)
+            return mse(model, batch)
         return loss
 
     for minutes, kept in ((0.0, None), (1e-9, 4)):   # 1e-9 minutes: a save is due after every step
@@ -234,7 +221,7 @@ def test_checkpoint_minutes_bound_what_a_killed_run_loses(tmp_path):
             fit(_toy_stage(tmp_path, dies_at(5)), _toy_cfg(tmp_path, max_steps=8, save_dir=str(d),
                                                            checkpoint_minutes=minutes))
         assert (ckpt.load_train_state(d)["progress"]["step"] if ckpt.has_train_state(d) else None) == kept
-    fit(_toy_stage(tmp_path, _mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "m1e-09")), resume=True)
-    fit(_toy_stage(tmp_path, _mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "whole")))
+    fit(_toy_stage(tmp_path, mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "m1e-09")), resume=True)
+    fit(_toy_stage(tmp_path, mse), _toy_cfg(tmp_path, max_steps=8, save_dir=str(tmp_path / "whole")))
     a, b = (load_file(str(tmp_path / n / ckpt.MODEL_FILE)) for n in ("whole", "m1e-09"))
     assert all(torch.equal(a[k], b[k]) for k in a)

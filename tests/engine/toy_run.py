@@ -15,9 +15,9 @@ def mse(model, batch):
     return ((model(x)[:, 0] - y) ** 2).mean(), {}
 
 
-def toy_stage(model: nn.Module | None = None, config: dict | None = None, loss_fn=mse) -> Stage:
+def toy_stage(model: nn.Module | None = None, config: dict | None = None, loss_fn=mse, n: int = 32) -> Stage:
     torch.manual_seed(0)
-    x = torch.randn(32, 4)
+    x = torch.randn(n, 4)
     return Stage(name="toy", model=model or nn.Linear(4, 1), train_set=TensorDataset(x, x.sum(1)),
                  loss_fn=loss_fn, config=config or {})
 
