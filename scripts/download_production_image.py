@@ -41,6 +41,7 @@ from tqdm import tqdm
 from omni.builders import download as dl
 from omni.builders import image as im
 from omni.cli.common import Parser, data_script, parse_sources
+from omni.images import MAX_SIDE
 
 OFFLINE_SOURCES = ("tuxpaint", "emoji", "scenes")
 DEBS = {"tuxpaint": "tuxpaint-stamps-default", "emoji": "fonts-noto-color-emoji"}
@@ -130,7 +131,7 @@ def rasterise(svg: Path, png: Path) -> tuple:
     if not png.exists():
         png.parent.mkdir(parents=True, exist_ok=True)
         tmp = png.with_name(f".{png.name}.tmp{os.getpid()}")
-        cmd = ["rsvg-convert", "-w", str(im.MAX_SIDE), "-h", str(im.MAX_SIDE), "-a", str(svg)]
+        cmd = ["rsvg-convert", "-w", str(MAX_SIDE), "-h", str(MAX_SIDE), "-a", str(svg)]
         proc = subprocess.run(cmd + ["-o", str(tmp)], capture_output=True, text=True)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)

@@ -6,8 +6,9 @@ set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 missing_of() { local p; for p in "$@"; do dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || echo "$p"; done; }
 
-# chromium + its driver: tests/web/test_browser.py drives the web demo in a headless browser
-APT_PACKAGES=(espeak-ng flite chromium chromium-driver)
+# chromium + its driver: tests/web/test_browser.py drives the web demo in a headless browser;
+# librsvg2-bin (rsvg-convert): the image builder rasterises Tux Paint's SVG stamps, tested on a small SVG
+APT_PACKAGES=(espeak-ng flite chromium chromium-driver librsvg2-bin)
 missing=($(missing_of "${APT_PACKAGES[@]}"))
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"

@@ -346,3 +346,18 @@ def test_script_offline_scenes_only(tmp_path: Path, capsys) -> None:
     assert not {r["image"] for r in train} & {r["image"] for r in val}
     assert {r["source"] for r in train} == {"scenes"}
     assert "scenes" in capsys.readouterr().out
+
+
+def test_script_rasterises_svg_stamps(tmp_path: Path) -> None:
+    """Tux Paint's SVG stamps go through rsvg-convert (librsvg2-bin, installed by scripts/setup.sh) to
+    at most the stored long side, in their own colours; a broken SVG is a BadImage naming it."""
+    svg = tmp_path / "stamp.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
+                   '<rect width="40" height="20" fill="#ff0000"/></svg>')
+    img, _ = _script().rasterise(svg, tmp_path / "cache" / "stamp.png")
+    assert max(img.size) == images.MAX_SIDE and img.size[0] == 2 * img.size[1]
+    assert img.convert("RGB").getpixel((img.size[0] // 2, img.size[1] // 2)) == (255, 0, 0)
+    bad = tmp_path / "bad.svg"
+    bad.write_text("<svg not closed")
+    with pytest.raises(im.BadImage, match="bad.svg"):
+        _script().rasterise(bad, tmp_path / "cache" / "bad.png")
