@@ -55,10 +55,12 @@ def _rms(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def telephone_band(audio: torch.Tensor) -> torch.Tensor:
     """(B, N) -> the same with everything outside PHONE_BAND removed (FFT mask)."""
-    spec = torch.fft.rfft(audio, dim=1)
-    freqs = torch.fft.rfftfreq(audio.shape[1], 1.0 / SAMPLE_RATE).to(audio.device)
+    n = audio.shape[1]
+    size = fast_size(n)   # a batch's length is any number; FFTs of most lengths are many times slower
+    spec = torch.fft.rfft(audio, size, dim=1)
+    freqs = torch.fft.rfftfreq(size, 1.0 / SAMPLE_RATE).to(audio.device)
     keep = (freqs >= PHONE_BAND[0]) & (freqs <= PHONE_BAND[1])
-    return torch.fft.irfft(spec * keep, n=audio.shape[1], dim=1)
+    return torch.fft.irfft(spec * keep, n=size, dim=1)[:, :n]
 
 
 def room_impulse(rt60: torch.Tensor) -> torch.Tensor:
@@ -73,8 +75,7 @@ def room_impulse(rt60: torch.Tensor) -> torch.Tensor:
 
 def convolve(audio: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Row-wise linear convolution (B, N) * (B, L) -> (B, N) (the tail past N is cut)."""
-    n = audio.shape[1] + h.shape[1] - 1
-    size = 1 << (n - 1).bit_length()
+    size = fast_size(audio.shape[1] + h.shape[1] - 1)
     out = torch.fft.irfft(torch.fft.rfft(audio, size, dim=1) * torch.fft.rfft(h, size, dim=1), size, dim=1)
     return out[:, :audio.shape[1]]
 
@@ -82,9 +83,11 @@ def convolve(audio: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 def coloured_noise(white: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     """White Gaussian noise (B, N) -> noise whose power falls as f^-slope (0 white, 1 pink, 2 brown),
     unit RMS per row."""
-    spec = torch.fft.rfft(white, dim=1)
+    n = white.shape[1]
+    size = fast_size(n)
+    spec = torch.fft.rfft(white, size, dim=1)
     f = torch.arange(spec.shape[1], device=slope.device).clamp(min=1).float()
-    noise = torch.fft.irfft(spec * f[None] ** (-slope[:, None] / 2), n=white.shape[1], dim=1)
+    noise = torch.fft.irfft(spec * f[None] ** (-slope[:, None] / 2), n=size, dim=1)[:, :n]
     return noise / noise.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-8)
 
 

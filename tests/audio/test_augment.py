@@ -1,5 +1,6 @@
 """Stage B's waveform augmentation (omni/audio/augment.py): each effect does what it says, padding
 stays silent, off means untouched, and the draws come from the seeded global RNG."""
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from omni.audio.augment import (
     WaveAugment,
     augment_waveform,
     change_speed,
+    coloured_noise,
+    convolve,
     room_impulse,
     telephone_band,
 )
@@ -38,6 +41,27 @@ def test_telephone_band_keeps_the_voice_band_and_removes_the_rest():
     assert PHONE_BAND[0] < 1000.0 < PHONE_BAND[1]
     assert kept[1] > 0.99          # 1 kHz passes
     assert kept[0] < 1e-3 and kept[2] < 1e-3   # 150 Hz and 6 kHz do not
+
+
+def test_effects_at_a_prime_length_match_their_definitions():
+    """A batch is as long as its longest clip, any number of samples: the FFTs run at a longer,
+    7-smooth size (fast), and what comes back is still the effect at the batch's own length."""
+    n = 16001   # prime
+    t = torch.arange(n) / SAMPLE_RATE
+    tones = torch.stack([0.1 * torch.sin(2 * torch.pi * f * t) for f in (150.0, 1000.0)])
+    out = telephone_band(tones)
+    mid = slice(2000, n - 2000)   # away from the ends, where the cut tone's edges leak
+    kept = out[:, mid].pow(2).mean(1) / tones[:, mid].pow(2).mean(1)
+    assert out.shape == tones.shape and kept[1] > 0.98 and kept[0] < 1e-2
+    torch.manual_seed(0)
+    x, h = torch.randn(2, n, dtype=torch.float64), torch.randn(2, 301, dtype=torch.float64)
+    direct = torch.stack([torch.tensor(np.convolve(x[i].numpy(), h[i].numpy())[:n]) for i in range(2)])
+    assert torch.allclose(convolve(x, h), direct, atol=1e-9)
+    noise = coloured_noise(torch.randn(2, n), torch.tensor([0.0, 2.0]))
+    assert noise.shape == (2, n) and torch.allclose(noise.pow(2).mean(1), torch.ones(2), atol=1e-4)
+    power = torch.fft.rfft(noise, dim=1).abs().pow(2)
+    low, high = power[:, 1:200].mean(1), power[:, -2000:].mean(1)   # below 200 Hz, above 7 kHz
+    assert 0.5 < low[0] / high[0] < 2 and low[1] / high[1] > 1e4   # white is flat; brown falls 20 dB/decade
 
 
 def test_room_impulse_decays_by_60_db_at_its_rt60():
