@@ -41,7 +41,10 @@ RECORD = "pipeline.json"
 TUNER = "scripts/update_configs_from_data.py"
 # the train-section keys of the auto-tuner's plan that make a stage's step budget (the batch shape
 # stays the config's: a stage's memory and speed do not change with the data)
-BUDGET_KEYS = ("max_steps", "max_epochs", "warmup_steps", "val_freq", "checkpoint_freq")
+BUDGET_KEYS = ("max_steps", "max_epochs", "warmup_steps", "val_freq", "checkpoint_freq", "patience")
+# not fingerprinted: the tuned patience follows from the tuned val_freq and the config (both hashed), and
+# it decides when a run stops, not what its steps compute
+UNHASHED_BUDGET_KEYS = ("patience",)
 DATA_SUFFIXES = (".csv", ".json", ".txt")
 
 
@@ -114,7 +117,7 @@ def fingerprint(stage: StageRun, root: Path = ROOT, budget: dict[str, int] | Non
     raw = read_raw(stage, root)
     return Fingerprint(file_sha256(root / stage.config), {d: weights_digest(root / d) for d in input_dirs(raw)},
                        {f: file_sha256(root / f) if (root / f).is_file() else None for f in data_files(raw)},
-                       dict(budget or {}))
+                       {k: v for k, v in (budget or {}).items() if k.rsplit(".", 1)[-1] not in UNHASHED_BUDGET_KEYS})
 
 
 # ---------------------------------------------------------------- step budgets from the data

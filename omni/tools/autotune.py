@@ -10,6 +10,9 @@ Every rule is a small pure function of counted numbers, so each can be tested at
 - warmup 4% of max_steps, at most 10,000;
 - validation every 10% of an epoch, at most every 1,000 steps; checkpoints once per epoch, at most
   every 10,000 steps; neither more often than every 10 steps nor less often than once per run;
+- early-stopping patience (a config's ``patience`` > 0, counted in validations) rescaled to the new
+  validation interval so that it waits as many steps as the config's did (``patience_for``): 4
+  validations every 500 steps are 14 every 150, not 4;
 - per-device batch: the largest divisor of the effective batch within the model-size cap
   (``batch_cap_for_params``) whose memory estimate fits the budget; for a model without a memory
   estimate (the convolutional vocoder) never above the config's own batch; accumulation makes up
@@ -68,6 +71,14 @@ def warmup_for(max_steps: int) -> int:
 def val_freq_for(steps_per_epoch: int, max_steps: int) -> int:
     """10% of an epoch, at most 1,000 steps (so 500-1,000 once an epoch passes 5,000 steps)."""
     return _clamp_freq(min(int(steps_per_epoch * VAL_FRACTION_OF_EPOCH), VAL_CAP), max_steps)
+
+
+def patience_for(patience: int, old_val_freq: int, new_val_freq: int) -> int:
+    """The validations to wait for an improvement at ``new_val_freq`` that span at least as many steps
+    as ``patience`` did at ``old_val_freq``; 0 (no early stopping) stays 0."""
+    if patience <= 0:
+        return 0
+    return -(-patience * old_val_freq // new_val_freq)
 
 
 def checkpoint_freq_for(steps_per_epoch: int, max_steps: int) -> int:
@@ -180,5 +191,7 @@ def plan_training(train: dict, data: DataSize, seq_len: int, n_params: int | Non
     updates = {"batch_size": batch, "gradient_accumulation_steps": accum, "max_steps": max_steps,
                "max_epochs": epochs, "warmup_steps": warmup_for(max_steps),
                "val_freq": val_freq_for(spe, max_steps), "checkpoint_freq": checkpoint_freq_for(spe, max_steps)}
+    if int(train.get("patience", 0)) > 0:
+        updates["patience"] = patience_for(int(train["patience"]), int(train["val_freq"]), updates["val_freq"])
     est = estimate_bytes(memory, batch) if memory is not None else None
     return Plan(updates, effective, spe, epochs, tokens_per_step, est, notes)

@@ -179,6 +179,13 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
     out = capsys.readouterr().out
     assert "skip: unchanged" in out and f"train.max_steps={steps}" in out
 
+    # a tuned patience follows from the hashed val_freq and config, and only decides when a run stops:
+    # it reaches the stage script but leaves the stage unchanged
+    monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.patience": 9}})
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "skip: unchanged" in out and "train.patience=9" in out
+
     # a new budget (what more data gives: tests/tools/test_autotune.py) trains the stage again
     monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.max_steps": steps + 3}})
     assert train_all.main(["--profile", "tuned", "--plan"]) == 0

@@ -75,6 +75,22 @@ def test_freqs_never_exceed_the_run():
     assert at.checkpoint_freq_for(3, max_steps=6) == 6
 
 
+@pytest.mark.parametrize("patience,old,new,want", [(4, 500, 150, 14), (4, 500, 500, 4), (4, 500, 26, 77),
+                                                   (5, 200, 1000, 1), (0, 500, 150, 0)])
+def test_patience_waits_as_many_steps_at_the_new_interval(patience, old, new, want):
+    assert at.patience_for(patience, old, new) == want
+    assert want == 0 or (want * new >= patience * old > (want - 1) * new)
+
+
+def test_plan_rescales_a_configured_patience_only():
+    data = at.DataSize(38_282, 24_000, False)   # 1,500 steps an epoch at 16: validation every 150
+    plan = at.plan_training({**_train(16, 1), "val_freq": 500, "patience": 4}, data, 1, 2 * M, None, 12)
+    assert plan.updates["val_freq"] == 150 and plan.updates["patience"] == 14
+    assert "patience" not in at.plan_training({**_train(16, 1), "val_freq": 500}, data, 1, 2 * M, None, 12).updates
+    assert "patience" not in at.plan_training({**_train(16, 1), "val_freq": 500, "patience": 0}, data, 1, 2 * M,
+                                              None, 12).updates
+
+
 def _train(batch: int, accum: int) -> dict:
     return {"batch_size": batch, "gradient_accumulation_steps": accum}
 
