@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from omni.cli.common import EXIT_DEADLINE
-from omni.engine.checkpoint import MODEL_FILE, has_train_state, load_train_state
+from omni.engine.checkpoint import MODEL_FILE, has_train_state, load_train_state, read_metrics
 from omni.files import file_sha256, write_json_atomic
 from omni.pipeline.profiles import Profile, StageRun
 
@@ -106,10 +106,14 @@ class Fingerprint:
     budget: dict[str, int] = field(default_factory=dict)  # the auto-tuner's overrides (tuned profiles)
 
     @property
+    def hashed_budget(self) -> dict[str, int]:
+        return hashed(self.budget)
+
+    @property
     def digest(self) -> str:
         fields = {"config": self.config, "inputs": self.inputs, "data": self.data}
-        if self.budget:  # digests of untuned stages stay what they were
-            fields["budget"] = self.budget
+        if self.hashed_budget:  # digests of untuned stages stay what they were
+            fields["budget"] = self.hashed_budget
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -117,7 +121,23 @@ def fingerprint(stage: StageRun, root: Path = ROOT, budget: dict[str, int] | Non
     raw = read_raw(stage, root)
     return Fingerprint(file_sha256(root / stage.config), {d: weights_digest(root / d) for d in input_dirs(raw)},
                        {f: file_sha256(root / f) if (root / f).is_file() else None for f in data_files(raw)},
-                       {k: v for k, v in (budget or {}).items() if k.rsplit(".", 1)[-1] not in UNHASHED_BUDGET_KEYS})
+                       dict(budget or {}))
+
+
+def hashed(budget: dict[str, int]) -> dict[str, int]:
+    """The part of a step budget that decides what a stage's steps compute (UNHASHED_BUDGET_KEYS)."""
+    return {k: v for k, v in budget.items() if k.rsplit(".", 1)[-1] not in UNHASHED_BUDGET_KEYS}
+
+
+def patience_grew(raw: dict[str, Any], record: dict[str, Any], budget: dict[str, int], root: Path = ROOT
+                  ) -> tuple[int, int] | None:
+    """(old, new) patience when the stage's own run stopped early (``converged``) and would now wait
+    longer (a tuned patience that came after it, or a longer one); else None."""
+    key = "train.patience"
+    own = raw.get("train", {}).get("patience", 0)
+    old, new = record.get("budget", {}).get(key, own), budget.get(key, own)
+    ends = [r for r in read_metrics(root / save_dirs(raw)[-1]) if r.get("event") == "end"]
+    return (old, new) if new > old and ends and ends[-1].get("status") == "converged" else None
 
 
 # ---------------------------------------------------------------- step budgets from the data
@@ -166,6 +186,10 @@ def decide(stage: StageRun, record: dict[str, Any], root: Path = ROOT,
     dirs = [root / d for d in save_dirs(raw)]
     if record.get("fingerprint") == fp.digest:
         if record.get("status") == "done" and weights_digest(dirs[-1]) is not None:
+            grew = patience_grew(raw, record, fp.budget, root)
+            if grew and has_train_state(dirs[-1]):
+                return Decision("resume", f"it stopped early after {grew[0]} validations without a better "
+                                f"metric; its patience is now {grew[1]}", fp)
             return Decision("skip", f"unchanged since {record.get('finished', '?')}", fp)
         if any(has_train_state(d) for d in dirs):
             return Decision("resume", f"continuing the run stopped at {record.get('status', '?')}", fp)
@@ -182,8 +206,9 @@ def decide(stage: StageRun, record: dict[str, Any], root: Path = ROOT,
     data = [f for f, digest in fp.data.items() if record.get("data", {}).get(f) != digest]
     if data:
         return Decision("train", f"data {', '.join(data)} changed", fp)
-    if record.get("budget", {}) != fp.budget:
-        return Decision("train", f"step budget changed ({record.get('budget', {})} -> {fp.budget})", fp)
+    if hashed(record.get("budget", {})) != fp.hashed_budget:
+        return Decision("train", f"step budget changed ({hashed(record.get('budget', {}))} -> {fp.hashed_budget})",
+                        fp)
     return Decision("train", "its last run did not finish and left no state to resume", fp)
 
 

@@ -155,6 +155,35 @@ def test_report_vision_rows_per_source_with_their_own_sample_sizes():
     assert only.target == ">= 0.80" and only.met is False and only.interval == wilson(25, 50)
 
 
+def test_a_stage_that_stopped_early_resumes_when_its_patience_grows(tmp_path, monkeypatch, capsys):
+    """The tuned patience (rescaled with the validation interval: tests/tools/test_autotune.py) is not in
+    the fingerprint; a stage that converged under a shorter one resumes where it stopped, and is
+    skipped once it has waited its new patience."""
+    cfg = write_config(tmp_path, "thinker.json", train={
+        "max_steps": 12, "val_freq": 1, "checkpoint_freq": 100, "lr": 1e-12, "warmup_steps": 0, "patience": 2,
+        "save_dir": str(tmp_path / "A")})
+    profile = Profile("tuned", str(tmp_path / "run"),
+                      (StageRun("thinker", "A Thinker", "train_text.py", str(cfg), "thinker"),), (), tune=True)
+    monkeypatch.setitem(PROFILES, "tuned", profile)
+    budget = {"train.max_steps": 12, "train.val_freq": 1}
+    monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": budget})
+    assert train_all.main(["--profile", "tuned", "--n", "5"]) == 0
+    first = ckpt.load_train_state(tmp_path / "A")["progress"]["step"]
+    assert first < 12   # no better held-out loss at a learning rate of ~0: it converged
+    monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.patience": 4}})
+    capsys.readouterr()
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    assert ("resume: it stopped early after 2 validations without a better metric; its patience is now 4"
+            in capsys.readouterr().out)
+    assert train_all.main(["--profile", "tuned", "--n", "5"]) == 0
+    command = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ") and "train_text" in ln)
+    assert "--resume" in command and "train.patience=4" in command
+    second = ckpt.load_train_state(tmp_path / "A")["progress"]["step"]
+    assert second == first + 2   # two more validations without a better metric, then converged again
+    assert train_all.main(["--profile", "tuned", "--plan"]) == 0
+    assert "skip: unchanged" in capsys.readouterr().out
+
+
 def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkeypatch, capsys):
     """The default profile's kind: each stage's step budget comes from the auto-tuner on the data
     there is, is passed to the stage script and kept in the fingerprint."""
