@@ -358,7 +358,8 @@ def markdown(report: dict[str, Any]) -> str:
             note = f" — {x['note']}" if x["note"] else ""
             lines.append(f"| {s['title']} | {x['name']}{note} | {_fmt(x['value'], x['interval'])} | {base} | "
                          f"{x['target'] or '–'} | {met} |")
-    lines += ["", "| stage | status | steps | wall time | throughput | peak memory | precision |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| stage | status | steps | wall time | throughput | peak memory | precision |",
+              "|---|---|---|---|---|---|---|"]
     for s in report["stages"]:
         wall = f"{s['wall_s'] / 60:.1f} min" if s.get("wall_s") is not None else "–"
         thr = f"{s['throughput']:,.0f} {s['throughput_unit']}" if s.get("throughput") else "–"

@@ -216,7 +216,8 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
     assert "skip: unchanged" in out and "train.patience=9" in out
 
     # a new budget (what more data gives: tests/tools/test_autotune.py) trains the stage again
-    monkeypatch.setattr(train_all, "tuned_budgets", lambda stages: {"thinker": {**budget, "train.max_steps": steps + 3}})
+    monkeypatch.setattr(train_all, "tuned_budgets",
+                        lambda stages: {"thinker": {**budget, "train.max_steps": steps + 3}})
     assert train_all.main(["--profile", "tuned", "--plan"]) == 0
     assert "train: step budget changed" in capsys.readouterr().out
 
