@@ -8,12 +8,13 @@ choice of the LM decoder's weights.
         --csv data/audio/production_asr_val.csv --n 100 --lm-weight 0.5 0.8 --length-bonus 1 1.5
 
 Greedy CTC always; with ``--lm`` also prefix beam search fused with a character n-gram LM built in
-the same run from the checkpoint's training transcripts (or the sentences of ``--lm-text``), less any
-sentence being scored, both columns side by side; with ``--pocketsphinx`` also pocketsphinx on the
-same clips; with ``--against`` also a second checkpoint, greedy, with the paired interval of the
-difference (both scored on each bootstrap resample of the same clips). ``--skip``/``--n`` select a slice of rows, so the LM weights can be chosen on one part of
-a set (``asr-tune``: one model pass, then every pair of weights, greedy first) and scored on another
-(``asr --lm --skip N``). ``add_parser`` registers both subcommands in scripts/evaluate.py.
+the same run from the checkpoint's training transcripts (or the sentences of ``--lm-text``) and each
+of their words said alone, less any utterance being scored, both columns side by side; with
+``--pocketsphinx`` also pocketsphinx on the same clips; with ``--against`` also a second checkpoint,
+greedy, with the paired interval of the difference (both scored on each bootstrap resample of the
+same clips). ``--skip``/``--n`` select a slice of rows, so the LM weights can be chosen on one part
+of a set (``asr-tune``: one model pass, then every pair of weights, greedy first) and scored on
+another (``asr --lm --skip N``). ``add_parser`` registers both subcommands in scripts/evaluate.py.
 """
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ from omni.manifest import Manifest
 
 
 def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]) -> tuple[str, list[str]]:
-    """(where from, normalised sentences) for the LM: the sentences of ``--lm-text`` (a one-document-
-    per-line corpus, split as the audio builder splits it) or the checkpoint's training transcripts;
-    either way without the references being scored, so the LM never knows a held-out sentence."""
+    """(where from, normalised utterances) for the LM: the sentences of ``--lm-text`` (a one-document-
+    per-line corpus, split as the audio builder splits it) or the checkpoint's training transcripts,
+    and each of their words as an utterance of its own; either way without the references being
+    scored, so the LM never knows a held-out utterance as one."""
     if args.lm_text:
         path = Path(args.lm_text)
         if not path.is_file():
@@ -63,12 +65,17 @@ def lm_sentences(args: argparse.Namespace, train_csv: str, references: list[str]
                             f"--lm-text FILE gives it other sentences)") from e
         source = f"{manifest.path} (the checkpoint's training transcripts)"
         sentences = [normalize_text(manifest[i]["text"]) for i in range(len(manifest))]
+    # each word alone too: people say single words and short phrases, and an LM of whole sentences only
+    # gives a one-word utterance's start and end so little probability that the beam turns it into a
+    # sentence opening ("dog" -> "the dog"; docs/results.md, isolated words)
+    utterances = sentences + [w for x in sentences for w in x.split()]
     # compared in the ASR manifests' spelling ("'tis" and "tis" are one sentence)
     held_out = {normalize_transcript(r) for r in references}
-    kept = [x for x in sentences if x and normalize_transcript(x) not in held_out]
+    kept = [x for x in utterances if x and normalize_transcript(x) not in held_out]
     if not kept:
         raise DataError(f"{source}: no sentences left for the LM once the evaluated references are left out")
-    return f"{source}, {len(sentences) - len(kept)} of them dropped as evaluated references", kept
+    return (f"{source} and their words, {len(utterances) - len(kept)} of them dropped as evaluated references",
+            kept)
 
 
 def selected_rows(args: argparse.Namespace, manifest: Manifest) -> range:
@@ -135,7 +142,7 @@ def eval_asr(args: argparse.Namespace) -> int:
     if args.lm:
         t0 = time.perf_counter()
         source, sentences, lm = train_lm(args, cfg.data.train_csv, vocab, [r for r, _, _ in results])
-        print(f"char LM      order {args.lm_order}, {len(sentences)} sentences from {source}; {len(lm.ngrams)} "
+        print(f"char LM      order {args.lm_order}, {len(sentences)} utterances from {source}; {len(lm.ngrams)} "
               f"n-grams ({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
         hyps = [h for lp, n in stored for h in beam_decode(lp, n, vocab, lm, args.beam, args.lm_weight,

@@ -119,8 +119,9 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
     assert "6 of 9 rows decoded (rows 1-6" in r.stdout and "beam+LM      CER" in r.stdout, r.stdout
     assert "beam+LM: " in r.stdout   # each example shows the LM decoder's transcript too
     assert r.stdout.count("CER 95% ") == 2  # the bootstrap interval of the greedy and the LM column
-    # the LM is built from the training transcripts (here the same clips) less every scored reference
-    assert "3 sentences from" in r.stdout, r.stdout
+    # the LM is built from the training transcripts (here the same clips) and each of their words said
+    # alone (9 + 27), less every scored reference (6 two-word ones)
+    assert "30 utterances from" in r.stdout, r.stdout
     assert "6 of them dropped as evaluated references" in r.stdout, r.stdout
     # an A/B of a checkpoint against itself: the same transcripts, so a difference of exactly zero
     r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr", "--ckpt", str(tmp_path / "ck"),
@@ -137,15 +138,16 @@ def test_train_audio_enc_script_end_to_end(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     # split as the audio builder splits a corpus ("Front left." is too short to be a sentence); the
-    # arctic sentence is scored (row 8), so it leaves the LM
-    assert "2 sentences from" in r.stdout and "1 of them dropped" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
-                        "--n", "4", "--lm-order", "3", "--lm-weight", "0.5", "1", "--length-bonus", "1"],
+    # arctic sentence is scored (row 8), so it leaves the LM; its words, alone, stay (3 sentences, 20 words)
+    assert "22 utterances from" in r.stdout and "1 of them dropped" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"),
+                        "--csv", str(CLIPS), "--n", "4", "--lm-order", "3", "--lm-weight", "0.5", "1",
+                        "--length-bonus", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("length bonus 1.0") == 2 and "best: --lm-weight" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"), "--csv", str(CLIPS),
-                        "--skip", "9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "scripts/evaluate.py", "asr-tune", "--ckpt", str(tmp_path / "ck"),
+                        "--csv", str(CLIPS), "--skip", "9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "clips.csv: no rows to decode from row 9 (9 rows)" in r.stderr, r.stderr
 
 

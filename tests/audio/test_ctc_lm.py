@@ -1,10 +1,13 @@
 """Stage B decoding: the character n-gram LM and CTC prefix beam search with shallow fusion."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
 from omni.audio.ctc import BLANK, CharVocab, greedy_decode
 from omni.audio.lm import EOS, CharNgramLM, beam_decode, prefix_beam_search
+from omni.cli.eval_asr import lm_sentences
 
 VOCAB = CharVocab.default()
 SENTENCES = ["the cat sat on the mat", "a cat sat by the door", "the cat ran to the mat", "my cat is fat"]
@@ -102,4 +105,22 @@ def test_a_leading_space_does_not_become_a_word_the_lm_likes():
     # with "a ", yet the space over the silence is neither kept nor read as the word "a"
     lp = _frames([{" ": 0.6, "a": 0.3}, {"_": 0.9}, {"c": 0.9}, {"a": 0.9}, {"t": 0.9}])
     lm = CharNgramLM.train(SENTENCES, 4, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.8, length_bonus=1.0) == "cat"
+
+
+def test_an_lm_of_sentences_and_their_words_lets_a_word_be_said_alone(tmp_path):
+    # a confident "cat" after a weak "the " (the silence before a word said alone): an LM of whole
+    # sentences reads a sentence opening into the silence; the evaluation's LM, which also learns each
+    # word as an utterance of its own, does not
+    lp = _frames([{"t": 0.3, "_": 0.6}, {"h": 0.3, "_": 0.6}, {"e": 0.3, "_": 0.6}, {" ": 0.3, "_": 0.6},
+                  {"c": 0.9}, {"a": 0.9}, {"t": 0.9}])
+    assert prefix_beam_search(lp, VOCAB, None) == "cat"
+    sentences_only = CharNgramLM.train(SENTENCES, 6, VOCAB.chars)
+    assert prefix_beam_search(lp, VOCAB, sentences_only, lm_weight=0.8, length_bonus=1.0) == "the cat"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. A cat sat by the door. The cat ran to the mat. "
+                      "My cat is fat and happy.\n")
+    _, utterances = lm_sentences(argparse.Namespace(lm_text=str(corpus)), "", ["my cat is fat and happy"])
+    assert "my cat is fat and happy" not in utterances and {"cat", "happy", "the cat sat on the mat"} <= set(utterances)
+    lm = CharNgramLM.train(utterances, 6, VOCAB.chars)
     assert prefix_beam_search(lp, VOCAB, lm, lm_weight=0.8, length_bonus=1.0) == "cat"
