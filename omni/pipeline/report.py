@@ -307,7 +307,11 @@ def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: 
                             "config": stage.config, "status": entry.get("status", "not run by the pipeline"),
                             "wall_s": entry.get("wall_s"), "metrics": []}
     if not (folder / "metrics.jsonl").is_file():
-        card["status"] = "not trained"
+        # a multi-phase stage (the codec, then the Talker) may be partway through an earlier phase
+        started = [(d, run_facts(ROOT / d)["steps"]) for d in save_dirs(raw)[:-1]
+                   if (ROOT / d / "metrics.jsonl").is_file()]
+        card["status"] = (f"{card['status']}: " + ", ".join(f"{d} at step {n:,}" for d, n in started)
+                          if started else "not trained")
         return card
     card.update(run_facts(folder))
     val = _last(read_metrics(folder), "val")

@@ -228,3 +228,21 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
     assert train_all.main(["--profile", "tuned", "--plan"]) == 0
     out = capsys.readouterr().out
     assert "not planned (its data is missing or empty)" in out and "A 4 steps x" in out
+
+
+def test_report_card_shows_a_stage_partway_through_an_earlier_phase(tmp_path):
+    """The Talker's stage trains the codec first: before the Talker's own folder exists, the card says
+    how far the codec got instead of 'not trained'."""
+    from omni.pipeline.report import stage_card
+    cfg = tmp_path / "talker.json"
+    cfg.write_text(json.dumps({"codec": {"train": {"save_dir": str(tmp_path / "codec")}},
+                               "train": {"save_dir": str(tmp_path / "talker")}}))
+    stage = StageRun("talker", "D codec + Talker", "train_talker.py", str(cfg), "talker")
+    profile = Profile("p", str(tmp_path / "run"), (stage,), ())
+    record = {"stages": {"talker": {"status": "interrupted"}}}
+    card = stage_card(stage, profile, record, 1, torch.device("cpu"))
+    assert card["status"] == "not trained"
+    for step in (1, 2003):
+        ckpt.append_metrics(tmp_path / "codec", {"event": "train", "step": step})
+    card = stage_card(stage, profile, record, 1, torch.device("cpu"))
+    assert card["status"] == f"interrupted: {tmp_path / 'codec'} at step 2,003"
