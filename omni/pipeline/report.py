@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,8 @@ def stage_card(stage: StageRun, profile: Profile, record: dict, n: int, device: 
     card: dict[str, Any] = {"key": stage.key, "title": stage.title, "folder": os.path.relpath(folder, ROOT),
                             "config": stage.config, "status": entry.get("status", "not run by the pipeline"),
                             "wall_s": entry.get("wall_s"), "metrics": []}
+    if entry.get("status") == "running" and entry.get("started"):   # the segment under way counts too
+        card["wall_s"] = (entry.get("wall_s") or 0.0) + max(0.0, time.time() - entry["started"])
     if not (folder / "metrics.jsonl").is_file():
         # a multi-phase stage (the codec, then the Talker) may be partway through an earlier phase
         started = [(d, run_facts(ROOT / d)["steps"]) for d in save_dirs(raw)[:-1]

@@ -3,6 +3,7 @@ skip when unchanged, resume after --hours, retrain dependants of a changed input
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -232,7 +233,7 @@ def test_a_tuned_profile_trains_the_budget_the_auto_tuner_plans(tmp_path, monkey
 
 def test_report_card_shows_a_stage_partway_through_an_earlier_phase(tmp_path):
     """The Talker's stage trains the codec first: before the Talker's own folder exists, the card says
-    how far the codec got instead of 'not trained'."""
+    how far the codec got instead of 'not trained'; a stage under way counts the running segment's time."""
     from omni.pipeline.report import stage_card
     cfg = tmp_path / "talker.json"
     cfg.write_text(json.dumps({"codec": {"train": {"save_dir": str(tmp_path / "codec")}},
@@ -245,4 +246,7 @@ def test_report_card_shows_a_stage_partway_through_an_earlier_phase(tmp_path):
     for step in (1, 2003):
         ckpt.append_metrics(tmp_path / "codec", {"event": "train", "step": step})
     card = stage_card(stage, profile, record, 1, torch.device("cpu"))
-    assert card["status"] == f"interrupted: {tmp_path / 'codec'} at step 2,003"
+    assert card["status"] == f"interrupted: {tmp_path / 'codec'} at step 2,003" and card["wall_s"] is None
+    # a stage under way: its wall time counts the segment running now
+    record = {"stages": {"talker": {"status": "running", "wall_s": 60.0, "started": time.time() - 30}}}
+    assert 89 < stage_card(stage, profile, record, 1, torch.device("cpu"))["wall_s"] < 120
