@@ -141,7 +141,7 @@ def test_report_asr_row_matches_the_evaluator_and_survives_no_pocketsphinx(tmp_p
 
 
 def test_report_vision_rows_per_source_with_their_own_sample_sizes():
-    from omni.pipeline.report import vision_metrics, wilson
+    from omni.pipeline.metrics import vision_metrics, wilson
     val = {"i2t_r1": 0.7, "chance_r1": 0.02, "queries": 300.0, "hist_i2t_r1": 0.1,
            "scenes/i2t_r1": 0.85, "scenes/chance_r1": 0.01, "scenes/queries": 200.0, "hist_scenes/i2t_r1": 0.12,
            "emoji/i2t_r1": 0.4, "emoji/chance_r1": 0.04, "emoji/queries": 100.0, "hist_emoji/i2t_r1": 0.05}
